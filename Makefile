@@ -1,0 +1,46 @@
+# Set-up and everyday commands. Every target installs what it needs first, so each
+# works on a fresh machine: `make serve` runs facestream, `make test` runs the tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= $(abspath ../shared)
+# Debian packages the tests use: a real browser, CJK fonts for names, systemd-analyze,
+# ffmpeg to make the browser's fake-camera file.
+DEB_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig systemd ffmpeg
+
+.PHONY: serve test bench lint install install-test system-packages
+
+$(BIN)/facestream: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[trainer]'
+	touch $@
+
+install: $(BIN)/facestream
+
+install-test: install
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[trainer,test]'
+
+system-packages:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+serve: install
+	$(BIN)/facestream models prepare
+	$(BIN)/facestream serve
+
+test: install-test system-packages
+	$(BIN)/facestream models prepare --models-dir $(SHARED)/models
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python -m pytest
+
+bench: install-test
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/facecore.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/pipeline.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/webrtc.py
+
+lint: install-test
+	$(BIN)/ruff check .

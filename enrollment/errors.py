@@ -1,0 +1,76 @@
+"""Errors raised by the enrollment store.
+
+    FacestreamError                 (facecore.errors)
+    └── EnrollmentError             anything wrong with enrolled people or samples
+        ├── UnknownPersonError      no person with that name or id
+        ├── UnknownSampleError      no sample with that id
+        ├── DuplicatePersonError    another person already has that display name
+        ├── DuplicateSampleError    a sample with the same content is already stored
+        ├── InvalidNameError        a display name that is empty or has control characters
+        └── StoreError              the store's database or files cannot be used (sqlite3
+                                    and OSError are translated to it with ``raise ... from``)
+
+A photo that is rejected (no face, too blurred...) is not an error: ingest returns an
+``IngestResult`` saying why.
+"""
+
+from __future__ import annotations
+
+from facecore.errors import FacestreamError
+
+__all__ = [
+    "DuplicatePersonError",
+    "DuplicateSampleError",
+    "EnrollmentError",
+    "InvalidNameError",
+    "StoreError",
+    "UnknownPersonError",
+    "UnknownSampleError",
+]
+
+
+class EnrollmentError(FacestreamError):
+    """Base of the enrollment store's errors."""
+
+
+class UnknownPersonError(EnrollmentError):
+    """No enrolled person has this name or id (``key``)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"no enrolled person is named or has the id {key!r}")
+
+
+class UnknownSampleError(EnrollmentError):
+    """No sample has this id."""
+
+    def __init__(self, sample_id: str) -> None:
+        self.sample_id = sample_id
+        super().__init__(f"no enrollment sample has the id {sample_id!r}")
+
+
+class DuplicatePersonError(EnrollmentError):
+    """The display name is taken (names compare without regard to case)."""
+
+    def __init__(self, name: str, existing_id: str) -> None:
+        self.name = name
+        self.existing_id = existing_id
+        super().__init__(f"a person named {name!r} is already enrolled (id {existing_id})")
+
+
+class DuplicateSampleError(EnrollmentError):
+    """The same face crop (same content hash) is already stored."""
+
+    def __init__(self, sha256: str, sample_id: str, person_name: str) -> None:
+        self.sha256 = sha256
+        self.sample_id = sample_id
+        self.person_name = person_name
+        super().__init__(f"duplicate of sample {sample_id} of {person_name}")
+
+
+class InvalidNameError(EnrollmentError):
+    """A display name that cannot be used."""
+
+
+class StoreError(EnrollmentError):
+    """The store's SQLite database or sample files cannot be read or written."""

@@ -1,0 +1,49 @@
+"""Owner-only files written so a crash never leaves a half-written one under its name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from facecore.config import ensure_private_dir
+
+__all__ = ["TEMP_PREFIX", "remove_path", "write_private_file"]
+
+TEMP_PREFIX = ".tmp-"
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0600, its folder 0700): into a temporary file
+    beside it, fsynced, then renamed over ``path`` and the folder fsynced, so ``path``
+    holds either nothing or all of ``data``, even after a crash or power loss."""
+    folder = path.parent
+    ensure_private_dir(folder)
+    temp = folder / f"{TEMP_PREFIX}{path.name}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a whole folder; nothing to do if it is already gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,39 @@
+"""People's display names: how they are cleaned, compared and read from folder names."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from enrollment.errors import InvalidNameError
+
+__all__ = ["MAX_NAME_LENGTH", "clean_name", "folder_person_name", "name_key"]
+
+MAX_NAME_LENGTH = 200
+
+
+def clean_name(name: str) -> str:
+    """A display name as stored: Unicode NFC, runs of white space made one space,
+    trimmed; any script. Raises InvalidNameError for an empty or over-long name, or
+    one with control characters."""
+    text = " ".join(unicodedata.normalize("NFC", name).split())
+    if not text:
+        raise InvalidNameError("a person's name cannot be empty")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        raise InvalidNameError(f"a person's name cannot hold control characters: {name!r}")
+    if len(text) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"a person's name is at most {MAX_NAME_LENGTH} characters")
+    return text
+
+
+def name_key(name: str) -> str:
+    """What two names must share to be the same name: ``"Ana  Lopez"`` and
+    ``"ana lopez"`` are."""
+    return " ".join(unicodedata.normalize("NFC", name).split()).casefold()
+
+
+def folder_person_name(folder_name: str) -> str:
+    """The person an import sub-folder stands for: ``_`` is a space, and a name
+    written all in lower case is capitalised word by word
+    (``lin_manuel_miranda`` -> ``Lin Manuel Miranda``; ``George_W_Bush`` keeps its case)."""
+    name = " ".join(folder_name.replace("_", " ").split())
+    return name.title() if name == name.lower() else name

@@ -1,0 +1,179 @@
+"""facecore's subcommands, and the protocol every package's ``cli.py`` follows.
+
+The protocol
+------------
+`facestream/cli.py` imports ``<package>.cli`` for facecore, trainer, enrollment and
+streamer (a package without one is skipped) and calls its::
+
+    def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None
+
+`subparsers` maps a command group to the argparse sub-action that holds its verbs, so
+two packages can add verbs to one group::
+
+    subparsers["facestream"]   facestream VERB          (serve, run, webcam, trainer)
+    subparsers["config"]       facestream config VERB   (facecore: show)
+    subparsers["models"]       facestream models VERB   (facecore: list, fetch; trainer: prepare)
+    subparsers["enroll"]       facestream enroll VERB   (enrollment)
+    subparsers["eval"]         facestream eval VERB     (trainer: verify)
+
+Add a verb with `add_command` (it passes `parents`, which carry the global options
+``--config --state-dir --cache-dir --models-dir --log-level`` so they are accepted after
+the verb too). The handler is called as ``handler(settings, args) -> exit status`` with
+the `Settings` loaded once by the composition root.
+
+An option that overrides a setting takes the setting's dotted key as its ``dest`` and
+``default=None`` (``None`` = not given), e.g.
+``parser.add_argument("--port", dest="server.port", default=None)``; the value is then
+converted, range-checked and recorded with its origin like any other. Read settings from
+`settings`, never from ``args``.
+
+Keep module-level imports of a ``cli.py`` light (argparse, config, errors): heavy
+modules (cv2, onnxruntime, torch, aiortc) are imported inside the handlers, so that
+``facestream --help`` stays fast and works without the optional extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+
+from facecore.config import Settings
+from facecore.errors import ChecksumError, ModelNotFoundError
+from facecore.registry import DETECTOR, MODELS, get_spec, model_cache_dir, model_path
+
+__all__ = ["Handler", "HelpFormatter", "Subparsers", "add_command", "register"]
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+Subparsers = Mapping[str, "argparse._SubParsersAction[argparse.ArgumentParser]"]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Fills prose paragraphs to the terminal; keeps a paragraph with indented lines
+    (an ``examples:`` block) exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if any(line[:1].isspace() for line in paragraph.splitlines()):
+                paragraphs.append(textwrap.indent(paragraph, indent))
+            else:
+                paragraphs.append(
+                    textwrap.fill(
+                        " ".join(paragraph.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                    )
+                )
+        return "\n\n".join(paragraphs)
+
+
+def add_command(
+    group: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    parents: Sequence[argparse.ArgumentParser],
+    handler: Handler,
+    help: str,
+    description: str,
+    epilog: str = "",
+) -> argparse.ArgumentParser:
+    """Add verb `name` to `group`, with the global options and `handler` attached."""
+    parser = group.add_parser(
+        name,
+        parents=list(parents),
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=HelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    add_command(
+        subparsers["config"],
+        "show",
+        parents=parents,
+        handler=_config_show,
+        help="show every setting, its value and where it came from",
+        description="Show every setting with its value and its origin: the default, the "
+        "config file, an environment variable or the command line (highest wins).",
+        epilog="examples:\n"
+        "  facestream config show\n"
+        "  FACESTREAM_SERVER_PORT=9443 facestream config show --config ~/facestream.toml",
+    )
+    add_command(
+        subparsers["models"],
+        "list",
+        parents=parents,
+        handler=_models_list,
+        help="list the known models and whether each is on disk",
+        description="List every model facestream knows, with its kind, licence and "
+        "status: the verified file on disk, missing, or with a wrong checksum. "
+        "Nothing is downloaded.",
+        epilog="example:\n  facestream models list --models-dir ~/models",
+    )
+    fetch = add_command(
+        subparsers["models"],
+        "fetch",
+        parents=parents,
+        handler=_models_fetch,
+        help="download model files into the cache and verify them",
+        description="Download model files (checked by sha256) into the model cache, "
+        "CACHE_DIR/models. Without NAME, fetch what the current settings use: the "
+        "detector and the recognizer (for a converted recognizer, its source weights; "
+        "then run `facestream models prepare`). Without network, download the file by "
+        "hand and put it in a folder given with --models-dir.",
+        epilog="examples:\n"
+        "  facestream models fetch\n"
+        "  facestream models fetch yunet_2026may sface_2021dec\n"
+        "  facestream models fetch --force yunet_2026may   # replace a damaged cached copy",
+    )
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="model names (models list)")
+    fetch.add_argument(
+        "--force", action="store_true", help="delete the cached copy first and download again"
+    )
+
+
+def _config_show(settings: Settings, args: argparse.Namespace) -> int:
+    rows = [("KEY", "VALUE", "ORIGIN"), *settings.describe()]
+    key_width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    for key, value, origin in rows:
+        print(f"{key:<{key_width}}  {value:<{value_width}}  {origin}")
+    return 0
+
+
+def _models_list(settings: Settings, args: argparse.Namespace) -> int:
+    rows = [("NAME", "KIND", "LICENCE", "STATUS")]
+    for spec in MODELS.values():
+        try:
+            status = str(model_path(settings, spec.name, download=False))
+        except ChecksumError as err:
+            status = f"WRONG CHECKSUM {err.path}"
+        except ModelNotFoundError:
+            status = "not prepared" if spec.derived_from else "missing"
+        rows.append((spec.name, spec.kind, spec.licence, status))
+    w0, w1, w2 = (max(len(row[i]) for row in rows) for i in range(3))
+    for name, kind, licence, status in rows:
+        print(f"{name:<{w0}}  {kind:<{w1}}  {licence:<{w2}}  {status}")
+    return 0
+
+
+def _models_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    names = args.names or [DETECTOR, settings.recognition.model]
+    specs = [get_spec(name) for name in names]
+    for spec in specs:
+        target = spec
+        if spec.derived_from is not None:
+            target = get_spec(spec.derived_from)
+        if args.force:
+            (model_cache_dir(settings) / target.filename).unlink(missing_ok=True)
+        path = model_path(settings, target.name)
+        print(f"{target.name}: {path}")
+        if target is not spec:
+            print(f"{spec.name}: converted from {target.name} by `facestream models prepare`")
+    return 0

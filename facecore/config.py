@@ -1,0 +1,383 @@
+"""One settings object for the whole program, loaded once at start-up.
+
+`load_settings(cli, environ)` merges four layers, highest first:
+
+1. the command line: `cli` maps dotted keys (``"state_dir"``, ``"server.port"``) to the
+   values the user gave (``None`` = not given); ``cli["config"]`` names the config file;
+2. the environment: ``FACESTREAM_<KEY>`` with dots as underscores
+   (``server.port`` -> ``FACESTREAM_SERVER_PORT``), plus the alias ``FACESTREAM_TOKEN``
+   for ``server.token``; an empty variable counts as unset;
+3. a TOML config file named by ``--config FILE`` or ``FACESTREAM_CONFIG``, whose tables
+   are the sections below (``[server]``, ``[detection]``...); relative paths in it are
+   relative to the file's folder;
+4. the defaults written in the dataclasses below; the state and cache folders are the
+   XDG ones from `platformdirs` (which reads ``os.environ``, e.g. XDG_STATE_HOME).
+
+Every value is converted from the dataclass annotation and range-checked; a bad value or
+an unknown key raises `ConfigError` naming the key, the value and where it came from.
+`Settings.origins` records, for every dotted key, which layer gave its value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
+
+import platformdirs
+
+from facecore.errors import ConfigError
+
+__all__ = [
+    "DetectionSettings",
+    "RecognitionSettings",
+    "ServerSettings",
+    "Settings",
+    "TrackingSettings",
+    "TrainerSettings",
+    "ensure_private_dir",
+    "env_name",
+    "load_settings",
+    "setting_keys",
+]
+
+APP_NAME = "facestream"
+ENV_PREFIX = "FACESTREAM_"
+CONFIG_ENV = "FACESTREAM_CONFIG"
+DEFAULT_ORIGIN = "default"
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _bounded(default: typing.Any, lo: float | None = None, hi: float | None = None) -> typing.Any:
+    """A dataclass field whose value must lie in [lo, hi]."""
+    return field(default=default, metadata={"lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    size: int = _bounded(640, lo=32)  # longest image side given to YuNet, in pixels
+    score_threshold: float = _bounded(0.6, lo=0.0, hi=1.0)
+    nms_threshold: float = _bounded(0.3, lo=0.0, hi=1.0)
+    min_face_px: int = _bounded(24, lo=0)  # faces smaller than this (box side) are ignored
+
+
+@dataclass(frozen=True)
+class RecognitionSettings:
+    model: str = "dlib_resnet_v1"  # a recognizer name from facecore.registry.MODELS
+    device: Device = "auto"
+    threads: int = _bounded(0, lo=0)  # 0 = ONNX Runtime's default
+    batch_size: int = _bounded(32, lo=1)
+    batch_wait_ms: float = _bounded(3.0, lo=0.0)
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    enabled: bool = True
+    iou_threshold: float = _bounded(0.3, lo=0.0, hi=1.0)
+    max_age_frames: int = _bounded(15, lo=0)
+    recheck_frames: int = _bounded(30, lo=1)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "0.0.0.0"
+    port: int = _bounded(8443, lo=0, hi=65535)
+    http: bool = False  # plain HTTP (browsers allow the camera only on localhost then)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token: str | None = field(default=None, repr=False)  # never printed or logged
+    max_sessions: int = _bounded(4, lo=1)
+    ice_servers: tuple[str, ...] = ()
+    max_upload_mb: int = _bounded(10, lo=1)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    poll_seconds: float = _bounded(2.0, lo=0.05)
+    keep_versions: int = _bounded(3, lo=1)
+    target_far: float = _bounded(1e-3, lo=0.0, hi=1.0)
+
+
+def _no_origins() -> Mapping[str, str]:
+    return types.MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path  # biometric data: galleries, bundles (kept private, mode 0700)
+    cache_dir: Path  # downloaded and converted model files
+    models_dir: Path | None = None  # a folder of model files put there by hand
+    font: Path | None = None  # TrueType font for names; None = the drawing code's default
+    log_level: LogLevel = "info"
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    recognition: RecognitionSettings = field(default_factory=RecognitionSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    # dotted key -> "default" | "config file PATH" | "environment FACESTREAM_X" |
+    # "command line --x"; empty when the object was built by hand
+    origins: Mapping[str, str] = field(default_factory=_no_origins, compare=False, repr=False)
+
+    def get(self, key: str) -> object:
+        """The value of a dotted key, e.g. ``settings.get("server.port")``."""
+        value: object = self
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(key, value, origin) for every setting, the token masked."""
+        rows = []
+        for leaf in _leaves():
+            value = self.get(leaf.key)
+            if leaf.key == "server.token":
+                shown = "(not set)" if value is None else "(set, hidden)"
+            else:
+                shown = _format(value)
+            rows.append((leaf.key, shown, self.origins.get(leaf.key, DEFAULT_ORIGIN)))
+        return rows
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    key: str
+    type: typing.Any
+    lo: float | None
+    hi: float | None
+
+
+def _leaves(cls: type = Settings, prefix: str = "") -> Iterator[_Leaf]:
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.name == "origins":
+            continue
+        tp = hints[f.name]
+        if isinstance(tp, type) and is_dataclass(tp):
+            yield from _leaves(tp, f"{prefix}{f.name}.")
+        else:
+            yield _Leaf(f"{prefix}{f.name}", tp, f.metadata.get("lo"), f.metadata.get("hi"))
+
+
+def setting_keys() -> tuple[str, ...]:
+    """Every dotted settings key, in declaration order."""
+    return tuple(leaf.key for leaf in _leaves())
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a dotted key: ``server.port`` -> FACESTREAM_SERVER_PORT."""
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def _env_aliases() -> dict[str, str]:
+    """Extra variable names; the derived name wins when both are set."""
+    return {"FACESTREAM_TOKEN": "server.token"}
+
+
+def _cli_label(key: str) -> str:
+    return "command line --" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    return str(value)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _coerce(tp: typing.Any, raw: object) -> object:
+    """Convert `raw` (text from env/command line, or a TOML value) to type `tp`.
+
+    Raises ValueError with the reason when it cannot.
+    """
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if raw is None or raw == "":
+            return None
+        return _coerce(inner[0], raw)
+    if origin is Literal:
+        choices = get_args(tp)
+        if isinstance(raw, str) and raw.strip().lower() in choices:
+            return raw.strip().lower()
+        raise ValueError("expected one of " + ", ".join(choices))
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("expected a boolean (1/true/yes or 0/false/no)")
+    if tp is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                pass
+        raise ValueError("expected an integer")
+    if tp is float:
+        number: float | None = None
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            number = float(raw)
+        elif isinstance(raw, str):
+            with contextlib.suppress(ValueError):
+                number = float(raw.strip())
+        if number is None or not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        return number
+    if tp is str:
+        if isinstance(raw, str):
+            return raw
+        raise ValueError("expected a string")
+    if tp is Path:
+        if isinstance(raw, (str, os.PathLike)):
+            return Path(raw).expanduser()
+        raise ValueError("expected a path")
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if isinstance(items, (list, tuple)) and all(isinstance(i, str) for i in items):
+            return tuple(i.strip() for i in items if i.strip())
+        raise ValueError("expected a list of strings (comma-separated in the environment)")
+    raise TypeError(f"unsupported settings type {tp!r}")
+
+
+def _convert(leaf: _Leaf, raw: object, origin: str, base_dir: Path | None = None) -> object:
+    try:
+        value = _coerce(leaf.type, raw)
+    except ValueError as err:
+        raise ConfigError(str(err), key=leaf.key, value=raw, origin=origin) from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        reason = None
+        if leaf.lo is not None and value < leaf.lo:
+            reason = f"must be at least {leaf.lo:g}"
+        elif leaf.hi is not None and value > leaf.hi:
+            reason = f"must be at most {leaf.hi:g}"
+        if reason is not None:
+            raise ConfigError(reason, key=leaf.key, value=raw, origin=origin)
+    if isinstance(value, Path):
+        # relative paths: to the config file's folder, or else to the working directory
+        value = (base_dir / value) if base_dir is not None else value.absolute()
+    return value
+
+
+def _read_config_file(path: Path, origin: str) -> dict[str, object]:
+    """The file's settings as dotted key -> raw TOML value."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} (from {origin}) does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    known = set(setting_keys())
+    flat: dict[str, object] = {}
+    for name, value in data.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                flat[f"{name}.{sub}"] = subvalue
+        else:
+            flat[name] = value
+    for key in flat:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown setting {key} in config file {path}{hint}")
+    return flat
+
+
+def _defaults() -> dict[str, object]:
+    base = Settings(
+        state_dir=platformdirs.user_state_path(APP_NAME),
+        cache_dir=platformdirs.user_cache_path(APP_NAME),
+    )
+    return {key: base.get(key) for key in setting_keys()}
+
+
+def _build(cls: type, prefix: str, values: Mapping[str, object], **extra: object) -> typing.Any:
+    hints = get_type_hints(cls)
+    kwargs: dict[str, object] = dict(extra)
+    for f in fields(cls):
+        if f.name == "origins":
+            continue
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if isinstance(tp, type) and is_dataclass(tp):
+            kwargs[f.name] = _build(tp, f"{key}.", values)
+        else:
+            kwargs[f.name] = values[key]
+    return cls(**kwargs)
+
+
+def load_settings(cli: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+    """Merge command line > environment > config file > defaults into one `Settings`.
+
+    `cli` maps dotted keys (and ``"config"``) to values; ``None`` means "not given".
+    Unknown keys in `cli` are a programming error (ValueError); everything the user
+    wrote that cannot be used raises `ConfigError`.
+    """
+    leaves = {leaf.key: leaf for leaf in _leaves()}
+    unknown = set(cli) - set(leaves) - {"config"}
+    if unknown:
+        raise ValueError(f"unknown settings keys from the command line: {sorted(unknown)}")
+
+    values = _defaults()
+    origins = dict.fromkeys(values, DEFAULT_ORIGIN)
+
+    config_raw, config_origin = cli.get("config"), "command line --config"
+    if config_raw is None and environ.get(CONFIG_ENV):
+        config_raw, config_origin = environ[CONFIG_ENV], f"environment {CONFIG_ENV}"
+    if config_raw is not None:
+        path = Path(str(config_raw)).expanduser().absolute()
+        label = f"config file {path}"
+        for key, raw in _read_config_file(path, config_origin).items():
+            values[key] = _convert(leaves[key], raw, label, base_dir=path.parent)
+            origins[key] = label
+
+    env_keys = {env_name(key): key for key in leaves}
+    for var, key in [*_env_aliases().items(), *env_keys.items()]:
+        raw = environ.get(var)
+        if raw:
+            label = f"environment {var}"
+            values[key] = _convert(leaves[key], raw, label)
+            origins[key] = label
+
+    for key, raw in cli.items():
+        if key != "config" and raw is not None:
+            label = _cli_label(key)
+            values[key] = _convert(leaves[key], raw, label)
+            origins[key] = label
+
+    settings: Settings = _build(Settings, "", values, origins=types.MappingProxyType(origins))
+    return settings
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and its parents) and make it readable by its owner only (0700).
+
+    Biometric data (face embeddings, enrollment photos) lives under ``state_dir``.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path

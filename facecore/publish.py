@@ -1,0 +1,84 @@
+"""Versioned bundle directories and the ``current`` pointer.
+
+Layout under a bundles directory::
+
+    v000001/  v000002/  ...   complete bundles, never modified once renamed in
+    current -> v000002        a symlink, switched with an atomic rename
+
+A writer builds the next bundle in a hidden temporary directory, renames it to its
+version name, then replaces ``current``. A crash at any step leaves ``current``
+pointing at a complete bundle; leftovers are removed by the next publish.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from facecore.bundle import Bundle, load_bundle
+
+__all__ = ["CURRENT", "current_bundle_dir", "next_version", "publish", "versions"]
+
+CURRENT = "current"
+_VERSION = re.compile(r"^v(\d{6})$")
+
+
+def versions(bundles_dir: Path) -> list[int]:
+    """Published version numbers, oldest first."""
+    if not bundles_dir.is_dir():
+        return []
+    found = (_VERSION.match(p.name) for p in bundles_dir.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def next_version(bundles_dir: Path) -> int:
+    return max(versions(bundles_dir), default=0) + 1
+
+
+def current_bundle_dir(bundles_dir: Path) -> Path | None:
+    """The directory ``current`` points at, or None before the first publish."""
+    pointer = bundles_dir / CURRENT
+    if not pointer.is_symlink():
+        return None
+    return bundles_dir / os.readlink(pointer)
+
+
+def publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int = 3) -> Bundle:
+    """Publish a new version: ``build(directory, version)`` must write a complete
+    bundle into the (not yet existing) ``directory``; it is then renamed into place
+    and ``current`` switched to it. The newest ``keep`` versions are kept."""
+    bundles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _remove_leftovers(bundles_dir)
+    version = next_version(bundles_dir)
+    name = f"v{version:06d}"
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=bundles_dir))
+    staging.rmdir()  # build() creates it, so a half-built bundle is never named vNNNNNN
+    build(staging, version)
+    os.rename(staging, bundles_dir / name)
+    link = bundles_dir / f".{CURRENT}-{version}"
+    os.symlink(name, link)
+    os.replace(link, bundles_dir / CURRENT)
+    _fsync_dir(bundles_dir)
+    for old in versions(bundles_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(bundles_dir / f"v{old:06d}", ignore_errors=True)
+    return load_bundle(bundles_dir / name)
+
+
+def _remove_leftovers(bundles_dir: Path) -> None:
+    for path in bundles_dir.glob(".*"):
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

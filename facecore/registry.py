@@ -1,0 +1,318 @@
+"""The model registry: every model file facestream uses, pinned by sha256.
+
+A `ModelSpec` says where a file comes from and how its network wants its input, so no
+code guesses preprocessing from a graph. `resolve_model` finds the file, in order:
+
+1. an explicit path (a command's option);
+2. ``models_dir/filename`` (a folder the user filled by hand: ``--models-dir``);
+3. ``cache_dir/filename`` (earlier downloads and conversions);
+4. the copy shipped inside an installed PyPI package (``spec.package``), located
+   without importing the package;
+5. a download from each of ``spec.urls`` in turn, into ``cache_dir``.
+
+Every file found or downloaded is checked against the pinned sha256 and size before its
+path is returned; a wrong or truncated file raises `ChecksumError`. Hashing is cheap
+(the largest file, 22 MB, takes about 30 ms), so no hash cache is kept.
+
+A *derived* spec (``derived_from`` set) is not downloaded: ``facestream models prepare``
+converts its source into ``cache_dir/filename``, a name that carries the source's hash.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from facecore.config import Settings
+from facecore.download import describe_failure, download_verified, sha256_file
+from facecore.errors import ChecksumError, ConfigError, ModelError, ModelNotFoundError
+
+__all__ = [
+    "DETECTOR",
+    "MODELS",
+    "ModelSpec",
+    "get_spec",
+    "model_cache_dir",
+    "model_path",
+    "resolve_model",
+]
+
+Kind = Literal["detector", "recognizer", "source"]  # "source": converter input only
+Point = tuple[float, float]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    kind: Kind
+    filename: str
+    urls: tuple[str, ...]
+    sha256: str | None  # None only for derived files, which are produced locally
+    size: int | None  # bytes; None when not pinned
+    licence: str
+    input_size: tuple[int, int] | None = None  # (width, height) of the network input
+    colour: Literal["bgr", "rgb"] | None = None  # channel order the network wants
+    mean: tuple[float, float, float] | None = None  # in the network's colour order
+    scale: float | None = None  # input = (pixel - mean) * scale
+    layout: Literal["nchw"] = "nchw"
+    # 5 landmark points in chip pixels, YuNet order: right eye, left eye, nose tip,
+    # right mouth corner, left mouth corner (the subject's right is the image's left)
+    template: tuple[Point, ...] | None = None
+    embedding_size: int | None = None
+    derived_from: str | None = None  # name of the spec this file is converted from
+    # "<import name>/<path inside the package>" of a copy shipped in a PyPI package
+    package: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sha256 is None and self.derived_from is None:
+            raise ValueError(f"{self.name}: only a derived model may lack a sha256")
+        if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
+            raise ValueError(f"{self.name}: sha256 must be 64 lower-case hex digits")
+        if self.template is not None and len(self.template) != 5:
+            raise ValueError(f"{self.name}: template needs 5 points, got {len(self.template)}")
+        if self.kind == "recognizer" and None in (
+            self.input_size,
+            self.colour,
+            self.mean,
+            self.scale,
+            self.template,
+            self.embedding_size,
+        ):
+            raise ValueError(f"{self.name}: a recognizer needs its full preprocessing")
+
+
+# --- dlib's ResNet face descriptor (the default recognizer) --------------------------
+
+_DLIB_DAT_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+
+# PROVISIONAL: where dlib's 150x150 chip puts the 5 landmarks. Another engineer is
+# deriving these points from measurements against dlib's own chip extraction; replace
+# this one constant with the measured values.
+DLIB_RESNET_TEMPLATE: tuple[Point, ...] = (
+    (52.0, 62.5),
+    (98.0, 62.5),
+    (75.0, 90.0),
+    (56.0, 111.0),
+    (94.0, 111.0),
+)
+
+# ArcFace's standard 112x112 alignment (insightface), used by SFace.
+ARCFACE_112_TEMPLATE: tuple[Point, ...] = (
+    (38.2946, 51.6963),
+    (73.5318, 51.5014),
+    (56.0252, 71.7366),
+    (41.5493, 92.3655),
+    (70.7299, 92.2041),
+)
+
+_SPECS = (
+    ModelSpec(
+        name="yunet_2026may",
+        version="2026may",
+        kind="detector",
+        filename="face_detection_yunet_2026may.onnx",
+        urls=(
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+            "face_detection_yunet_2026may.onnx",
+        ),
+        sha256="ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+        size=229738,
+        licence="MIT",
+    ),
+    ModelSpec(
+        name="dlib_resnet_v1_dat",
+        version="1",
+        kind="source",
+        filename="dlib_face_recognition_resnet_model_v1.dat",
+        urls=(
+            "https://github.com/ageitgey/face_recognition_models/raw/master/"
+            "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+        ),
+        sha256=_DLIB_DAT_SHA256,
+        size=22466066,
+        licence="public domain",
+        package="face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+    ),
+    ModelSpec(
+        name="dlib_resnet_v1",
+        version="1",
+        kind="recognizer",
+        # the converter (trainer.onnx_export.prepare_dlib_resnet) names its output so
+        filename=f"dlib_resnet_v1-{_DLIB_DAT_SHA256[:16]}.onnx",
+        urls=(),
+        sha256=None,
+        size=None,
+        licence="public domain",
+        input_size=(150, 150),
+        colour="rgb",
+        mean=(122.782, 117.001, 104.298),
+        scale=1 / 256,
+        template=DLIB_RESNET_TEMPLATE,
+        embedding_size=128,
+        derived_from="dlib_resnet_v1_dat",
+    ),
+    ModelSpec(
+        name="sface_2021dec",
+        version="2021dec",
+        kind="recognizer",
+        filename="face_recognition_sface_2021dec.onnx",
+        urls=(
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/"
+            "face_recognition_sface_2021dec.onnx",
+        ),
+        sha256="0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
+        size=None,  # not pinned: no copy was at hand to measure; the sha256 decides
+        licence="Apache-2.0",
+        input_size=(112, 112),
+        # OpenCV's FaceRecognizerSF::feature: blobFromImage(chip, 1.0, Size(112, 112),
+        # Scalar(0, 0, 0), swapRB=true) -> RGB, raw 0..255 pixels
+        colour="rgb",
+        mean=(0.0, 0.0, 0.0),
+        scale=1.0,
+        template=ARCFACE_112_TEMPLATE,
+        embedding_size=128,
+    ),
+)
+
+MODELS: Mapping[str, ModelSpec] = types.MappingProxyType({s.name: s for s in _SPECS})
+DETECTOR = "yunet_2026may"  # the detector every pipeline uses
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec called `name`; ModelError naming the known ones otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+
+
+def model_cache_dir(settings: Settings) -> Path:
+    """Where downloaded and converted model files live: ``cache_dir/models``."""
+    return settings.cache_dir / "models"
+
+
+def model_path(
+    settings: Settings, name: str, *, download: bool = True, progress: bool = True
+) -> Path:
+    """`resolve_model` for the spec called `name`, with the folders from `settings`."""
+    if name not in MODELS and name == settings.recognition.model:
+        raise ConfigError(
+            "unknown model; recognizers: "
+            + ", ".join(n for n, s in MODELS.items() if s.kind == "recognizer"),
+            key="recognition.model",
+            value=name,
+            origin=settings.origins.get("recognition.model", "default"),
+        )
+    return resolve_model(
+        get_spec(name),
+        explicit=None,
+        models_dir=settings.models_dir,
+        cache_dir=model_cache_dir(settings),
+        download=download,
+        progress=progress,
+    )
+
+
+def resolve_model(
+    spec: ModelSpec,
+    *,
+    explicit: Path | None,
+    models_dir: Path | None,
+    cache_dir: Path,
+    download: bool = True,
+    progress: bool = True,
+) -> Path:
+    """The path of a verified copy of `spec`'s file (see the module docstring).
+
+    Raises ModelNotFoundError when there is none and none can be downloaded, and
+    ChecksumError when a file found or downloaded has the wrong content.
+    """
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ModelNotFoundError(
+                spec.filename, hint=f"the path given for model {spec.name}, {explicit}, is no file"
+            )
+        return _verified(spec, explicit)
+    candidates = [d / spec.filename for d in (models_dir, cache_dir) if d is not None]
+    candidates.append(_package_file(spec))
+    for path in candidates:
+        if path is not None and path.is_file():
+            return _verified(spec, path)
+    destination = (models_dir or cache_dir) / spec.filename
+    if spec.derived_from is not None:
+        raise ModelNotFoundError(
+            spec.filename,
+            destination=destination,
+            hint=f"model {spec.name} is converted from {spec.derived_from}: "
+            "run `facestream models prepare` first (needs the trainer extra: "
+            "pip install 'facestream[trainer]')",
+        )
+    if not download or not spec.urls:
+        raise ModelNotFoundError(spec.filename, urls=spec.urls, destination=destination)
+    return _download(spec, cache_dir, destination, progress)
+
+
+def _package_file(spec: ModelSpec) -> Path | None:
+    """The copy inside an installed package, found without importing the package."""
+    if spec.package is None:
+        return None
+    module, _, inner = spec.package.partition("/")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations))) / inner
+
+
+def _verified(spec: ModelSpec, path: Path) -> Path:
+    if spec.sha256 is None:
+        return path
+    actual_size = path.stat().st_size
+    actual_sha = sha256_file(path)
+    if actual_sha != spec.sha256 or (spec.size is not None and actual_size != spec.size):
+        raise ChecksumError(
+            path,
+            expected_sha256=spec.sha256,
+            actual_sha256=actual_sha,
+            expected_size=spec.size,
+            actual_size=actual_size,
+            hint=f"delete it and run `facestream models fetch {spec.name}`",
+        )
+    return path
+
+
+def _download(spec: ModelSpec, cache_dir: Path, destination: Path, progress: bool) -> Path:
+    assert spec.sha256 is not None  # a derived spec never gets here
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"cannot create the model cache {cache_dir}: {err.strerror}") from err
+    failures: list[str] = []
+    wrong: ChecksumError | None = None
+    for url in spec.urls:
+        try:
+            return download_verified(
+                url,
+                cache_dir / spec.filename,
+                sha256=spec.sha256,
+                size=spec.size,
+                progress=progress,
+            )
+        except ChecksumError as err:
+            wrong = err
+            failures.append(f"{url}: wrong content")
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            failures.append(f"{url}: {describe_failure(err)}")
+    if wrong is not None:
+        raise wrong
+    raise ModelNotFoundError(
+        spec.filename, urls=spec.urls, failures=failures, destination=destination
+    )

@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import facestream.cli
+from facestream.cli import build_parser, main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment: no FACESTREAM_* variable, XDG folders inside tmp_path."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), clean.get("PYTHONPATH")]))
+    clean["XDG_STATE_HOME"] = str(tmp_path / "xdg-state")
+    clean["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
+    return clean
+
+
+def facestream_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "facestream", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def shown(stdout: str) -> dict[str, tuple[str, str]]:
+    """`config show` output as key -> (value, origin)."""
+    header, *lines = stdout.splitlines()
+    at_value, at_origin = header.index("VALUE"), header.index("ORIGIN")
+    return {
+        line[:at_value].strip(): (line[at_value:at_origin].strip(), line[at_origin:])
+        for line in lines
+    }
+
+
+def test_help(env: dict[str, str]) -> None:
+    result = facestream_run(env, "--help")
+    assert result.returncode == 0, result.stderr
+    for word in ("config", "models", "--state-dir", "--models-dir", "examples:"):
+        assert word in result.stdout
+
+
+def test_every_command_has_help_with_a_description() -> None:
+    parser = build_parser()
+    top = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
+    commands = list(top.choices.items())
+    assert commands
+    for name, sub in commands:
+        assert sub.description, f"facestream {name} has no description"
+        if sub._subparsers is not None:
+            for verb, leaf in sub._subparsers._group_actions[0].choices.items():
+                assert leaf.description, f"facestream {name} {verb} has no description"
+                assert "facestream" in (leaf.epilog or ""), f"{name} {verb}: no example"
+
+
+def test_config_show_lists_origins(env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "facestream.toml"
+    config.write_text("[detection]\nsize = 320\n[server]\nport = 1000\n")
+    env["FACESTREAM_SERVER_PORT"] = "9000"
+    env["FACESTREAM_TOKEN"] = "s3cret"
+    result = facestream_run(env, "--config", str(config), "config", "show")
+    assert result.returncode == 0, result.stderr
+    rows = shown(result.stdout)
+    assert rows["detection.size"] == ("320", f"config file {config}")
+    assert rows["server.port"] == ("9000", "environment FACESTREAM_SERVER_PORT")
+    assert rows["server.host"] == ("0.0.0.0", "default")
+    assert rows["state_dir"] == (str(tmp_path / "xdg-state" / "facestream"), "default")
+    assert rows["server.token"] == ("(set, hidden)", "environment FACESTREAM_TOKEN")
+    assert rows["models_dir"] == ("(not set)", "default")
+    assert "s3cret" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--state-dir", "/a", "config", "show"], "/a"),
+        (["config", "show", "--state-dir", "/b"], "/b"),
+        (["--state-dir", "/a", "config", "show", "--state-dir", "/b"], "/b"),
+        (["config", "--state-dir", "/c", "show"], "/c"),
+    ],
+)
+def test_global_options_before_or_after_the_command(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 0
+    rows = shown(capsys.readouterr().out)
+    assert rows["state_dir"] == (expected, "command line --state-dir")
+
+
+def test_global_option_after_the_command_in_a_real_process(env: dict[str, str]) -> None:
+    result = facestream_run(env, "config", "show", "--log-level", "warning")
+    assert result.returncode == 0, result.stderr
+    assert shown(result.stdout)["log_level"] == ("warning", "command line --log-level")
+
+
+def test_error_is_one_clean_line_and_status_2(env: dict[str, str]) -> None:
+    env["FACESTREAM_SERVER_PORT"] = "abc"
+    result = facestream_run(env, "config", "show")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "facestream: error: server.port = 'abc' (from environment FACESTREAM_SERVER_PORT): "
+        "expected an integer\n"
+    )
+
+
+def test_debug_shows_the_traceback(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    result = facestream_run(env, "config", "show", "--config", str(missing), "--log-level", "debug")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"facestream: error: config file {missing} (from command line --config) does not exist"
+    )
+
+
+def test_usage_errors_and_no_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["no-such-command"])
+    assert caught.value.code == 2
+    assert main([]) == 2
+    assert "usage: facestream" in capsys.readouterr().err
+
+
+def test_version(env: dict[str, str]) -> None:
+    result = facestream_run(env, "--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("facestream ")
+
+
+def test_models_list_and_fetch_find_local_files(
+    yunet_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--models-dir", str(yunet_path.parent), "--cache-dir", str(tmp_path)]
+    assert main(["models", "list", *common]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert str(yunet_path) in lines["yunet_2026may"]
+    assert lines["dlib_resnet_v1"].endswith("not prepared")
+    assert main(["models", "fetch", "yunet_2026may", *common]) == 0
+    assert capsys.readouterr().out == f"yunet_2026may: {yunet_path}\n"
+
+
+def test_models_fetch_unknown_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "fetch", "nope", "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("facestream: error: unknown model 'nope'")
+
+
+def test_a_package_without_cli_is_skipped_and_a_broken_one_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, cli_source in (("fs_plain_pkg", None), ("fs_broken_pkg", "import no_such_module\n")):
+        package = tmp_path / name
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        if cli_source is not None:
+            (package / "cli.py").write_text(cli_source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(facestream.cli, "PACKAGES", ("facecore", "fs_plain_pkg"))
+    build_parser()
+    monkeypatch.setattr(facestream.cli, "PACKAGES", ("facecore", "fs_broken_pkg"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        build_parser()
+
+
+def test_two_packages_add_verbs_to_one_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "fs_extra_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "cli.py").write_text(
+        "from facecore.cli import add_command\n"
+        "def register(subparsers, parents):\n"
+        "    p = add_command(subparsers['models'], 'shout', parents=parents,\n"
+        "                    handler=lambda s, a: print('port', s.server.port) or 0,\n"
+        "                    help='h', description='d')\n"
+        "    p.add_argument('--port', dest='server.port', default=None)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(facestream.cli, "PACKAGES", ("facecore", "fs_extra_pkg"))
+    assert main(["models", "shout", "--port", "1234"]) == 0
+    assert capsys.readouterr().out == "port 1234\n"
+    assert main(["models", "list", "--cache-dir", str(tmp_path)]) == 0

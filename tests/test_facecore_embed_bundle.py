@@ -1,0 +1,187 @@
+"""Embedder preprocessing and batching, the bundle format and the publish pointer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from facecore.bundle import BundleManifest, Gallery, load_bundle, write_bundle
+from facecore.embedder import Embedder, Preprocessing
+from facecore.errors import BundleError, ModelLoadError
+from facecore.publish import current_bundle_dir, publish, versions
+from facecore.sessions import create_session
+
+
+def _mean_colour_model(path: Path, size: int = 8) -> Path:
+    """A tiny real ONNX graph: [N,3,size,size] -> per-channel means [N,3].
+
+    It shows exactly what the embedder fed the network (colour order, mean, scale)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["chips"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["embeddings"]),
+        ],
+        "mean_colour",
+        [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return _mean_colour_model(tmp_path / "mean.onnx")
+
+
+RGB = Preprocessing(size=(8, 8), colour="rgb", mean=(10.0, 20.0, 30.0), scale=0.5)
+
+
+def test_preprocessing_reaches_the_network(model: Path) -> None:
+    embedder = Embedder(create_session(model, device="cpu"), RGB)
+    chips = np.zeros((2, 8, 8, 3), np.uint8)
+    chips[..., 0], chips[..., 1], chips[..., 2] = 100, 50, 0  # B, G, R
+    raw = embedder.embed_raw(chips)
+    # rgb order: R=0, G=50, B=100, minus (10, 20, 30), times 0.5
+    assert np.allclose(raw, [[-5.0, 15.0, 35.0]] * 2)
+    unit = embedder.embed(chips)
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1.0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 64, 100])
+def test_any_batch_size(model: Path, n: int) -> None:
+    embedder = Embedder(create_session(model, device="cpu"), RGB)
+    chips = np.random.default_rng(n).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
+    out = embedder.embed(chips)
+    assert out.shape == (n, 3) and out.dtype == np.float32
+
+
+def test_wrong_chips_and_wrong_record(model: Path) -> None:
+    session = create_session(model, device="cpu")
+    with pytest.raises(ModelLoadError, match=r"\[N, 3, 112, 112\]"):
+        Embedder(session, replace(RGB, size=(112, 112)))
+    with pytest.raises(ValueError, match=r"\[N, 8, 8, 3\] uint8"):
+        Embedder(session, RGB).embed(np.zeros((1, 9, 8, 3), np.uint8))
+
+
+def test_truncated_model_is_refused(model: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(model.read_bytes()[:40])
+    with pytest.raises(ModelLoadError, match=r"cut\.onnx"):
+        create_session(cut)
+
+
+def test_cuda_asked_without_a_gpu_is_a_clear_error(model: Path) -> None:
+    session = create_session(model, device="auto")
+    if session.get_providers()[0] == "CUDAExecutionProvider":
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelLoadError, match="cuda"):
+        create_session(model, device="cuda")
+
+
+def test_gallery_match() -> None:
+    weights = np.eye(3, dtype=np.float32)
+    gallery = Gallery(("a", "b", "c"), weights, threshold=0.8)
+    emb = np.array([[0.9, 0.1, 0.0], [0.5, 0.5, 0.5], [0, 0, 1]], np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index, score = gallery.match(emb)
+    assert list(index) == [0, -1, 2]
+    assert score[2] == pytest.approx(1.0)
+    empty_index, _ = Gallery.empty(3).match(emb)
+    assert list(empty_index) == [-1, -1, -1]
+
+
+def _manifest(version: int = 1) -> BundleManifest:
+    return BundleManifest(
+        version=version,
+        created="2026-11-25T00:00:00+00:00",
+        store_revision=4,
+        backbone_name="mean",
+        backbone_sha256="",
+        preprocessing=RGB,
+        template=((1.0, 1.0),) * 5,
+        head_kind="prototypes",
+        head_sha256="",
+        labels=("Zoë", "王小明"),
+        person_ids=("p1", "p2"),
+        threshold=0.5,
+        metrics={"acc": 1.0},
+    )
+
+
+def _weights() -> np.ndarray:
+    return np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+
+
+def test_bundle_round_trip_and_tamper(model: Path, tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b", backbone=model, weights=_weights(), manifest=_manifest())
+    again = load_bundle(tmp_path / "b")
+    assert again.manifest == bundle.manifest
+    assert again.manifest.labels == ("Zoë", "王小明")
+    assert oct((tmp_path / "b").stat().st_mode & 0o777) == "0o700"
+    # A bundle whose head no longer matches its manifest is refused, never half-loaded.
+    np.savez(tmp_path / "b" / "head.npz", weights=np.ones((2, 3), np.float32))
+    with pytest.raises(BundleError, match=r"head\.npz has sha256"):
+        load_bundle(tmp_path / "b")
+
+
+def test_bundle_with_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match=r"manifest\.json"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_publish_keeps_versions_and_switches_pointer(model: Path, tmp_path: Path) -> None:
+    bundles = tmp_path / "bundles"
+    assert current_bundle_dir(bundles) is None
+
+    def build(directory: Path, version: int):
+        return write_bundle(
+            directory, backbone=model, weights=_weights(), manifest=_manifest(version)
+        )
+
+    for _ in range(4):
+        published = publish(bundles, build, keep=2)
+    assert versions(bundles) == [3, 4]
+    assert current_bundle_dir(bundles) == bundles / "v000004"
+    assert published.manifest.version == 4
+
+
+def test_crash_during_publish_keeps_the_old_bundle(model: Path, tmp_path: Path) -> None:
+    bundles = tmp_path / "bundles"
+    publish(
+        bundles,
+        lambda d, v: write_bundle(d, backbone=model, weights=_weights(), manifest=_manifest(v)),
+    )
+    # A real process dies (os._exit) half way through writing the next bundle.
+    script = f"""
+import os, sys
+from pathlib import Path
+from facecore.publish import publish
+def build(directory, version):
+    directory.mkdir()
+    (directory / "backbone.onnx").write_bytes(b"half")
+    os._exit(9)
+publish(Path({str(bundles)!r}), build)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
+    assert result.returncode == 9
+    assert current_bundle_dir(bundles) == bundles / "v000001"
+    assert load_bundle(bundles / "current").manifest.version == 1
+    leftovers = [p.name for p in bundles.iterdir() if p.name.startswith(".staging")]
+    assert leftovers, "the crashed build should have left its staging directory"
+    publish(
+        bundles,
+        lambda d, v: write_bundle(d, backbone=model, weights=_weights(), manifest=_manifest(v)),
+    )
+    assert sorted(os.listdir(bundles)) == ["current", "v000001", "v000002"]

@@ -1,0 +1,74 @@
+"""The recognition backbone the trainer embeds with: the registry's recognizer,
+its preprocessing and its alignment template, loaded once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facecore.alignment import align_faces
+from facecore.config import Settings
+from facecore.download import sha256_file
+from facecore.embedder import Embedder, Preprocessing
+from facecore.registry import MODELS, ModelSpec, model_path
+from facecore.sessions import create_session
+
+__all__ = ["Backbone", "preprocessing_of"]
+
+
+def preprocessing_of(spec: ModelSpec) -> Preprocessing:
+    """The embedder's input convention, as the registry pins it for ``spec``."""
+    return Preprocessing(size=spec.input_size, colour=spec.colour, mean=spec.mean, scale=spec.scale)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    path: Path
+    sha256: str
+    embedder: Embedder
+    template: NDArray[np.float32]  # [5, 2] chip pixels
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Backbone:
+        name = settings.recognition.model
+        spec = MODELS[name]
+        if spec.kind != "recognizer" or spec.template is None:
+            raise ValueError(f"{name} is not a recognizer with an alignment template")
+        path = model_path(settings, name)
+        session = create_session(
+            path, device=settings.recognition.device, threads=settings.recognition.threads
+        )
+        return cls(
+            name=name,
+            path=path,
+            sha256=sha256_file(path),
+            embedder=Embedder(session, preprocessing_of(spec)),
+            template=np.asarray(spec.template, np.float32),
+        )
+
+    def embed_faces(
+        self, image: NDArray[np.uint8], landmarks: NDArray[np.floating]
+    ) -> NDArray[np.float32]:
+        """Unit embeddings [N, D] of the faces with ``landmarks`` [N, 5, 2] in ``image``."""
+        chips = align_faces(image, landmarks, self.template, self.embedder.size)
+        return self.embedder.embed(chips)
+
+    def embed_crops(
+        self, crops: list[NDArray[np.uint8]], landmarks: NDArray[np.floating]
+    ) -> NDArray[np.float32]:
+        """Unit embeddings [N, D] of enrollment crops, each with its landmarks [5, 2]."""
+        chips = (
+            np.stack(
+                [
+                    align_faces(crop, points[None], self.template, self.embedder.size)[0]
+                    for crop, points in zip(crops, landmarks, strict=True)
+                ]
+            )
+            if len(crops)
+            else np.zeros((0, *self.embedder.size[::-1], 3), np.uint8)
+        )
+        return self.embedder.embed(chips)

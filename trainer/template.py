@@ -1,0 +1,159 @@
+"""Measuring the alignment template that makes YuNet landmarks give dlib's face chips.
+
+dlib's ResNet was trained on chips cut by dlib's own pipeline: its 5-point shape
+predictor (four eye corners and the base of the nose), then
+``get_face_chip_details(shape, size=150, padding=0.25)``, a rectangle and an angle
+in the image that ``extract_image_chip`` maps onto the 150x150 chip. YuNet's five
+points are other points (eye centres, nose tip, mouth corners), so the template
+that puts them where dlib's chip has them is measured, not guessed:
+
+1. for every face found by both pipelines, take dlib's chip transform
+   (`ChipGeometry.transform`, image -> chip pixels) and map YuNet's landmarks
+   through it (`to_chip`): where this face's YuNet points lie in dlib's chip;
+2. the template is the per-coordinate median of those points (`derive_template`);
+3. `evaluate_template` says how well it does: the spread of each point, how far
+   each face's points are from the template after their best similarity fit, and
+   how far the chip `facecore.alignment.align_faces` cuts is from dlib's chip.
+
+Pure numpy: the dlib side lives in `trainer.dlib_reference`, the measurement run in
+``bench/derive_template.py``; the resulting numbers are the ``dlib_resnet_v1``
+template in `facecore.registry` and are documented in ``docs/alignment.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facecore.alignment import similarity_transform
+
+__all__ = [
+    "DLIB_CHIP_PADDING",
+    "DLIB_CHIP_SIZE",
+    "ChipGeometry",
+    "TemplateFit",
+    "chip_offset",
+    "derive_template",
+    "evaluate_template",
+    "to_chip",
+]
+
+DLIB_CHIP_SIZE = 150  # dlib_face_recognition_resnet_model_v1 takes 150x150 chips
+DLIB_CHIP_PADDING = 0.25  # the padding dlib's compute_face_descriptor uses
+_GRID = 16  # chip_offset samples a _GRID x _GRID lattice of chip pixels
+
+
+@dataclass(frozen=True)
+class ChipGeometry:
+    """dlib's ``chip_details`` as plain numbers.
+
+    ``rect`` is (left, top, right, bottom) in image pixels, ``angle`` the rotation
+    in radians, ``size`` the chip's (columns, rows).
+    """
+
+    rect: tuple[float, float, float, float]
+    angle: float
+    size: tuple[int, int]
+
+    def transform(self) -> NDArray[np.float64]:
+        """The [2, 3] similarity mapping image pixels to chip pixels, as dlib's
+        ``get_mapping_to_chip`` builds it: the rect's corners, rotated by ``angle``
+        about its centre, go to the chip's corners (top-left -> (0, 0), top-right ->
+        (cols - 1, 0), bottom-right -> (cols - 1, rows - 1))."""
+        left, top, right, bottom = self.rect
+        centre = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
+        cos, sin = np.cos(self.angle), np.sin(self.angle)
+        rotation = np.array([[cos, -sin], [sin, cos]])
+        corners = np.array([[left, top], [right, top], [right, bottom]]) - centre
+        cols, rows = self.size
+        chip = np.array([[0.0, 0.0], [cols - 1.0, 0.0], [cols - 1.0, rows - 1.0]])
+        return similarity_transform(corners @ rotation.T + centre, chip)
+
+
+def to_chip(matrix: NDArray[np.floating], points: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Points [..., 2] mapped through an affine [2, 3] matrix."""
+    points = np.asarray(points, np.float64)
+    return points @ np.asarray(matrix, np.float64)[:, :2].T + np.asarray(matrix, np.float64)[:, 2]
+
+
+def derive_template(chip_points: NDArray[np.floating]) -> NDArray[np.float64]:
+    """The template [5, 2]: the per-coordinate median of YuNet's landmarks mapped into
+    dlib's chip, ``chip_points`` [F, 5, 2] for F faces. The median keeps the odd
+    face where the two detectors disagree (a profile, a wrong landmark) from
+    pulling the template."""
+    chip_points = np.asarray(chip_points, np.float64)
+    if chip_points.ndim != 3 or chip_points.shape[1:] != (5, 2) or len(chip_points) == 0:
+        raise ValueError(f"expected chip points [F, 5, 2] with F > 0, got {chip_points.shape}")
+    return np.median(chip_points, axis=0)
+
+
+def chip_offset(
+    landmarks: NDArray[np.floating],
+    dlib_transform: NDArray[np.floating],
+    template: NDArray[np.floating],
+    size: tuple[int, int],
+) -> float:
+    """How far the chip aligned from YuNet ``landmarks`` [5, 2] with ``template`` is
+    from dlib's chip (``dlib_transform``, image -> chip): the RMS distance, in chip
+    pixels, between where the two chips take the same pixel, over a lattice
+    covering the chip."""
+    ours = similarity_transform(landmarks, template)
+    cols, rows = size
+    xs, ys = np.meshgrid(np.linspace(0, cols - 1, _GRID), np.linspace(0, rows - 1, _GRID))
+    lattice = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    # a chip pixel of ours -> the image point it samples -> where dlib's chip has it
+    image_points = to_chip(_invert(ours), lattice)
+    moved = to_chip(dlib_transform, image_points) - lattice
+    return float(np.sqrt((moved**2).sum(axis=1).mean()))
+
+
+@dataclass(frozen=True)
+class TemplateFit:
+    """How a template fits F faces (all distances in chip pixels).
+
+    ``spread`` [5, 2]: robust standard deviation (1.4826 x median absolute
+    deviation) of each template coordinate over the faces.
+    ``fit_residual`` [F]: RMS distance of a face's YuNet points, similarity-fitted
+    onto the template, from the template (pose and landmark noise).
+    ``chip_offset`` [F]: `chip_offset` of each face: our chip against dlib's own.
+    """
+
+    template: NDArray[np.float64]
+    spread: NDArray[np.float64]
+    fit_residual: NDArray[np.float64]
+    chip_offset: NDArray[np.float64]
+
+
+def evaluate_template(
+    template: NDArray[np.floating],
+    landmarks: NDArray[np.floating],
+    dlib_transforms: NDArray[np.floating],
+    size: tuple[int, int] = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE),
+) -> TemplateFit:
+    """Measure ``template`` [5, 2] on F faces: YuNet ``landmarks`` [F, 5, 2] in image
+    pixels and dlib's chip transforms [F, 2, 3] of the same faces."""
+    template = np.asarray(template, np.float64)
+    landmarks = np.asarray(landmarks, np.float64)
+    dlib_transforms = np.asarray(dlib_transforms, np.float64)
+    chip_points = np.stack([to_chip(m, p) for m, p in zip(dlib_transforms, landmarks, strict=True)])
+    deviation = np.median(np.abs(chip_points - np.median(chip_points, axis=0)), axis=0)
+    residual = np.array(
+        [
+            np.sqrt(((to_chip(similarity_transform(p, template), p) - template) ** 2).sum(1).mean())
+            for p in landmarks
+        ]
+    )
+    offsets = np.array(
+        [chip_offset(p, m, template, size) for p, m in zip(landmarks, dlib_transforms, strict=True)]
+    )
+    return TemplateFit(
+        template=template, spread=1.4826 * deviation, fit_residual=residual, chip_offset=offsets
+    )
+
+
+def _invert(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The inverse of an invertible affine [2, 3]."""
+    linear = np.linalg.inv(matrix[:, :2])
+    return np.hstack([linear, -(linear @ matrix[:, 2])[:, None]])
