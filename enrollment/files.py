@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from facecore.config import ensure_private_dir
+from facecore.files import fsync_path
 
 __all__ = ["TEMP_PREFIX", "remove_path", "write_private_file"]
 
@@ -30,7 +31,7 @@ def write_private_file(path: Path, data: bytes) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(folder)
+    fsync_path(folder)
 
 
 def remove_path(path: Path) -> None:
@@ -39,11 +40,3 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -48,11 +48,12 @@ from enrollment.errors import (
 )
 from enrollment.files import remove_path, write_private_file
 from enrollment.names import clean_name, name_key
-from facecore.config import ensure_private_dir
+from facecore.config import Settings, ensure_private_dir
 
 __all__ = [
     "DATABASE",
     "SOURCES",
+    "STORE_DIR",
     "EnrollmentStore",
     "Person",
     "Quality",
@@ -62,6 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+STORE_DIR = "enrollment"  # under the state directory
 DATABASE = "store.sqlite3"
 _SAMPLES = "samples"
 _PERSON_COLUMNS = "p.id, p.name, p.created, p.updated, COUNT(s.id)"
@@ -127,6 +129,11 @@ class EnrollmentStore:
             self.close()
             raise
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EnrollmentStore:
+        """The store of this installation: ``settings.state_dir / "enrollment"``."""
+        return cls(settings.state_dir / STORE_DIR)
+
     # --- lifetime -------------------------------------------------------------------
 
     def close(self) -> None:
@@ -167,6 +174,18 @@ class EnrollmentStore:
         if not rows:
             raise UnknownPersonError(name_or_id)
         return next((p for p in rows if p.id == name_or_id), rows[0])
+
+    def get_or_add_person(self, name: str) -> tuple[Person, bool]:
+        """The person with this display name, added when there is none; and whether
+        it was added. Safe against another process adding the same name meanwhile."""
+        name = clean_name(name)
+        found = self._people("WHERE p.name_key = ?", (name_key(name),))
+        if found:
+            return found[0], False
+        try:
+            return self.add_person(name), True
+        except DuplicatePersonError as exc:  # added by another process since the look-up
+            return self.find_person(exc.existing_id), False
 
     def list_people(self) -> list[Person]:
         return self._people("", ())

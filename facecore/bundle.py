@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from numpy.typing import NDArray
 from facecore.download import sha256_file
 from facecore.embedder import Preprocessing
 from facecore.errors import BundleError
+from facecore.files import fsync_path
 
 __all__ = [
     "BACKBONE_FILE",
@@ -191,14 +191,6 @@ def write_bundle(
     )
     (path / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     for name in (BACKBONE_FILE, HEAD_FILE, MANIFEST_FILE):
-        _fsync(path / name)
-    _fsync(path)
+        fsync_path(path / name)
+    fsync_path(path)
     return load_bundle(path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,8 +14,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from facecore.config import Settings
 from facecore.errors import ModelLoadError
 from facecore.faces import Faces
+from facecore.registry import DETECTOR, model_path
 
 __all__ = ["Detector"]
 
@@ -47,6 +49,18 @@ class Detector:
         self.min_face_px = min_face_px
         self._local = threading.local()
         self._yunet((size, size))  # fail now, in the caller's thread, on a bad model
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, min_face_px: int | None = None) -> Detector:
+        """The configured YuNet detector (``min_face_px`` overrides the setting)."""
+        detection = settings.detection
+        return cls(
+            model_path(settings, DETECTOR),
+            size=detection.size,
+            score_threshold=detection.score_threshold,
+            nms_threshold=detection.nms_threshold,
+            min_face_px=detection.min_face_px if min_face_px is None else min_face_px,
+        )
 
     def _yunet(self, input_size: tuple[int, int]) -> cv2.FaceDetectorYN:
         yunet = getattr(self._local, "yunet", None)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facecore.bundle import Bundle, load_bundle
+from facecore.files import fsync_path
 
 __all__ = ["CURRENT", "current_bundle_dir", "next_version", "publish", "versions"]
 
@@ -62,7 +63,7 @@ def publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int =
     link = bundles_dir / f".{CURRENT}-{version}"
     os.symlink(name, link)
     os.replace(link, bundles_dir / CURRENT)
-    _fsync_dir(bundles_dir)
+    fsync_path(bundles_dir)
     for old in versions(bundles_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(bundles_dir / f"v{old:06d}", ignore_errors=True)
     return load_bundle(bundles_dir / name)
@@ -74,11 +75,3 @@ def _remove_leftovers(bundles_dir: Path) -> None:
             path.unlink(missing_ok=True)
         else:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -94,15 +94,15 @@ class ModelSpec:
 
 _DLIB_DAT_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 
-# PROVISIONAL: where dlib's 150x150 chip puts the 5 landmarks. Another engineer is
-# deriving these points from measurements against dlib's own chip extraction; replace
-# this one constant with the measured values.
+# Where dlib's own 150x150 chip (5-point predictor, padding 0.25) has YuNet's 5
+# landmarks: the median over 535 real faces, measured by bench/derive_template.py
+# (method and residuals in docs/alignment.md).
 DLIB_RESNET_TEMPLATE: tuple[Point, ...] = (
-    (52.0, 62.5),
-    (98.0, 62.5),
-    (75.0, 90.0),
-    (56.0, 111.0),
-    (94.0, 111.0),
+    (45.38, 46.51),
+    (100.12, 45.48),
+    (72.12, 77.06),
+    (51.47, 100.57),
+    (98.29, 99.71),
 )
 
 # ArcFace's standard 112x112 alignment (insightface), used by SFace.

@@ -1,8 +1,10 @@
 """The one place ONNX Runtime sessions are made.
 
 ``device="auto"`` takes the CUDA provider when this onnxruntime build has it *and*
-a GPU answers; otherwise the CPU. ``onnxruntime-gpu`` lists the CUDA provider even
-on a machine without a GPU, so we ask the session which provider it really got.
+an NVIDIA driver is loaded; otherwise the CPU. ``onnxruntime-gpu`` lists the CUDA
+provider even on a machine without a GPU (and logs loud errors when asked to use it
+there), so "auto" first looks for the driver, and every caller asks the session
+which provider it really got.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import onnxruntime as ort
 
 from facecore.errors import ModelLoadError
 
-__all__ = ["DEVICES", "create_session"]
+__all__ = ["DEVICES", "create_session", "gpu_present"]
 
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+_NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 
 
 def create_session(path: Path, *, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
@@ -33,7 +36,8 @@ def create_session(path: Path, *, device: str = "auto", threads: int = 0) -> ort
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # a missing GPU under "auto" is expected, not an error
-    wants_cuda = device != "cpu" and _CUDA in ort.get_available_providers()
+    has_cuda_build = _CUDA in ort.get_available_providers()
+    wants_cuda = has_cuda_build and (device == "cuda" or (device == "auto" and gpu_present()))
     providers = [_CUDA, _CPU] if wants_cuda else [_CPU]
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -45,3 +49,8 @@ def create_session(path: Path, *, device: str = "auto", threads: int = 0) -> ort
             "use device 'auto' or 'cpu'"
         )
     return session
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA driver is loaded on this machine."""
+    return _NVIDIA_DRIVER.exists()

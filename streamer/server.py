@@ -27,7 +27,8 @@ from aiohttp import web
 from aiortc import RTCIceServer, RTCSessionDescription
 
 from streamer.auth import Auth, auth_middleware
-from streamer.webrtc import OfferError, PeerManager, parse_ice_servers
+from streamer.signalling import OfferError, parse_ice_servers
+from streamer.webrtc import PeerManager
 
 if TYPE_CHECKING:
     from facecore.config import Settings
@@ -137,7 +138,9 @@ async def _login(request: web.Request) -> web.StreamResponse:
         raise response
     log.warning("login with a wrong token from %s", request.remote)
     text = (STATIC_DIR / "login.html").read_text(encoding="utf-8")
-    return _page("login.html", status=401, text=text.replace(LOGIN_ERROR_MARKER, 'id="login-error"'))
+    return _page(
+        "login.html", status=401, text=text.replace(LOGIN_ERROR_MARKER, 'id="login-error"')
+    )
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
@@ -153,7 +156,10 @@ async def _favicon(request: web.Request) -> web.StreamResponse:
 async def _config(request: web.Request) -> web.Response:
     peers = request.app[PEERS]
     ice = [
-        {"urls": s.urls, **({"username": s.username, "credential": s.credential} if s.username else {})}
+        {
+            "urls": s.urls,
+            **({"username": s.username, "credential": s.credential} if s.username else {}),
+        }
         for s in request.app[ICE_SERVERS]
     ]
     return web.json_response(
@@ -171,7 +177,11 @@ async def _offer(request: web.Request) -> web.Response:
         body = await request.json()
     except ValueError:
         return error_response(400, 'the body is not JSON; send {"sdp": "...", "type": "offer"}')
-    if not (isinstance(body, dict) and isinstance(body.get("sdp"), str) and isinstance(body.get("type"), str)):
+    if not (
+        isinstance(body, dict)
+        and isinstance(body.get("sdp"), str)
+        and isinstance(body.get("type"), str)
+    ):
         return error_response(400, 'expected a JSON object {"sdp": string, "type": "offer"}')
     try:
         offer = RTCSessionDescription(sdp=body["sdp"], type=body["type"])

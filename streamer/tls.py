@@ -69,7 +69,9 @@ def ensure_certificate(settings: Settings, addresses: Sequence[str] = ()) -> Cer
             ensure_private_dir(directory)
             make_self_signed(pair.cert, pair.key, addresses)
         except OSError as exc:
-            raise ConfigError(f"cannot write a self-signed certificate in {directory}: {exc}") from exc
+            raise ConfigError(
+                f"cannot write a self-signed certificate in {directory}: {exc}"
+            ) from exc
     return pair
 
 

@@ -5,9 +5,14 @@ One ``PeerSession`` per phone owns an ``RTCPeerConnection``, a ``RecognitionTrac
 transceiver) and the ``events`` data channel the page opens, on which every
 ``RecognitionEvent`` goes out as its JSON.
 
+Besides the pipeline's events (a track's identity decided or changed), the channel
+restates every visible track's identity at most once per ``PRESENCE_INTERVAL``, as
+a ``RecognitionEvent`` built from its ``TrackView`` (the same JSON), so the page
+can drop a name a few seconds after its face leaves the picture.
+
 ``PeerManager`` turns offers into answers, rejects what it cannot serve with an
-``OfferError`` (an HTTP status and a reason) and releases a peer that is gone:
-on connection failure or close, when no frame has arrived for
+``OfferError`` (``streamer.signalling``: an HTTP status and a reason) and releases
+a peer that is gone: on connection failure or close, when no frame has arrived for
 ``stall_timeout`` seconds (aiortc has no "disconnected" state and ICE consent
 takes ~30 s to fail), or when a new peer never sends its first frame.
 """
@@ -17,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -32,92 +36,31 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc import sdp as aiortc_sdp
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
-from aiortc.exceptions import OperationError
+from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 from numpy.typing import NDArray
 
-from facecore.errors import ConfigError
+from streamer.events import UNKNOWN, RecognitionEvent
+from streamer.signalling import OfferError, check_offer
 
 if TYPE_CHECKING:
     from streamer.engine import Engine
-    from streamer.events import RecognitionEvent
     from streamer.pipeline import FrameResult, StreamPipeline
 
 __all__ = [
     "EVENTS_CHANNEL",
-    "OfferError",
     "PeerManager",
     "PeerSession",
     "RecognitionTrack",
-    "check_offer",
-    "parse_ice_servers",
 ]
 
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "events"
-ACCEPTED_VIDEO_CODECS = frozenset({"video/vp8", "video/h264"})
 MAX_CHANNEL_BUFFER = 256 * 1024  # bytes queued on the data channel before events drop
-_ICE_SERVER = re.compile(
-    r"(?P<scheme>stuns?|turns?):(?:(?P<user>[^:@/]+):(?P<password>[^@/]*)@)?"
-    r"(?P<host>[^:@/?]+)(?::(?P<port>\d{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?"
-)
-
-
-class OfferError(Exception):
-    """An offer the server will not answer: ``status`` is the HTTP status to send."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def parse_ice_servers(entries: Iterable[str]) -> list[RTCIceServer]:
-    """``stun:host:port`` and ``turn:user:password@host:port[?transport=tcp]``
-    strings (``settings.server.ice_servers``) as ``RTCIceServer`` records."""
-    servers = []
-    for entry in entries:
-        match = _ICE_SERVER.fullmatch(entry.strip())
-        if match is None:
-            raise ConfigError(
-                "expected stun:HOST[:PORT] or turn:USER:PASSWORD@HOST[:PORT][?transport=udp|tcp]",
-                key="server.ice_servers",
-                value=entry,
-            )
-        scheme, user = match["scheme"], match["user"]
-        if scheme.startswith("turn") != (user is not None):
-            reason = "a TURN server needs USER:PASSWORD@" if user is None else "STUN takes no credentials"
-            raise ConfigError(reason, key="server.ice_servers", value=entry)
-        url = f"{scheme}:{match['host']}" + (f":{match['port']}" if match["port"] else "")
-        if match["transport"]:
-            url += f"?transport={match['transport']}"
-        servers.append(RTCIceServer(urls=url, username=user, credential=match["password"]))
-    return servers
-
-
-def check_offer(description: RTCSessionDescription) -> None:
-    """Reject, before any resource is made, an offer that is not SDP, sends no
-    video, or offers no video codec the server decodes (VP8, H.264)."""
-    if description.type != "offer":
-        raise OfferError(400, f'expected "type": "offer", got {description.type!r}')
-    try:
-        parsed = aiortc_sdp.SessionDescription.parse(description.sdp)
-    except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
-        raise OfferError(400, f"the SDP cannot be parsed: {type(exc).__name__} {exc}") from exc
-    if not parsed.media:
-        raise OfferError(400, "the SDP has no media sections")
-    videos = [m for m in parsed.media if m.kind == "video" and m.direction in ("sendrecv", "sendonly")]
-    if not videos:
-        raise OfferError(400, "the offer sends no video (add a camera track, direction sendrecv)")
-    offered = {c.mimeType.lower() for c in videos[0].rtp.codecs}
-    if not offered & ACCEPTED_VIDEO_CODECS:
-        raise OfferError(
-            415, f"no video codec the server can take: offered {sorted(offered)}, need VP8 or H264"
-        )
+PRESENCE_INTERVAL = 1.0  # seconds between restatements of the visible tracks
 
 
 def _to_bgr(frame: VideoFrame) -> NDArray[np.uint8]:
@@ -209,6 +152,7 @@ class PeerSession:
         self.channel: RTCDataChannel | None = None
         self.events_sent = 0
         self.events_dropped = 0
+        self._presence_sent = 0.0
         self._pipeline: StreamPipeline | None = pipeline
         self._blackhole = MediaBlackhole()
         self._on_closed = on_closed
@@ -242,10 +186,31 @@ class PeerSession:
             self.request_close()
 
     def _send_events(self, result: FrameResult) -> None:
-        events: Sequence[RecognitionEvent] = result.events
         channel = self.channel
-        if not events or channel is None or channel.readyState != "open":
+        if channel is None or channel.readyState != "open":
             return
+        events = list(result.events)
+        now = time.monotonic()
+        if result.tracks and now - self._presence_sent >= PRESENCE_INTERVAL:
+            self._presence_sent = now
+            changed = {event.track for event in events}
+            events.extend(
+                RecognitionEvent(
+                    time=time.time(),
+                    stream=self.id,
+                    track=view.track_id,
+                    name=view.name if view.name is not None else UNKNOWN,
+                    confidence=view.confidence,
+                    box=(
+                        round(view.xyxy[0]),
+                        round(view.xyxy[1]),
+                        round(view.xyxy[2]),
+                        round(view.xyxy[3]),
+                    ),
+                )
+                for view in result.tracks
+                if view.track_id not in changed
+            )
         for event in events:
             if channel.bufferedAmount > MAX_CHANNEL_BUFFER:
                 self.events_dropped += 1
@@ -320,8 +285,7 @@ class PeerManager:
         self._negotiate_timeout = negotiate_timeout
         self._stall_timeout = stall_timeout
         self._connect_timeout = connect_timeout
-        self._sessions: dict[str, PeerSession] = {}
-        self._reserved = 0  # offers being negotiated, counted against the limit
+        self._sessions: dict[str, PeerSession] = {}  # answered or being negotiated
         self._closed = False
 
     @property
@@ -333,7 +297,7 @@ class PeerManager:
         return tuple(self._sessions.values())
 
     def __len__(self) -> int:
-        return len(self._sessions) + self._reserved
+        return len(self._sessions)
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         """Answer ``offer`` (after ``check_offer``); raises ``OfferError``."""
@@ -344,21 +308,22 @@ class PeerManager:
             raise OfferError(
                 503, f"all {self._max_sessions} sessions are in use; try again when one ends"
             )
-        self._reserved += 1
+        session = self._open_session()
+        self._sessions[session.id] = session  # before any await: the limit holds
         try:
-            session = self._open_session()
-        finally:
-            self._reserved -= 1
-        self._sessions[session.id] = session
-        try:
-            answer = await asyncio.wait_for(self._negotiate(session, offer), self._negotiate_timeout)
+            answer = await asyncio.wait_for(
+                self._negotiate(session, offer), self._negotiate_timeout
+            )
         except BaseException as exc:
             await session.close()
             if isinstance(exc, TimeoutError):
                 raise OfferError(
-                    503, f"ICE gathering did not finish in {self._negotiate_timeout:g} s "
+                    503,
+                    f"ICE gathering did not finish in {self._negotiate_timeout:g} s "
                     "(are the server.ice_servers reachable?)",
                 ) from exc
+            if isinstance(exc, InvalidStateError):  # closed meanwhile: shutting down
+                raise OfferError(503, "the server is shutting down") from exc
             raise
         await session.start()
         log.info("peer %s: answered (%d of %d sessions)", session.id, len(self), self._max_sessions)
@@ -378,11 +343,15 @@ class PeerManager:
         )
 
     @staticmethod
-    async def _negotiate(session: PeerSession, offer: RTCSessionDescription) -> RTCSessionDescription:
+    async def _negotiate(
+        session: PeerSession, offer: RTCSessionDescription
+    ) -> RTCSessionDescription:
         try:
             await session.pc.setRemoteDescription(offer)
         except OperationError as exc:
-            raise OfferError(415, f"no codec in common: {exc} (the server takes VP8 or H264)") from exc
+            raise OfferError(
+                415, f"no codec in common: {exc} (the server takes VP8 or H264)"
+            ) from exc
         except ValueError as exc:
             raise OfferError(400, f"the offer is not usable: {exc}") from exc
         if session.track is None:

@@ -2,14 +2,15 @@
 
 The reference is dlib itself (``dlib-bin``): on real 150x150 face chips that dlib cuts
 from the shared photos and video, ``compute_face_descriptor(chip)`` and the ONNX model
-must agree to 1e-4 per component.  (Measured: about 3e-7, i.e. float32 rounding from a
-different summation order in the convolutions; descriptors have norm ~1 and the
-same-person distance threshold is 0.6, so 1e-4 is far below anything that matters.)
+must agree to 1e-4 per component.  (Measured: about 4e-7, i.e. float32 rounding from a
+different summation order in the convolutions; descriptors have norms of about 1.4 and
+the same-person distance threshold is 0.6, so 1e-4 is far below anything that matters.)
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
+from facecore.download import sha256_file
 from trainer import onnx_export
 from trainer.dlib_format import (
     Affine,
@@ -163,7 +165,7 @@ def test_onnx_matches_dlib_on_real_face_chips(
         dlib_reference: tuple[NDArray[np.uint8], NDArray[np.float64]],
         model: DlibResNet, session: ort.InferenceSession) -> None:
     chips, expected = dlib_reference
-    assert len(chips) >= 20, "too few faces found to make the comparison meaningful"
+    assert len(chips) >= 15, "too few faces found to make the comparison meaningful"
     actual = _run(session, model.normalise(chips))
     assert actual.shape == expected.shape
     diff = np.abs(actual - expected).max()
@@ -193,12 +195,11 @@ def test_dynamic_batch_axis(session: ort.InferenceSession) -> None:
 def test_metadata_records_the_preprocessing(onnx_path: Path, model: DlibResNet,
                                             dat_path: Path) -> None:
     meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
-    assert [float(v) for v in meta["input_mean_rgb"].split(",")] == pytest.approx(
-        model.input_mean_rgb, abs=1e-4)
-    assert float(meta["input_scale"]) == 1 / 256
-    assert meta["input_colour"] == "rgb"
-    assert (meta["input_size"], meta["embedding_dim"]) == ("150", "128")
-    assert meta["source_sha256"] == onnx_export.sha256_file(dat_path)
+    pre = json.loads(meta["preprocessing"])
+    assert np.float32(pre["mean"]).tolist() == list(model.input_mean_rgb)  # exact float32
+    assert (pre["scale"], pre["colour"], pre["size"]) == (1 / 256, "rgb", [150, 150])
+    assert (meta["embedding_dim"], meta["distance_threshold"]) == ("128", "0.6")
+    assert meta["source_sha256"] == sha256_file(dat_path)
     assert onnx_path.name == f"dlib_resnet_v1-{meta['source_sha256'][:16]}.onnx"
 
 

@@ -45,7 +45,9 @@ class Augmentation:
             raise ValueError(f"copies must be >= 0, got {self.copies}")
         low, high = self.jpeg_quality
         if not 1 <= low <= high <= 100:
-            raise ValueError(f"jpeg_quality must be 1 <= low <= high <= 100, got {self.jpeg_quality}")
+            raise ValueError(
+                f"jpeg_quality must be 1 <= low <= high <= 100, got {self.jpeg_quality}"
+            )
 
     @property
     def key(self) -> str:

@@ -1,20 +1,27 @@
 """Scores, the "unknown" threshold for a target false-accept rate, and the figures.
 
 All scores are cosine similarities of unit embeddings: a probe [D] against a gallery
-row [D] (``embeddings @ weights.T``, as the server scores), or a probe against another
-probe. Two kinds of impostor attempt are scored:
+row [D] (``embeddings @ weights.T``, as the server scores). A probe of person ``p``
+makes two kinds of impostor score, both computed as if ``p`` were not enrolled
+(leave-one-person-out: ``p``'s own row is left out):
 
-* open-set (leave-one-person-out): a probe against the rows of everybody *except* its
-  own person, best row kept. This is exactly what the server sees when a person who
-  is not enrolled walks in: ``Gallery.match`` keeps the best row;
-* pairs: a probe against a probe of a different person. A person enrolled from a
-  single photo has that photo's embedding as their row, so these are the scores such
-  a row gives to strangers.
+* pairs: the probe against each other person's row, one score per (probe, other
+  person) pair: the 1:1 false-accept rate;
+* open set: the probe's best score among the other people's rows. This is exactly
+  what the server sees when a person who is not enrolled walks in, since
+  ``Gallery.match`` keeps the best row: the 1:N false-accept rate.
 
-The threshold is the smallest one whose false-accept rate is at most the target on
+A fitted head's other rows were trained with ``p``'s samples as negatives, which
+flatters them; ``trainer.selection`` therefore re-fits the head without ``p``'s group
+of people before scoring ``p`` as a stranger (``unseen_scores``).
+
+The threshold is the smallest one whose false-accept rate is at most the target for
 both kinds. With few impostor scores the empirical rate cannot resolve a small target
-(100 scores cannot show 1e-3), so a Gaussian fitted to the impostor scores gives the
+(100 scores cannot show 1e-3), so a normal distribution fitted to the scores gives the
 tail too, and the higher of the two thresholds is used.
+
+Probe-to-probe scores (``pair_scores``) describe the backbone itself; the report
+plots them, the threshold does not use them (a gallery row is not a probe).
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ __all__ = [
     "PairScores",
     "calibrate",
     "calibrate_threshold",
-    "open_set_scores",
+    "known_scores",
     "pair_scores",
     "roc_curve",
+    "unseen_scores",
 ]
 
 MAX_PAIR_PROBES = 3000  # pairs grow as N^2: a larger store is subsampled for them
@@ -41,25 +49,26 @@ MAX_PAIR_PROBES = 3000  # pairs grow as N^2: a larger store is subsampled for th
 
 @dataclass(frozen=True)
 class OpenSetScores:
-    """How one gallery scores a set of labelled probes.
+    """How one gallery scores known people's probes and unseen people's probes.
 
-    ``genuine`` [N]: each probe against its own person's row. ``impostor`` [N]: each
-    probe's best score among the other people's rows (empty when the gallery has a
-    single row: then nobody else can be falsely accepted)."""
+    ``genuine`` [G]: each known probe against its own person's row; ``rival`` [G]: its
+    best score among the other rows (-inf when there is no other row). ``impostor``
+    [M]: each unseen probe's best row; ``pairs`` [P]: each unseen probe against each
+    row. An unseen probe is one whose person is left out of the gallery."""
 
     genuine: NDArray[np.float32]
+    rival: NDArray[np.float32]
     impostor: NDArray[np.float32]
+    pairs: NDArray[np.float32]
 
     @property
     def correct(self) -> NDArray[np.bool_]:
-        """[N] the probe's own row beats every other row (rank-1 identification)."""
-        if len(self.impostor) == 0:
-            return np.ones(len(self.genuine), bool)
-        return self.genuine > self.impostor
+        """[G] the probe's own row beats every other row (rank-1 identification)."""
+        return self.genuine > self.rival
 
     def accuracy(self, threshold: float) -> float:
-        """Identification accuracy: the fraction of probes named correctly, i.e. their
-        own row is the best one and scores at least ``threshold``."""
+        """Identification accuracy: the fraction of known probes named correctly, i.e.
+        their own row is the best one and scores at least ``threshold``."""
         if len(self.genuine) == 0:
             return float("nan")
         return float(np.mean(self.correct & (self.genuine >= threshold)))
@@ -69,18 +78,19 @@ class OpenSetScores:
         return float(np.mean(self.correct)) if len(self.genuine) else float("nan")
 
     def false_accept_rate(self, threshold: float) -> float:
-        """Fraction of open-set impostor attempts that score at least ``threshold``."""
+        """Fraction of unseen probes named as somebody (open set, 1:N)."""
         return float(np.mean(self.impostor >= threshold)) if len(self.impostor) else 0.0
 
     def false_reject_rate(self, threshold: float) -> float:
-        """Fraction of probes whose own row scores below ``threshold``."""
+        """Fraction of known probes whose own row scores below ``threshold``."""
         return float(np.mean(self.genuine < threshold)) if len(self.genuine) else float("nan")
 
 
 @dataclass(frozen=True)
 class PairScores:
     """Probe-to-probe scores: ``genuine`` for pairs of the same person, ``impostor``
-    for pairs of different people (each unordered pair once)."""
+    for pairs of different people (each unordered pair once). They describe the
+    backbone; the threshold is calibrated on gallery scores (``OpenSetScores``)."""
 
     genuine: NDArray[np.float32]
     impostor: NDArray[np.float32]
@@ -98,20 +108,36 @@ class Calibration:
     fallback: bool  # True when there were no impostor scores at all
 
 
-def open_set_scores(
-    embeddings: NDArray[np.float32], labels: NDArray[np.intp], weights: NDArray[np.float32]
-) -> OpenSetScores:
-    """Score probes [N, D] with person indices ``labels`` [N] against ``weights`` [K, D]."""
-    if len(embeddings) != len(labels):
-        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
-    similarity = embeddings @ weights.T
+def known_scores(
+    probes: NDArray[np.float32], labels: NDArray[np.intp], weights: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(genuine [N], rival [N]) of probes [N, D] whose person is row ``labels`` [N] of
+    ``weights`` [K, D]."""
+    if len(probes) != len(labels):
+        raise ValueError(f"{len(probes)} probes but {len(labels)} labels")
+    similarity = probes @ weights.T
     rows = np.arange(len(labels))
     genuine = similarity[rows, labels].astype(np.float32)
-    if weights.shape[0] < 2:
-        return OpenSetScores(genuine, np.zeros(0, np.float32))
-    others = similarity.copy()
-    others[rows, labels] = -np.inf
-    return OpenSetScores(genuine, others.max(axis=1).astype(np.float32))
+    similarity[rows, labels] = -np.inf
+    rival = similarity.max(axis=1, initial=-np.inf).astype(np.float32)
+    return genuine, rival
+
+
+def unseen_scores(
+    probes: NDArray[np.float32], own_rows: NDArray[np.intp], weights: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(best [M], pairs [P]) of probes [M, D] as strangers to ``weights`` [K, D]: the
+    row ``own_rows[i]`` of probe i's own person is left out (-1: it has none). Probes
+    left with no row to score against are dropped."""
+    if len(probes) != len(own_rows):
+        raise ValueError(f"{len(probes)} probes but {len(own_rows)} rows")
+    similarity = (probes @ weights.T).astype(np.float32)
+    mask = np.ones(similarity.shape, bool)
+    enrolled = np.flatnonzero(own_rows >= 0)
+    mask[enrolled, own_rows[enrolled]] = False
+    scorable = mask.any(axis=1)
+    best = np.where(mask, similarity, -np.inf).max(axis=1, initial=-np.inf)[scorable]
+    return best.astype(np.float32), similarity[mask]
 
 
 def pair_scores(
@@ -152,15 +178,13 @@ def calibrate_threshold(impostor: NDArray[np.float32], target_far: float) -> tup
     return empirical, float(gaussian)
 
 
-def calibrate(
-    open_set: OpenSetScores, pairs: PairScores, target_far: float, fallback: float
-) -> Calibration:
+def calibrate(scores: OpenSetScores, target_far: float, fallback: float) -> Calibration:
     """The threshold whose false-accept rate is at most ``target_far`` for both open-set
     and pair impostors; ``fallback`` when there are no impostor scores at all."""
-    found = [calibrate_threshold(s, target_far) for s in (open_set.impostor, pairs.impostor)]
+    found = [calibrate_threshold(s, target_far) for s in (scores.impostor, scores.pairs)]
     empirical = max(e for e, _ in found)
     gaussian = max(g for _, g in found)
-    count = len(open_set.impostor) + len(pairs.impostor)
+    count = len(scores.impostor) + len(scores.pairs)
     if count == 0:
         return Calibration(fallback, empirical, gaussian, target_far, 0, True)
     threshold = max(empirical, gaussian)

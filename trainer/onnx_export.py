@@ -8,7 +8,7 @@ instead of guessing it from the graph.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -21,10 +21,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from facecore.download import sha256_file
 from trainer.dlib_resnet import DlibResNet
 from trainer.errors import ExportCheckError
 
-__all__ = ["export_onnx", "prepare_dlib_resnet", "sha256_file"]
+__all__ = ["export_onnx", "prepare_dlib_resnet"]
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,6 @@ OPSET = 17
 INPUT_NAME = "chips"
 OUTPUT_NAME = "embeddings"
 CHECK_TOLERANCE = 1e-4
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _max_abs_diff_vs_torch(model: nn.Module, onnx_path: Path, input_size: int) -> float:
@@ -106,22 +98,26 @@ def export_onnx(model: nn.Module, path: Path, *, input_size: int,
 
 
 def _dlib_metadata(model: DlibResNet, source: Path, digest: str) -> dict[str, str]:
-    def f32(value: float) -> str:
-        return str(np.float32(value))  # shortest text that reads back to the same float32
+    """``preprocessing`` holds the fields of ``facecore.embedder.Preprocessing`` as JSON:
+    the network wants NCHW ``(pixel - mean) * scale`` in ``colour`` order."""
 
+    def f32(value: float) -> float:
+        return float(str(np.float32(value)))  # shortest decimal of the stored float32
+
+    preprocessing = {
+        "size": [model.input_size, model.input_size],
+        "colour": "rgb",
+        "mean": [f32(m) for m in model.input_mean_rgb],
+        "scale": model.input_scale,
+    }
     return {
         "model": "dlib_resnet_v1",
         "source_file": source.name,
         "source_sha256": digest,
-        "input_size": str(model.input_size),
-        "input_layout": "nchw",
-        "input_colour": "rgb",
-        "input_mean_rgb": ",".join(f32(m) for m in model.input_mean_rgb),
-        "input_scale": f32(model.input_scale),
-        "preprocess": "(pixel - input_mean_rgb) * input_scale",
+        "preprocessing": json.dumps(preprocessing),
         "embedding_dim": str(model.embedding_dim),
         "embedding_normalised": "false",
-        "distance_threshold": f32(model.distance_threshold),
+        "distance_threshold": str(f32(model.distance_threshold)),
     }
 
 

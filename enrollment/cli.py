@@ -1,0 +1,230 @@
+"""``facestream enroll add | import | list | rename | remove``.
+
+Each verb that reads photos prints one line per file, ``accepted`` or ``rejected``
+with the reason, then a summary; it exits with status 1 when a photo was rejected for
+anything but being a duplicate of a stored sample (so a second import of the same
+folder succeeds), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from enrollment.errors import EnrollmentError
+from facecore.cli import Subparsers, add_command
+from facecore.config import Settings
+
+if TYPE_CHECKING:
+    from enrollment.ingest import IngestResult
+    from enrollment.store import EnrollmentStore
+    from facecore.detector import Detector
+
+__all__ = ["register"]
+
+_HEADER = ("NAME", "SAMPLES", "UPDATED")
+
+_REPORT_EPILOG = (
+    "Prints accepted or rejected (with the reason) for every file. Exit status: 0, or 1 "
+    "when a photo was rejected for anything but being a duplicate."
+)
+
+
+def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    group = subparsers["enroll"]
+    add = add_command(
+        group,
+        "add",
+        parents=parents,
+        handler=_add,
+        help="enroll a person from photos (or add photos to them)",
+        description="Enroll NAME from one or more photos, or add the photos to NAME if "
+        "already enrolled. Each photo must show one face, or one clearly larger than the "
+        "others. Names may be in any script.",
+        epilog=f"{_REPORT_EPILOG}\n\nexamples:\n"
+        "  facestream enroll add 'Ada Lovelace' ada1.jpg ada2.png\n"
+        "  facestream enroll add '李小龙' photos/bruce/*.jpg",
+    )
+    add.add_argument("name", metavar="NAME", help="the person's display name")
+    add.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="image files")
+    folder = add_command(
+        group,
+        "import",
+        parents=parents,
+        handler=_import,
+        help="enroll everyone in a folder of photos, one sub-folder per person",
+        description="Enroll every person in DIR: one sub-folder per person, named with _ "
+        "for a space (DIR/ada_lovelace/1.jpg enrolls 'Ada Lovelace'; a folder name in "
+        "lower case is capitalised). People already enrolled get the new photos.",
+        epilog=f"{_REPORT_EPILOG}\n\nexample:\n  facestream enroll import ../shared/people",
+    )
+    folder.add_argument("folder", type=Path, metavar="DIR", help="folder of person folders")
+    listing = add_command(
+        group,
+        "list",
+        parents=parents,
+        handler=_list,
+        help="list the enrolled people",
+        description="List the enrolled people with their number of samples.",
+        epilog="examples:\n  facestream enroll list\n  facestream enroll list --samples",
+    )
+    listing.add_argument(
+        "--samples", action="store_true", help="also list each person's samples and quality"
+    )
+    rename = add_command(
+        group,
+        "rename",
+        parents=parents,
+        handler=_rename,
+        help="change a person's display name",
+        description="Give the person called OLD (or with the id OLD) the name NEW.",
+        epilog="example:\n  facestream enroll rename 'Lin Manuel Miranda' 'Lin-Manuel Miranda'",
+    )
+    rename.add_argument("old", metavar="OLD", help="current name or id")
+    rename.add_argument("new", metavar="NEW", help="new display name")
+    remove = add_command(
+        group,
+        "remove",
+        parents=parents,
+        handler=_remove,
+        help="erase a person and all their face data",
+        description="Erase NAME: their samples (face crops), cached embeddings and entry. "
+        "The next model the trainer publishes no longer knows them. Asks for "
+        "confirmation unless --yes is given.",
+        epilog="example:\n  facestream enroll remove 'Ada Lovelace' --yes",
+    )
+    remove.add_argument("name", metavar="NAME", help="name or id")
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def _add(settings: Settings, args: argparse.Namespace) -> int:
+    from enrollment.ingest import ingest_photo
+
+    detector = _detector(settings)
+    with _open_store(settings) as store:
+        person, created = store.get_or_add_person(args.name)
+        results = [ingest_photo(store, detector, person.id, p, "photo") for p in args.photos]
+        _report(results)
+        if created and not any(r.accepted for r in results):
+            store.remove_person(person.id)
+            print(f"no photo was accepted: {person.name} was not enrolled")
+        else:
+            person = store.find_person(person.id)
+            print(f"{person.name}: {_count(person.sample_count, 'sample')}")
+    return _status(results)
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from enrollment.ingest import import_folder
+
+    detector = _detector(settings)
+    with _open_store(settings) as store:
+        results = import_folder(store, detector, args.folder, progress=True)
+        _report(results)
+        people = store.list_people()
+        samples = _count(sum(p.sample_count for p in people), "sample")
+        print(f"{_count(len(people), 'person')} enrolled, {samples}")
+    return _status(results)
+
+
+def _list(settings: Settings, args: argparse.Namespace) -> int:
+    with _open_store(settings) as store:
+        people = store.list_people()
+        if not people:
+            print("no one is enrolled yet (facestream enroll add NAME PHOTO...)")
+            return 0
+        rows = [(p.name, str(p.sample_count), p.updated) for p in people]
+        widths = [max(_width(row[i]) for row in [_HEADER, *rows]) for i in range(3)]
+        print(f"{_columns(_HEADER, widths)}  ID")
+        for person, row in zip(people, rows, strict=True):
+            print(f"{_columns(row, widths)}  {person.id}")
+            for sample in store.samples(person.id) if args.samples else ():
+                q = sample.quality
+                print(
+                    f"    {sample.id}  {sample.source:<6}  face {q.face_px:.0f} px  "
+                    f"sharpness {q.sharpness:.0f}  frontal {q.frontalness:.2f}  "
+                    f"score {q.score:.2f}  {sample.created}"
+                )
+        samples = _count(sum(p.sample_count for p in people), "sample")
+        print(f"{_count(len(people), 'person')}, {samples} (store revision {store.revision()})")
+    return 0
+
+
+def _rename(settings: Settings, args: argparse.Namespace) -> int:
+    with _open_store(settings) as store:
+        person = store.find_person(args.old)
+        renamed = store.rename_person(person.id, args.new)
+    print(f"renamed {person.name!r} to {renamed.name!r}")
+    return 0
+
+
+def _remove(settings: Settings, args: argparse.Namespace) -> int:
+    with _open_store(settings) as store:
+        person = store.find_person(args.name)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise EnrollmentError(
+                    f"removing {person.name} erases their face data: add --yes to confirm"
+                )
+            samples = _count(person.sample_count, "sample")
+            answer = input(f"Erase {person.name} and their {samples}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing removed")
+                return 1
+        store.remove_person(person.id)
+    print(f"removed {person.name}: {_count(person.sample_count, 'sample')} erased")
+    return 0
+
+
+def _open_store(settings: Settings) -> EnrollmentStore:
+    from enrollment.store import EnrollmentStore
+
+    return EnrollmentStore.from_settings(settings)
+
+
+def _detector(settings: Settings) -> Detector:
+    """YuNet with the detection settings; no minimum face size here, so that a small
+    face is reported as too small rather than as no face."""
+    from facecore.detector import Detector
+    from facecore.registry import DETECTOR, model_path
+
+    detection = settings.detection
+    return Detector(
+        model_path(settings, DETECTOR),
+        size=detection.size,
+        score_threshold=detection.score_threshold,
+        nms_threshold=detection.nms_threshold,
+    )
+
+
+def _report(results: Sequence[IngestResult]) -> None:
+    for result in results:
+        verdict = "accepted" if result.accepted else "rejected"
+        print(f"{verdict}  {result.path}: {result.reason}")
+    accepted = sum(r.accepted for r in results)
+    print(f"{accepted} of {_count(len(results), 'file')} accepted")
+
+
+def _status(results: Sequence[IngestResult]) -> int:
+    from enrollment.ingest import Outcome
+
+    benign = {Outcome.ACCEPTED, Outcome.DUPLICATE}
+    return 0 if all(r.outcome in benign for r in results) else 1
+
+
+def _columns(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(c + " " * (w - _width(c)) for c, w in zip(cells, widths, strict=True))
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: East Asian wide letters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _count(n: int, noun: str) -> str:
+    plural = "people" if noun == "person" else f"{noun}s"
+    return f"{n} {noun if n == 1 else plural}"

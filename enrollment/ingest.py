@@ -1,0 +1,298 @@
+"""Photos in, enrollment samples out, with a result for every file.
+
+A photo is checked by its content, never by its name: the header is read first (with
+Pillow, which does not decode the pixels) to refuse an oversized image before it
+takes memory, then OpenCV decodes it. Then the face: exactly one, or one clearly the
+largest; big enough; sharp enough. What is kept is a square crop with margin around
+the face and its 5 landmarks in the crop (`facecore.alignment.crop_with_margin`), so
+any backbone can re-align it later.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from enrollment.errors import DuplicateSampleError
+from enrollment.names import folder_person_name
+from enrollment.quality import measure_quality
+from enrollment.store import EnrollmentStore, Quality, Sample
+from facecore.alignment import crop_with_margin
+from facecore.detector import Detector
+from facecore.errors import SourceError
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "IngestPolicy",
+    "IngestResult",
+    "Outcome",
+    "import_folder",
+    "ingest_face",
+    "ingest_photo",
+]
+
+
+class Outcome(StrEnum):
+    """What happened to one file; every value but ACCEPTED is a rejection."""
+
+    ACCEPTED = "accepted"
+    EMPTY_FILE = "empty_file"
+    FILE_TOO_LARGE = "file_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    UNREADABLE = "unreadable"
+    NO_FACE = "no_face"
+    SEVERAL_FACES = "several_faces"
+    FACE_TOO_SMALL = "face_too_small"
+    TOO_BLURRED = "too_blurred"
+    DUPLICATE = "duplicate"
+    NOT_IN_PERSON_FOLDER = "not_in_person_folder"
+
+
+@dataclass(frozen=True)
+class IngestPolicy:
+    max_bytes: int = 64 * 1024 * 1024  # a file larger than this is not read
+    max_pixels: int = 40_000_000  # width x height from the header, before decoding
+    min_face_px: float = 64.0  # face box side (sqrt of its area) in the photo
+    min_sharpness: float = 25.0  # Quality.sharpness; sharp photos score 75 and more
+    dominance: float = 2.0  # with several faces, the largest must have this x the area
+    margin: float = 0.5  # crop margin on each side, in face box sizes
+    stored_face_px: float = 320.0  # larger faces are scaled down to this in the crop
+
+
+DEFAULT_POLICY = IngestPolicy()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    path: str  # the file (or the name given for uploaded bytes)
+    accepted: bool
+    reason: str  # for people: what was taken, or why the file was rejected
+    sample_id: str | None  # the new sample when accepted
+    outcome: Outcome  # the same, for programs: never match on `reason`'s text
+
+
+class _Rejected(Exception):
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+def ingest_photo(
+    store: EnrollmentStore,
+    detector: Detector,
+    person_id: str,
+    image: bytes | Path | str,
+    source: str,
+    *,
+    policy: IngestPolicy = DEFAULT_POLICY,
+    name: str | None = None,
+) -> IngestResult:
+    """Make one sample for ``person_id`` from a photo (its bytes, or a file path).
+
+    ``source`` is the store's sample source ("photo", "folder", "live"); ``name``
+    labels uploaded bytes in the result. Every problem with the photo is a rejected
+    result; a person that does not exist raises UnknownPersonError.
+    """
+    if isinstance(image, bytes):
+        label = name or "(uploaded photo)"
+    else:
+        label = name or str(image)
+    try:
+        frame = _decode(_read(image, policy), policy)
+        faces = detector.detect(frame)
+        index, note = _choose_face(faces.area, policy)
+        sample = _store_face(
+            store, person_id, frame, faces.xyxy[index], faces.landmarks[index], source, policy
+        )
+    except _Rejected as rejected:
+        return IngestResult(label, False, rejected.reason, None, rejected.outcome)
+    return IngestResult(label, True, note, sample.id, Outcome.ACCEPTED)
+
+
+def ingest_face(
+    store: EnrollmentStore,
+    person_id: str,
+    frame: NDArray[np.uint8],
+    xyxy: NDArray[np.float32],
+    landmarks: NDArray[np.float32],
+    source: str,
+    *,
+    policy: IngestPolicy = DEFAULT_POLICY,
+    name: str = "(camera frame)",
+) -> IngestResult:
+    """Make one sample from a face already found in a BGR ``frame`` (box [4],
+    landmarks [5, 2], e.g. one row of a ``Faces``): the same size, sharpness and
+    duplicate checks as a photo. For live capture, where the caller picks the face."""
+    try:
+        sample = _store_face(store, person_id, frame, xyxy, landmarks, source, policy)
+    except _Rejected as rejected:
+        return IngestResult(name, False, rejected.reason, None, rejected.outcome)
+    return IngestResult(name, True, "face taken", sample.id, Outcome.ACCEPTED)
+
+
+def import_folder(
+    store: EnrollmentStore,
+    detector: Detector,
+    folder: Path,
+    progress: bool = True,
+    *,
+    policy: IngestPolicy = DEFAULT_POLICY,
+) -> list[IngestResult]:
+    """Enroll every photo of ``folder/<person>/``: one sub-folder per person, named
+    with ``_`` for a space (`folder_person_name`). A person who exists already gets
+    the new samples; one created here but left without any accepted photo is removed
+    again. Files directly in ``folder`` are reported and skipped; hidden files
+    (``.DS_Store``) are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SourceError(f"cannot import {folder}: it is not a folder")
+    results: list[IngestResult] = []
+    jobs: dict[Path, list[Path]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            jobs[entry] = sorted(
+                p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")
+            )
+        else:
+            reason = "not in a person's sub-folder (FOLDER/NAME/PHOTO), skipped"
+            outcome = Outcome.NOT_IN_PERSON_FOLDER
+            results.append(IngestResult(str(entry), False, reason, None, outcome))
+    total = sum(len(files) for files in jobs.values())
+    with tqdm(total=total, unit="photo", file=sys.stderr, disable=not progress) as bar:
+        for person_dir, files in jobs.items():
+            if not files:
+                continue
+            name = folder_person_name(person_dir.name)
+            bar.set_description(name)
+            person, created = store.get_or_add_person(name)
+            accepted = 0
+            for path in files:
+                result = ingest_photo(store, detector, person.id, path, "folder", policy=policy)
+                accepted += result.accepted
+                results.append(result)
+                bar.update()
+            if created and not accepted:
+                store.remove_person(person.id)
+    return results
+
+
+def _read(image: bytes | Path | str, policy: IngestPolicy) -> bytes:
+    """The file's bytes, once its size is known to be sensible."""
+    try:
+        size = len(image) if isinstance(image, bytes) else Path(image).stat().st_size
+        if size == 0:
+            raise _Rejected(Outcome.EMPTY_FILE, "empty file (0 bytes)")
+        if size > policy.max_bytes:
+            raise _Rejected(
+                Outcome.FILE_TOO_LARGE,
+                f"file too large ({size / 2**20:.0f} MB, limit {policy.max_bytes / 2**20:.0f} MB)",
+            )
+        return image if isinstance(image, bytes) else Path(image).read_bytes()
+    except OSError as exc:
+        raise _Rejected(Outcome.UNREADABLE, f"unreadable file ({exc.strerror})") from exc
+
+
+def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
+    """BGR pixels of an image file's content; the header's size is checked first."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    # (Pillow's warning for 90 to 180 MP is an exception where warnings are errors)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _Rejected(Outcome.IMAGE_TOO_LARGE, f"image too large ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise _Rejected(
+            Outcome.UNREADABLE, "unreadable file (not an image, or in a format not supported)"
+        ) from exc
+    if width * height > policy.max_pixels:
+        raise _Rejected(
+            Outcome.IMAGE_TOO_LARGE,
+            f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP, "
+            f"limit {policy.max_pixels / 1e6:.0f} MP)",
+        )
+    try:
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise _Rejected(Outcome.UNREADABLE, "unreadable file (damaged image)") from exc
+    if frame is None or frame.size == 0:
+        raise _Rejected(Outcome.UNREADABLE, "unreadable file (damaged or unsupported image)")
+    return frame
+
+
+def _choose_face(area: NDArray[np.float32], policy: IngestPolicy) -> tuple[int, str]:
+    """The index of the face to take and a note saying which; rejects ambiguity."""
+    if len(area) == 0:
+        raise _Rejected(Outcome.NO_FACE, "no face found")
+    if len(area) == 1:
+        return 0, "one face"
+    order = np.argsort(-area)
+    ratio = float(area[order[0]] / max(float(area[order[1]]), 1e-6))
+    if ratio < policy.dominance:
+        raise _Rejected(
+            Outcome.SEVERAL_FACES,
+            f"{len(area)} faces and none clearly the largest (the largest has {ratio:.1f}x "
+            f"the area of the next, {policy.dominance:g}x needed): use a photo of one person",
+        )
+    return int(order[0]), f"largest of {len(area)} faces taken ({ratio:.1f}x the area of the next)"
+
+
+def _store_face(
+    store: EnrollmentStore,
+    person_id: str,
+    frame: NDArray[np.uint8],
+    xyxy: NDArray[np.float32],
+    landmarks: NDArray[np.float32],
+    source: str,
+    policy: IngestPolicy,
+) -> Sample:
+    quality = measure_quality(frame, xyxy, landmarks)
+    if quality.face_px < policy.min_face_px:
+        raise _Rejected(
+            Outcome.FACE_TOO_SMALL,
+            f"face too small ({quality.face_px:.0f} px, at least {policy.min_face_px:g} needed)",
+        )
+    if quality.sharpness < policy.min_sharpness:
+        raise _Rejected(
+            Outcome.TOO_BLURRED,
+            f"too blurred (sharpness {quality.sharpness:.0f}, at least "
+            f"{policy.min_sharpness:g} needed)",
+        )
+    crop, points = _stored_crop(frame, xyxy, landmarks, quality, policy)
+    try:
+        return store.add_sample(person_id, crop, points, quality, source)
+    except DuplicateSampleError as exc:
+        raise _Rejected(
+            Outcome.DUPLICATE,
+            f"duplicate of an existing sample (sample {exc.sample_id} of {exc.person_name})",
+        ) from exc
+
+
+def _stored_crop(
+    frame: NDArray[np.uint8],
+    xyxy: NDArray[np.float32],
+    landmarks: NDArray[np.float32],
+    quality: Quality,
+    policy: IngestPolicy,
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """The crop with margin, scaled down when the face is larger than needed."""
+    crop, points = crop_with_margin(frame, xyxy, landmarks, policy.margin)
+    scale = policy.stored_face_px / quality.face_px
+    if scale >= 1.0:
+        return crop, points
+    height, width = crop.shape[:2]
+    size = (max(round(width * scale), 1), max(round(height * scale), 1))
+    small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    factor = np.array([size[0] / width, size[1] / height], np.float32)
+    return small, (points + 0.5) * factor - 0.5  # pixel centres map onto pixel centres

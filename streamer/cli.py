@@ -1,0 +1,252 @@
+"""The streamer's commands: ``facestream run`` and ``facestream webcam``.
+
+Heavy modules (cv2, onnxruntime) are imported inside the handlers, as the protocol in
+`facecore.cli` asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from facecore.cli import Subparsers, add_command
+from facecore.config import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from streamer.annotate import Overlay
+    from streamer.engine import Engine
+    from streamer.events import EventWriter
+    from streamer.pipeline import FrameResult, StreamPipeline
+    from streamer.runner import RunSummary
+    from streamer.sources import CaptureSource, SourceFrame
+
+__all__ = ["apply_key", "register"]
+
+KEY_QUIT = (ord("q"), 27)  # q, Esc
+KEY_TRACK_IDS = ord("t")
+KEY_FPS = ord("f")
+
+
+def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    run = add_command(
+        subparsers["facestream"],
+        "run",
+        parents=parents,
+        handler=_run,
+        help="recognise faces in a video file, stream or camera; write the annotated video",
+        description="Run the live pipeline on a video file, a network stream (RTSP/HTTP URL) "
+        "or a camera (its index): find faces, follow them, name the people known from the "
+        'current bundle (everyone is "unknown" when there is none), and write the '
+        "annotated video and the recognition events. Ends with a one-line summary. "
+        "Stop a camera, a stream or --loop with Ctrl-C.",
+        epilog="examples:\n"
+        "  facestream run --source clip.mp4 --output annotated.mp4\n"
+        "  facestream run --source clip.mp4 --events -          # JSON lines on stdout\n"
+        "  facestream run --source rtsp://cam.local/stream --events events.jsonl\n"
+        "  facestream run --source 0 --output webcam.mp4",
+    )
+    run.add_argument(
+        "--source",
+        required=True,
+        metavar="FILE|URL|INDEX",
+        help="a video file, an rtsp:// or http(s):// URL, or a camera index",
+    )
+    run.add_argument("--loop", action="store_true", help="start a video file again at its end")
+    run.add_argument(
+        "--realtime",
+        action="store_true",
+        help="read a video file at its own frame rate, skipping frames the "
+        "pipeline has no time for (as a camera would)",
+    )
+    run.add_argument("--output", metavar="FILE", help="write the annotated video here (.mp4)")
+    run.add_argument(
+        "--events", metavar="FILE", help="write recognition events as JSON lines here ('-': stdout)"
+    )
+    _pipeline_options(run)
+
+    webcam = add_command(
+        subparsers["facestream"],
+        "webcam",
+        parents=parents,
+        handler=_webcam,
+        help="show a camera with names on the faces, in a local window",
+        description="Open a camera and show it in a window with a box and a name on each "
+        "face. Keys: q or Esc quit, t shows or hides track ids, f shows or hides the frame "
+        "rate.",
+        epilog="examples:\n  facestream webcam\n  facestream webcam --source 1",
+    )
+    webcam.add_argument(
+        "--source", default="0", metavar="INDEX|URL", help="camera index or stream URL (default: 0)"
+    )
+    webcam.add_argument(
+        "--events",
+        metavar="FILE",
+        help="also write recognition events as JSON lines here ('-': stdout)",
+    )
+    _pipeline_options(webcam)
+
+
+def _pipeline_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-tracking",
+        dest="tracking.enabled",
+        action="store_const",
+        const=False,
+        default=None,
+        help="recognise every face in every frame (slow; a baseline)",
+    )
+    parser.add_argument(
+        "--detection-size",
+        dest="detection.size",
+        metavar="PX",
+        default=None,
+        help="longest image side given to the face detector",
+    )
+    parser.add_argument(
+        "--font",
+        dest="font",
+        metavar="FILE",
+        default=None,
+        help="TrueType font for names (default: fontconfig's sans-serif, "
+        "with per-script fallbacks)",
+    )
+    parser.add_argument("--track-ids", action="store_true", help="show each face's track id")
+
+
+def apply_key(overlay: Overlay, key: int) -> tuple[Overlay, bool]:
+    """The webcam window's keys: (the overlay to use, whether to quit)."""
+    if key in KEY_QUIT:
+        return overlay, True
+    if key == KEY_TRACK_IDS:
+        return replace(overlay, track_ids=not overlay.track_ids), False
+    if key == KEY_FPS:
+        return replace(overlay, fps=not overlay.fps), False
+    return overlay, False
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from streamer.annotate import Overlay
+    from streamer.sources import open_source
+
+    source = open_source(args.source, loop=args.loop, realtime=args.realtime)
+    try:
+        summary = _drive(
+            settings, source, Overlay(track_ids=args.track_ids), args.events, args.output
+        )
+    finally:
+        source.close()
+    print(summary.line(), file=sys.stderr if args.events == "-" else sys.stdout)
+    return 0
+
+
+def _webcam(settings: Settings, args: argparse.Namespace) -> int:
+    import cv2
+
+    from streamer.annotate import Overlay
+    from streamer.errors import OutputError
+    from streamer.sources import open_source
+
+    title = "facestream"
+    source = open_source(args.source)
+    try:
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise OutputError(f"cannot open a window (is there a display?): {exc}") from exc
+        summary = _drive(
+            settings,
+            source,
+            Overlay(track_ids=args.track_ids, fps=True),
+            args.events,
+            None,
+            window=title,
+        )
+    finally:
+        source.close()
+        cv2.destroyAllWindows()
+    print(summary.line(), file=sys.stderr if args.events == "-" else sys.stdout)
+    return 0
+
+
+def _drive(
+    settings: Settings,
+    source: CaptureSource,
+    overlay: Overlay,
+    events_target: str | None,
+    output: str | None,
+    *,
+    window: str | None = None,
+) -> RunSummary:
+    from streamer.engine import Engine
+    from streamer.events import EventWriter
+
+    events = EventWriter(events_target) if events_target else None
+    try:
+        with Engine.from_settings(settings) as engine:
+            return asyncio.run(_loop(engine, source, overlay, events, output, window))
+    finally:
+        if events is not None:
+            events.close()
+
+
+async def _loop(
+    engine: Engine,
+    source: CaptureSource,
+    overlay: Overlay,
+    events: EventWriter | None,
+    output: str | None,
+    window: str | None,
+) -> RunSummary:
+    from streamer.runner import VideoFileSink, run_source
+
+    pipeline = engine.pipeline(source.description, overlay=overlay)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        stop.set()
+        source.close()  # wakes a read that waits for a camera to come back
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    sinks: list[VideoFileSink] = []
+
+    def on_result(frame: SourceFrame, result: FrameResult, done: float) -> None:
+        if events is not None:
+            events.write(result.events)
+        if output is not None:
+            if not sinks:
+                height, width = result.frame.shape[:2]
+                sinks.append(
+                    VideoFileSink(Path(output), source.pace or source.fps or 30.0, (width, height))
+                )
+            sinks[0].write(result.frame)
+        if window is not None:
+            _show(window, result.frame, pipeline, stop)
+
+    try:
+        return await run_source(source, pipeline, on_result, stop=stop)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        pipeline.close()
+        for sink in sinks:
+            sink.close()
+
+
+def _show(
+    window: str, frame: NDArray[np.uint8], pipeline: StreamPipeline, stop: asyncio.Event
+) -> None:
+    import cv2
+
+    cv2.imshow(window, frame)
+    pipeline.overlay, quit_now = apply_key(pipeline.overlay, cv2.waitKey(1) & 0xFF)
+    if quit_now or cv2.getWindowProperty(window, cv2.WND_PROP_VISIBLE) < 1:
+        stop.set()

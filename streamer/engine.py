@@ -1,0 +1,252 @@
+"""The process-wide part of the live pipeline.
+
+One `Engine` per process holds one `Detector` (one YuNet instance per worker
+thread), a small thread pool for the CPU stages (detection, alignment, annotation),
+one `BatchRecognizer` (its batcher thread alone owns the ONNX session) and the
+current bundle. Each stream gets its own `StreamPipeline` from ``pipeline()``.
+
+A bundle becomes an `ActiveModel` in ``prepare()``: a bundle with the backbone
+already serving reuses that session (only the gallery changes); a new backbone gets
+a new session, warmed up and checked against the gallery, in the caller's thread.
+``install()`` hands it to the recognizer, which switches between two batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facecore.bundle import Bundle, load_bundle
+from facecore.config import RecognitionSettings, Settings, TrackingSettings
+from facecore.detector import Detector
+from facecore.embedder import Embedder
+from facecore.errors import BundleError, ModelError
+from facecore.faces import Faces
+from facecore.publish import current_bundle_dir
+from facecore.registry import DETECTOR, model_path
+from facecore.sessions import create_session
+from streamer.annotate import Overlay
+from streamer.errors import BundleRefusedError, ClosedError
+from streamer.fonts import FontSet
+from streamer.pipeline import StreamPipeline
+from streamer.recognizer import ActiveModel, BatchRecognizer
+from streamer.reload import BundleWatcher
+from streamer.tracker import view_quality
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WARM_UP_BATCH = 2
+
+
+class Engine:
+    """Process-wide: one Detector, one BatchRecognizer (one batcher thread owning
+    the ONNX session), the current bundle. A context manager; ``close()`` joins
+    every thread and is safe to call twice."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        fonts: FontSet,
+        recognition: RecognitionSettings | None = None,
+        tracking: TrackingSettings | None = None,
+        bundle: Bundle | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.detector = detector
+        self.fonts = fonts
+        self.recognition = recognition or RecognitionSettings()
+        self.tracking = tracking or TrackingSettings()
+        self._swap_lock = threading.Lock()
+        self._model: ActiveModel | None = None
+        model = self.prepare(bundle) if bundle is not None else None
+        self.recognizer = BatchRecognizer(
+            model,
+            batch_size=self.recognition.batch_size,
+            batch_wait_ms=self.recognition.batch_wait_ms,
+        )
+        self._model = model
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers or min(4, os.cpu_count() or 2), thread_name_prefix="facestream-cpu"
+        )
+        self._pipelines: weakref.WeakSet[StreamPipeline] = weakref.WeakSet()
+        self._watcher: BundleWatcher | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, watch: bool = True) -> Engine:
+        """The detector and settings from ``settings``, the bundle that
+        ``state_dir/bundles/current`` points at (none: every face is "unknown"), and,
+        with ``watch``, a `BundleWatcher` that swaps in each new published bundle."""
+        detection = settings.detection
+        detector = Detector(
+            model_path(settings, DETECTOR),
+            size=detection.size,
+            score_threshold=detection.score_threshold,
+            nms_threshold=detection.nms_threshold,
+            min_face_px=detection.min_face_px,
+        )
+        bundles_dir = settings.state_dir / "bundles"
+        bundle = None
+        current = current_bundle_dir(bundles_dir)
+        if current is not None:
+            try:
+                bundle = load_bundle(current)
+            except BundleError as exc:
+                log.error("%s; every face is unknown until a good bundle is published", exc)
+        fonts = FontSet(settings.font)
+        try:
+            engine = cls(
+                detector,
+                fonts=fonts,
+                recognition=settings.recognition,
+                tracking=settings.tracking,
+                bundle=bundle,
+            )
+        except BundleRefusedError as exc:
+            log.error("%s; every face is unknown until a good bundle is published", exc)
+            engine = cls(
+                detector, fonts=fonts, recognition=settings.recognition, tracking=settings.tracking
+            )
+        if watch:
+            engine.watch(bundles_dir)
+        return engine
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def bundle(self) -> Bundle | None:
+        model = self._model
+        return model.bundle if model is not None else None
+
+    @property
+    def bundle_version(self) -> int | None:
+        model = self._model
+        return model.version if model is not None else None
+
+    def pipeline(self, stream_id: str, *, overlay: Overlay | None = None) -> StreamPipeline:
+        """A new pipeline for one stream (its own tracks), sharing this engine."""
+        if self._closed:
+            raise ClosedError("the engine is closed")
+        pipeline = StreamPipeline(self, stream_id, overlay=overlay or Overlay())
+        self._pipelines.add(pipeline)
+        return pipeline
+
+    def prepare(self, bundle: Bundle) -> ActiveModel:
+        """Make ``bundle`` ready to serve without disturbing the one serving: reuse
+        the serving session when the backbone is the same, else build and warm up a
+        new one. Raises `BundleRefusedError` when the bundle cannot serve."""
+        manifest = bundle.manifest
+        current = self._model
+        if (
+            current is not None
+            and current.backbone == manifest.backbone_sha256
+            and current.embedder.preprocessing == manifest.preprocessing
+        ):
+            embedder, dimension = current.embedder, current.embedder.dimension
+        else:
+            embedder, dimension = self._new_embedder(bundle)
+        width = bundle.gallery.weights.shape[1]
+        if len(bundle.gallery.labels) and width != dimension:
+            raise BundleRefusedError(
+                f"bundle {bundle.path}: its gallery rows have {width} values, "
+                f"its backbone makes {dimension}"
+            )
+        return ActiveModel(bundle, embedder)
+
+    def install(self, model: ActiveModel | None) -> None:
+        """Serve ``model`` from the next recognition batch on (None: nobody known)."""
+        with self._swap_lock:
+            self._model = model
+            self.recognizer.swap(model)
+        if model is None:
+            log.info("no bundle: every face is unknown")
+        else:
+            log.info(
+                "serving bundle version %d (%d people) from %s",
+                model.version,
+                len(model.gallery.labels),
+                model.bundle.path,
+            )
+
+    def swap_bundle(self, bundle: Bundle | None) -> None:
+        """``install(prepare(bundle))``: thread-safe; takes effect between batches,
+        no frame is lost. Builds a session when the backbone is new, so call it
+        off the event loop."""
+        self.install(self.prepare(bundle) if bundle is not None else None)
+
+    def watch(self, bundles_dir: Path, *, interval: float = 0.5) -> BundleWatcher:
+        """Start following ``bundles_dir/current`` (closed with the engine)."""
+        if self._watcher is None:
+            loaded = self.bundle.path if self.bundle is not None else None
+            self._watcher = BundleWatcher(self, bundles_dir, interval=interval, loaded=loaded)
+        return self._watcher
+
+    def detect(self, frame: NDArray[np.uint8]) -> tuple[Faces, NDArray[np.float32]]:
+        """Faces in ``frame`` and their `view_quality` [N] (runs in a worker thread)."""
+        faces = self.detector.detect(frame)
+        return faces, view_quality(frame, faces)
+
+    async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
+        """Run CPU work on the engine's pool, off the event loop."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        except RuntimeError as exc:
+            if self._closed:
+                raise ClosedError("the engine is closed") from exc
+            raise
+
+    def close(self) -> None:
+        """Stop watching, close every pipeline, the recognizer and the pool. Safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.close()
+        for pipeline in list(self._pipelines):
+            pipeline.close()
+        self.recognizer.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _new_embedder(self, bundle: Bundle) -> tuple[Embedder, int]:
+        """A session for the bundle's backbone, run once on a warm-up batch."""
+        width, height = bundle.manifest.preprocessing.size
+        try:
+            session = create_session(
+                bundle.backbone_path,
+                device=self.recognition.device,
+                threads=self.recognition.threads,
+            )
+            embedder = Embedder(session, bundle.manifest.preprocessing)
+            out = embedder.embed_raw(np.full((WARM_UP_BATCH, height, width, 3), 128, np.uint8))
+        except ModelError as exc:
+            raise BundleRefusedError(
+                f"bundle {bundle.path}: its backbone cannot serve: {exc}"
+            ) from exc
+        except Exception as exc:  # onnxruntime's run errors have no exported base class
+            raise BundleRefusedError(
+                f"bundle {bundle.path}: its backbone failed on a warm-up batch: {exc}"
+            ) from exc
+        if out.ndim != 2 or len(out) != WARM_UP_BATCH or not np.isfinite(out).all():
+            raise BundleRefusedError(
+                f"bundle {bundle.path}: its backbone gave {out.shape} non-finite or misshapen "
+                f"embeddings for a warm-up batch of {WARM_UP_BATCH}"
+            )
+        return embedder, int(out.shape[1])

@@ -1,0 +1,71 @@
+"""The server's enrollment worker: one thread that owns the enrollment store.
+
+An `EnrollmentStore` holds one SQLite connection and must stay in the thread that
+opened it, and ingesting a photo (decode, detect, crop) is CPU work that must stay
+off the event loop. So the web API and the live capture hand every store job to this
+worker: ``await worker.call(job)`` runs ``job(store)`` in the worker's one thread and
+returns its result (or raises its exception). Jobs run one at a time, in order;
+enrollment blocks rather than drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from enrollment.store import STORE_DIR, EnrollmentStore
+from facecore.config import Settings
+from facecore.detector import Detector
+from streamer.errors import ClosedError
+
+__all__ = ["EnrollmentWorker"]
+
+T = TypeVar("T")
+
+
+class EnrollmentWorker:
+    """Runs store jobs in one thread. ``detector`` is the YuNet used to ingest photos
+    (a `Detector` may be called from any thread). ``close()`` waits for the job in
+    progress, closes the store in its thread and is safe to call twice."""
+
+    def __init__(self, store_root: Path, detector: Detector) -> None:
+        self.store_root = Path(store_root)
+        self.detector = detector
+        self._store: EnrollmentStore | None = None  # touched only in the worker thread
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enroll-store")
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, detector: Detector) -> EnrollmentWorker:
+        """The worker of this installation's store, ``state_dir/enrollment``."""
+        return cls(settings.state_dir / STORE_DIR, detector)
+
+    async def call(self, job: Callable[[EnrollmentStore], T]) -> T:
+        """``job(store)`` in the worker thread. Raises `ClosedError` after ``close()``."""
+        if self._closed:
+            raise ClosedError("the enrollment worker is closed")
+        try:
+            future = self._executor.submit(self._run, job)
+        except RuntimeError as exc:  # shut down between the check and the submit
+            raise ClosedError("the enrollment worker is closed") from exc
+        return await asyncio.wrap_future(future)
+
+    def _run(self, job: Callable[[EnrollmentStore], T]) -> T:
+        if self._store is None:
+            self._store = EnrollmentStore(self.store_root)
+        return job(self._store)
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.submit(self._close_store)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,160 @@
+"""The source loop: frames from a `FrameSource` through a `StreamPipeline`, in order.
+
+`run_source` keeps up to ``in_flight`` frames in the pipeline (the next frame's
+detection overlaps this one's recognition and annotation) and takes a new frame from
+the source only when there is room, so with a live source the frame it takes is the
+newest one: when the pipeline is slower than the source, frames are skipped at the
+source's mailbox, never queued, and a frame's latency stays bounded. Results reach
+``on_result`` in source order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from streamer.errors import OutputError
+from streamer.pipeline import FrameResult, StreamPipeline
+from streamer.sources import FrameSource, SourceFrame
+
+__all__ = ["RunSummary", "VideoFileSink", "run_source"]
+
+ResultCallback = Callable[[SourceFrame, FrameResult, float], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    frames: int
+    seconds: float
+    dropped: int  # frames the source skipped because the pipeline was busy
+    faces_seen: int  # distinct tracks
+    names_seen: tuple[str, ...] = field(default=())
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        names = ", ".join(self.names_seen) or "none"
+        return (
+            f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps), "
+            f"{self.dropped} skipped, {self.faces_seen} faces seen, names seen: {names}"
+        )
+
+
+async def run_source(
+    source: FrameSource,
+    pipeline: StreamPipeline,
+    on_result: ResultCallback | None = None,
+    *,
+    in_flight: int = 2,
+    stop: asyncio.Event | None = None,
+) -> RunSummary:
+    """Process ``source`` until it ends or ``stop`` is set; ``on_result(frame,
+    result, done)`` gets every result in order (``done``: time.monotonic() when the
+    pipeline finished it). Closes neither the source nor the pipeline."""
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+    loop = asyncio.get_running_loop()
+    room = asyncio.Semaphore(in_flight)
+    started: asyncio.Queue[tuple[SourceFrame, asyncio.Task[tuple[FrameResult, float]]] | None]
+    started = asyncio.Queue()  # bounded by `room`
+    stop = stop or asyncio.Event()
+    tracks: set[int] = set()
+    names: set[str] = set()
+    frames = 0
+
+    async def timed(image: NDArray[np.uint8]) -> tuple[FrameResult, float]:
+        result = await pipeline.process(image)
+        return result, time.monotonic()
+
+    async def feed() -> None:
+        try:
+            while not stop.is_set():
+                await room.acquire()
+                frame = await loop.run_in_executor(None, source.read)
+                if frame is None or stop.is_set():
+                    break
+                await started.put((frame, asyncio.create_task(timed(frame.image))))
+        finally:
+            started.put_nowait(None)
+
+    begin = time.monotonic()
+    feeder = asyncio.create_task(feed())
+    try:
+        while (item := await started.get()) is not None:
+            frame, task = item
+            result, done = await task
+            room.release()
+            frames += 1
+            for view in result.tracks:
+                tracks.add(view.track_id)
+                if view.name is not None:
+                    names.add(view.name)
+            if on_result is not None:
+                returned = on_result(frame, result, done)
+                if inspect.isawaitable(returned):
+                    await returned
+    finally:
+        stop.set()
+        if not feeder.done():
+            feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+        while not started.empty():
+            if (item := started.get_nowait()) is not None:
+                item[1].cancel()
+    return RunSummary(
+        frames, time.monotonic() - begin, source.dropped, len(tracks), tuple(sorted(names))
+    )
+
+
+class VideoFileSink:
+    """Writes frames to a video file from its own thread (a bounded queue: the
+    caller waits when the encoder falls behind; an output file loses nothing)."""
+
+    def __init__(
+        self, path: Path, fps: float, size: tuple[int, int], *, fourcc: str = "mp4v"
+    ) -> None:
+        self.path = Path(path)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
+        if not self._writer.isOpened():
+            raise OutputError(f"cannot write video {self.path} ({fourcc}, {size[0]}x{size[1]})")
+        self.size = size
+        self.written = 0
+        self._queue: queue.Queue[NDArray[np.uint8] | None] = queue.Queue(maxsize=8)
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name="facestream-video-writer", daemon=True
+        )
+        self._thread.start()
+
+    def write(self, frame: NDArray[np.uint8]) -> None:
+        if frame.shape[1::-1] != self.size:
+            frame = cv2.resize(frame, self.size)
+        self._queue.put(frame)
+
+    def close(self) -> None:
+        """Flush and finish the file. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.release()
+
+    def _run(self) -> None:
+        while (frame := self._queue.get()) is not None:
+            self._writer.write(frame)
+            self.written += 1

@@ -1,0 +1,198 @@
+"""``facestream serve``: the WebRTC server for phones.
+
+``register_serve(subparsers, parents)`` adds the verb; ``streamer/cli.py`` calls it.
+Heavy modules (aiortc, the engine) are imported inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from facecore.cli import Subparsers, add_command
+from facecore.config import Settings
+from facecore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from streamer.tls import CertificatePair
+
+__all__ = ["register_serve", "serve"]
+
+DESCRIPTION = """\
+Serve the phone page over HTTPS: open one of the printed addresses on a phone on the
+same network (or scan the QR code), allow the camera, and the video comes back with
+names on the faces.
+
+Access needs a token: a random one is made on first run, printed and stored in
+STATE_DIR/server/token (owner-only); --token or FACESTREAM_TOKEN sets one instead.
+Without --cert/--key a self-signed certificate is made in STATE_DIR/tls and its
+SHA-256 fingerprint printed: the phone warns once, compare the fingerprint."""
+
+EPILOG = """\
+examples:
+  facestream serve
+  facestream serve --port 9443 --cert fullchain.pem --key privkey.pem
+  facestream serve --http --host 127.0.0.1      # local testing only: no camera on phones
+  FACESTREAM_SERVER_ICE_SERVERS=stun:stun.example.org:3478 facestream serve"""
+
+
+def register_serve(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        subparsers["facestream"],
+        "serve",
+        parents=parents,
+        handler=serve,
+        help="serve the phone page and recognise faces in phone video (WebRTC)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    add = parser.add_argument
+    add(
+        "--host",
+        dest="server.host",
+        default=None,
+        metavar="ADDR",
+        help="address to listen on (default 0.0.0.0: every interface)",
+    )
+    add("--port", dest="server.port", default=None, metavar="N", help="TCP port (default 8443)")
+    add(
+        "--http",
+        dest="server.http",
+        action="store_true",
+        default=None,
+        help="plain HTTP, for local testing only (phones open the camera only over HTTPS)",
+    )
+    add(
+        "--cert",
+        dest="server.cert_file",
+        default=None,
+        metavar="PEM",
+        help="TLS certificate chain (with --key); default: a self-signed one",
+    )
+    add("--key", dest="server.key_file", default=None, metavar="PEM", help="TLS private key")
+    add(
+        "--token",
+        dest="server.token",
+        default=None,
+        metavar="TOKEN",
+        help="access token (or FACESTREAM_TOKEN); default: the stored random one",
+    )
+    add(
+        "--max-sessions",
+        dest="server.max_sessions",
+        default=None,
+        metavar="N",
+        help="phones served at once; more get 503 (default 4)",
+    )
+    add(
+        "--ice-server",
+        dest="server.ice_servers",
+        default=None,
+        metavar="URLS",
+        help="comma-separated stun:HOST:PORT / turn:USER:PASS@HOST:PORT for other networks",
+    )
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the server until SIGINT or SIGTERM."""
+    asyncio.run(_serve(settings, sys.stdout))
+    return 0
+
+
+async def _serve(settings: Settings, out: TextIO) -> None:
+    from aiohttp import web
+
+    from streamer import announce, tls
+    from streamer.auth import load_or_create_token, token_path
+    from streamer.engine import Engine
+    from streamer.server import create_app
+
+    server = settings.server
+    token, created = load_or_create_token(settings)
+    addresses = announce.lan_addresses(server.host)
+    ssl_context = None
+    pair = None
+    if not server.http:
+        pair = tls.ensure_certificate(settings, addresses)
+        ssl_context = tls.server_ssl_context(pair)
+    engine = Engine.from_settings(settings)
+    try:
+        app = create_app(settings, engine, token, secure=not server.http)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {server.host}:{server.port}: {exc.strerror}",
+                ) from exc
+            scheme = "http" if server.http else "https"
+            urls = announce.server_urls(scheme, addresses, _bound_port(runner, server.port))
+            new_token = (token, token_path(settings)) if created else None
+            print(_startup_text(scheme, urls, pair, new_token), file=out, flush=True)
+            if urls:
+                # the token rides in the fragment, which browsers never send; only on a
+                # terminal, so it does not end up in a service's journal
+                target = urls[0] + (f"login#token={token}" if out.isatty() else "")
+                print(announce.qr_text(target), file=out, flush=True)
+            await _wait_for_signal()
+            print("facestream: shutting down", file=out, flush=True)
+        finally:
+            await runner.cleanup()
+    finally:
+        engine.close()
+
+
+def _bound_port(runner: object, asked: int) -> int:
+    addresses = getattr(runner, "addresses", [])
+    for address in addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked
+
+
+def _startup_text(
+    scheme: str,
+    urls: Sequence[str],
+    pair: CertificatePair | None,
+    new_token: tuple[str, Path] | None,
+) -> str:
+    from streamer.tls import fingerprint
+
+    lines = []
+    if scheme == "http":
+        lines.append(
+            "WARNING: plain HTTP (--http): phones will not open the camera; "
+            "use it on this machine (http://localhost) or for tests only."
+        )
+    if pair is not None:
+        kind = "self-signed certificate" if pair.self_signed else "certificate"
+        lines.append(f"{kind}: {pair.cert}")
+        lines.append(f"  SHA-256 fingerprint: {fingerprint(pair.cert)}")
+    if new_token is not None:
+        lines.append(f"access token (new, stored in {new_token[1]}): {new_token[0]}")
+    if urls:
+        lines.append("open on a phone on the same network:")
+        lines.extend(f"  {url}" for url in urls)
+    else:
+        lines.append("no network address found; open it on this machine (localhost)")
+    return "\n".join(lines)
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

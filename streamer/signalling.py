@@ -1,0 +1,84 @@
+"""Signalling checks: which offers the server answers, and the ICE server list.
+
+``check_offer`` rejects, before any peer connection is made, what cannot be served:
+SDP that does not parse or sends no video (400), or video in no codec the server
+decodes (415). ``parse_ice_servers`` turns ``settings.server.ice_servers`` strings
+into aiortc's ``RTCIceServer`` records, or raises ``ConfigError`` naming the entry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from aiortc import RTCIceServer, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+
+from facecore.errors import ConfigError
+
+__all__ = ["ACCEPTED_VIDEO_CODECS", "OfferError", "check_offer", "parse_ice_servers"]
+
+ACCEPTED_VIDEO_CODECS = frozenset({"video/vp8", "video/h264"})
+_ICE_SERVER = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?:(?P<user>[^:@/]+):(?P<password>[^@/]*)@)?"
+    r"(?P<host>[^:@/?]+)(?::(?P<port>\d{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?"
+)
+
+
+class OfferError(Exception):
+    """An offer the server will not answer: ``status`` is the HTTP status to send."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def parse_ice_servers(entries: Iterable[str]) -> list[RTCIceServer]:
+    """``stun:host:port`` and ``turn:user:password@host:port[?transport=tcp]``
+    strings (``settings.server.ice_servers``) as ``RTCIceServer`` records."""
+    servers = []
+    for entry in entries:
+        match = _ICE_SERVER.fullmatch(entry.strip())
+        if match is None:
+            raise ConfigError(
+                "expected stun:HOST[:PORT] or turn:USER:PASSWORD@HOST[:PORT][?transport=udp|tcp]",
+                key="server.ice_servers",
+                value=entry,
+            )
+        scheme, user = match["scheme"], match["user"]
+        if scheme.startswith("turn") != (user is not None):
+            reason = (
+                "a TURN server needs USER:PASSWORD@"
+                if user is None
+                else "STUN takes no credentials"
+            )
+            raise ConfigError(reason, key="server.ice_servers", value=entry)
+        url = f"{scheme}:{match['host']}" + (f":{match['port']}" if match["port"] else "")
+        if match["transport"]:
+            url += f"?transport={match['transport']}"
+        servers.append(RTCIceServer(urls=url, username=user, credential=match["password"]))
+    return servers
+
+
+def check_offer(description: RTCSessionDescription) -> None:
+    """Reject, before any resource is made, an offer that is not SDP, sends no
+    video, or offers no video codec the server decodes (VP8, H.264)."""
+    if description.type != "offer":
+        raise OfferError(400, f'expected "type": "offer", got {description.type!r}')
+    try:
+        parsed = aiortc_sdp.SessionDescription.parse(description.sdp)
+    except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
+        raise OfferError(400, f"the SDP cannot be parsed: {type(exc).__name__} {exc}") from exc
+    if not parsed.media:
+        raise OfferError(400, "the SDP has no media sections")
+    videos = [
+        m for m in parsed.media if m.kind == "video" and m.direction in ("sendrecv", "sendonly")
+    ]
+    if not videos:
+        raise OfferError(400, "the offer sends no video (add a camera track, direction sendrecv)")
+    offered = {c.mimeType.lower() for c in videos[0].rtp.codecs}
+    if not offered & ACCEPTED_VIDEO_CODECS:
+        raise OfferError(
+            415, f"no video codec the server can take: offered {sorted(offered)}, need VP8 or H264"
+        )

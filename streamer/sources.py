@@ -1,0 +1,321 @@
+"""Frame sources: a webcam, a video file, a network stream, or frames pushed in.
+
+Every source is a `FrameSource`: ``read()`` blocks for the next frame and returns
+None once the source has ended. Frames pass through a one-slot mailbox
+(`PushSource`): for a live source a new frame replaces one not yet taken (the newest
+frame wins, the replaced one is counted in ``dropped``); a video file read as fast as
+possible is lossless instead (its reader waits for the slot), unless it is paced at
+its frame rate to stand in for a camera.
+
+`CaptureSource` reads through ``cv2.VideoCapture`` in its own thread. A camera or
+stream that cannot be opened raises `SourceError` naming it; one that stops
+delivering frames is reopened with exponential backoff and resumes; a file that ends
+ends the source (or starts again with ``loop``). Anything else that produces frames
+(the WebRTC track) feeds a `PushSource` with ``push()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from facecore.errors import SourceError
+
+__all__ = [
+    "CaptureSource",
+    "FrameSource",
+    "PushSource",
+    "SourceFrame",
+    "SourceSpec",
+    "open_source",
+    "parse_source",
+]
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["camera", "file", "url"]
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_CREDENTIALS = re.compile(r"(?<=://)[^/@]*@")
+NETWORK_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    image: NDArray[np.uint8]  # [H, W, 3] BGR
+    index: int  # position in the source, from 0; a gap means frames were dropped
+    captured: float  # time.monotonic() when the frame was read
+
+
+class FrameSource(Protocol):
+    """What the pipeline's source loop reads from."""
+
+    description: str
+
+    def read(self) -> SourceFrame | None:
+        """The next frame (blocking); None once the source has ended or was closed."""
+        ...
+
+    @property
+    def dropped(self) -> int:
+        """Frames replaced before anyone read them."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PushSource:
+    """A one-slot mailbox that is a `FrameSource`: any thread ``push()``es frames in.
+
+    ``lossless=False`` (live): a pushed frame replaces the one waiting, which counts
+    as dropped. ``lossless=True``: ``push()`` waits until the waiting frame is taken.
+    """
+
+    def __init__(self, description: str = "pushed frames", *, lossless: bool = False) -> None:
+        self.description = description
+        self.lossless = lossless
+        self._cond = threading.Condition()
+        self._slot: SourceFrame | None = None
+        self._next_index = 0
+        self._dropped = 0
+        self._ended = False
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def push(self, image: NDArray[np.uint8], *, captured: float | None = None) -> bool:
+        """Offer a frame; False when the source has ended (the frame is discarded)."""
+        stamp = time.monotonic() if captured is None else captured
+        with self._cond:
+            if self.lossless:
+                self._cond.wait_for(lambda: self._slot is None or self._ended)
+            if self._ended:
+                return False
+            if self._slot is not None:
+                self._dropped += 1
+            self._slot = SourceFrame(image, self._next_index, stamp)
+            self._next_index += 1
+            self._cond.notify_all()
+            return True
+
+    def end(self) -> None:
+        """No more frames: ``read()`` still hands out the waiting one, then None."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def read(self) -> SourceFrame | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._slot is not None or self._ended)
+            frame, self._slot = self._slot, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        """End the source and discard the waiting frame. Safe to call twice."""
+        with self._cond:
+            self._ended = True
+            self._slot = None
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: SourceKind
+    target: int | str  # camera index, file path or URL
+
+    @property
+    def description(self) -> str:
+        if self.kind == "camera":
+            return f"camera {self.target} (/dev/video{self.target})"
+        if self.kind == "url":
+            return f"stream {_CREDENTIALS.sub('***@', str(self.target))}"
+        return f"video file {self.target}"
+
+
+def parse_source(text: str | int) -> SourceSpec:
+    """``0`` -> camera 0; ``rtsp://...`` or ``http://...`` -> a stream; else a file."""
+    if isinstance(text, int) or str(text).strip().isdigit():
+        return SourceSpec("camera", int(text))
+    if _URL.match(text):
+        return SourceSpec("url", text)
+    return SourceSpec("file", str(Path(text).expanduser()))
+
+
+class Capture(Protocol):
+    """The part of ``cv2.VideoCapture`` a `CaptureSource` uses."""
+
+    def isOpened(self) -> bool: ...
+    def read(self) -> tuple[bool, NDArray[np.uint8] | None]: ...
+    def get(self, prop: int) -> float: ...
+    def release(self) -> None: ...
+
+
+def open_capture(spec: SourceSpec) -> Capture:
+    """A ``cv2.VideoCapture`` for ``spec`` (not checked: see ``isOpened()``)."""
+    if spec.kind == "camera":
+        return cv2.VideoCapture(int(spec.target))
+    if spec.kind == "url":
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            NETWORK_TIMEOUT_MS,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            NETWORK_TIMEOUT_MS,
+        ]
+        return cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
+    return cv2.VideoCapture(str(spec.target))
+
+
+class CaptureSource:
+    """Reads a camera, file or stream in a thread into a `PushSource`.
+
+    ``realtime``: deliver a file at its own frame rate (``pace`` frames per second
+    when given), so it behaves like a camera: live, newest frame wins. ``loop``:
+    start a file again at its end.
+    ``retry_initial``/``retry_max``: backoff in seconds between attempts to reopen a
+    camera or stream that stopped delivering.
+    """
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        loop: bool = False,
+        realtime: bool = False,
+        pace: float | None = None,
+        retry_initial: float = 0.25,
+        retry_max: float = 5.0,
+        opener: Callable[[SourceSpec], Capture] = open_capture,
+    ) -> None:
+        if pace is not None and pace <= 0:
+            raise ValueError(f"pace must be a positive frame rate, got {pace}")
+        self.spec = spec
+        self.description = spec.description
+        self.loop = loop
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._opener = opener
+        self._capture = self._open_first()
+        fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 0.0 < fps < 1000.0 else None  # what the source says, if sane
+        self.pace = (pace or self.fps or 30.0) if realtime or pace is not None else None
+        live = spec.kind != "file" or self.pace is not None
+        self._mailbox = PushSource(self.description, lossless=not live)
+        self._stop = threading.Event()
+        self.reconnects = 0
+        self._thread = threading.Thread(target=self._run, name="facestream-source", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        return self._mailbox.dropped
+
+    def read(self) -> SourceFrame | None:
+        return self._mailbox.read()
+
+    def close(self) -> None:
+        """Stop the reader thread and release the device. Safe to call twice."""
+        self._stop.set()
+        self._mailbox.close()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=NETWORK_TIMEOUT_MS / 1000 + 1)
+
+    def _open_first(self) -> Capture:
+        spec = self.spec
+        if spec.kind == "file" and not Path(str(spec.target)).is_file():
+            raise SourceError(f"{spec.description} does not exist")
+        try:
+            capture = self._opener(spec)
+            opened = capture.isOpened()
+        except cv2.error as exc:
+            raise SourceError(f"{spec.description} cannot be opened: {exc}") from exc
+        if opened:
+            return capture
+        capture.release()
+        if spec.kind == "camera":
+            device = Path(f"/dev/video{spec.target}")
+            present = sorted(p.name for p in Path("/dev").glob("video*"))
+            reason = (
+                "it is busy or not a capture device"
+                if device.exists()
+                else f"{device} does not exist"
+            )
+            raise SourceError(
+                f"{spec.description} cannot be opened: {reason} "
+                f"(video devices present: {', '.join(present) or 'none'})"
+            )
+        if spec.kind == "url":
+            raise SourceError(f"{spec.description} cannot be opened (no answer or no video stream)")
+        raise SourceError(f"{spec.description} cannot be opened as a video")
+
+    def _run(self) -> None:
+        capture: Capture | None = self._capture
+        period = 1.0 / self.pace if self.pace else 0.0
+        due = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if capture is None:
+                    capture = self._reopen()
+                    if capture is None:
+                        return
+                ok, image = capture.read()
+                if ok and image is not None:
+                    if period:
+                        if self._stop.wait(max(0.0, due - time.monotonic())):
+                            return
+                        due = max(due, time.monotonic() - period) + period
+                    if not self._mailbox.push(image):
+                        return
+                    continue
+                capture.release()
+                capture = None
+                if self.spec.kind == "file" and not self.loop:
+                    return
+                if self.spec.kind != "file":
+                    log.warning("%s stopped delivering frames; reconnecting", self.description)
+        finally:
+            if capture is not None:
+                capture.release()
+            self._mailbox.end()
+
+    def _reopen(self) -> Capture | None:
+        """Open the source again, with backoff for a camera or stream; None when
+        stopped (or when a looping file cannot be read again)."""
+        delay = self.retry_initial
+        while not self._stop.is_set():
+            try:
+                capture = self._opener(self.spec)
+                if capture.isOpened():
+                    if self.spec.kind != "file":
+                        self.reconnects += 1
+                        log.info("%s is back", self.description)
+                    return capture
+                capture.release()
+            except cv2.error as exc:
+                log.debug("reopening %s failed: %s", self.description, exc)
+            if self.spec.kind == "file":
+                log.error("%s cannot be read again", self.description)
+                return None
+            if self._stop.wait(delay):
+                return None
+            delay = min(delay * 2.0, self.retry_max)
+        return None
+
+
+def open_source(text: str | int, *, loop: bool = False, realtime: bool = False) -> CaptureSource:
+    """The source named by a command line: a camera index, a file or a URL.
+
+    ``realtime``: pace a file at its own frame rate, newest frame wins (as a camera).
+    """
+    spec = parse_source(text)
+    return CaptureSource(spec, loop=loop, realtime=realtime and spec.kind == "file")

@@ -1,0 +1,419 @@
+// The phone page: camera -> WebRTC -> server; annotated video and events back.
+//
+// States (body[data-state]): idle, camera (asking for the camera), connecting,
+// live, error. Recognition events arrive on the data channel "events" as
+// RecognitionEvent JSON: {time, stream, track, name, confidence, box}.
+"use strict";
+
+(() => {
+  const SEEN_FOR_MS = 4000; // a name leaves the list this long after its last event
+  const GATHER_TIMEOUT_MS = 3000;
+  const STATS_EVERY_MS = 1000;
+  const UNSTABLE_AFTER_MS = 4000; // "disconnected" this long counts as lost
+  const UNKNOWN = "unknown"; // the name of a face nobody known matches
+
+  const $ = (id) => document.getElementById(id);
+  const body = document.body;
+  const remote = $("remote");
+  const local = $("local");
+
+  const app = {
+    facing: "user",
+    stream: null,
+    pc: null,
+    sender: null,
+    config: null,
+    people: new Map(), // "stream/track" -> {name, confidence, seen}
+    statsTimer: 0,
+    listTimer: 0,
+    lostTimer: 0,
+    lastStats: null,
+  };
+
+  // ---- modes ---------------------------------------------------------------
+  // MODES.enroll is a placeholder for the enrollment work: it only shows its panel.
+  const MODES = {
+    recognize: { enter() {} },
+    enroll: { enter() {} },
+  };
+
+  function setMode(mode) {
+    body.dataset.mode = mode;
+    for (const tab of document.querySelectorAll(".modes [data-mode]")) {
+      tab.setAttribute("aria-selected", String(tab.dataset.mode === mode));
+    }
+    for (const panel of document.querySelectorAll("[data-panel]")) {
+      panel.hidden = panel.dataset.panel !== mode;
+    }
+    MODES[mode].enter();
+  }
+
+  // ---- visible state ---------------------------------------------------------
+  const STATUS = {
+    idle: "Ready",
+    camera: "Starting camera",
+    connecting: "Connecting",
+    live: "Live",
+    unstable: "Reconnecting",
+    error: "Stopped",
+  };
+
+  function setState(state, overlay) {
+    body.dataset.state = state;
+    $("status-text").textContent = STATUS[state];
+    const running = state === "camera" || state === "connecting" || state === "live" || state === "unstable";
+    $("start-label").textContent = running ? "Stop" : "Start camera";
+    $("start").classList.toggle("danger", running);
+    $("flip").disabled = !app.stream;
+    $("figures").hidden = !(state === "live" || state === "unstable");
+    if (overlay) {
+      $("overlay-title").textContent = overlay.title;
+      $("overlay-text").textContent = overlay.text;
+      $("overlay-action").textContent = overlay.action || "";
+      $("overlay-action").hidden = !overlay.action;
+    }
+  }
+
+  function fail(title, text, action = "Try again") {
+    teardown(false);
+    setState("error", { title, text, action });
+  }
+
+  // ---- camera ----------------------------------------------------------------
+  async function openCamera(facing) {
+    if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+      throw Object.assign(new Error("insecure"), { name: "InsecureContext" });
+    }
+    return navigator.mediaDevices.getUserMedia({
+      audio: false,
+      video: {
+        facingMode: { ideal: facing },
+        width: { ideal: 640 },
+        height: { ideal: 480 },
+        frameRate: { ideal: 15, max: 30 },
+      },
+    });
+  }
+
+  function cameraProblem(err) {
+    switch (err.name) {
+      case "NotAllowedError":
+      case "SecurityError":
+        return ["Camera access is blocked",
+          "Allow this site to use the camera (in the address bar or the browser's site settings), then try again."];
+      case "NotFoundError":
+      case "OverconstrainedError":
+        return ["No camera found", "This device has no camera facestream can use."];
+      case "NotReadableError":
+        return ["The camera is busy", "Another app is using the camera. Close it, then try again."];
+      case "InsecureContext":
+        return ["The camera needs HTTPS",
+          "Browsers only open the camera on a secure page. Open the https:// address the server printed."];
+      default:
+        return ["The camera did not start", err.message || String(err)];
+    }
+  }
+
+  function showLocal(stream) {
+    local.srcObject = stream;
+    local.hidden = false;
+    local.classList.toggle("mirror", app.facing === "user");
+    local.play().catch(() => {});
+  }
+
+  async function updateFlipButton() {
+    try {
+      const devices = await navigator.mediaDevices.enumerateDevices();
+      const cameras = devices.filter((d) => d.kind === "videoinput");
+      $("flip").hidden = cameras.length < 2;
+    } catch {
+      $("flip").hidden = false;
+    }
+  }
+
+  async function flipCamera() {
+    if (!app.stream) return;
+    const facing = app.facing === "user" ? "environment" : "user";
+    let stream;
+    try {
+      app.stream.getTracks().forEach((t) => t.stop()); // phones allow one open camera
+      stream = await openCamera(facing);
+    } catch (err) {
+      const [title, text] = cameraProblem(err);
+      fail(title, text);
+      return;
+    }
+    app.facing = facing;
+    app.stream = stream;
+    showLocal(stream);
+    if (app.sender) await app.sender.replaceTrack(stream.getVideoTracks()[0]);
+  }
+
+  // ---- connection --------------------------------------------------------------
+  async function loadConfig() {
+    const res = await fetch("/api/config", { credentials: "same-origin" });
+    if (res.status === 401) {
+      location.assign("/login");
+      throw new Error("signed out");
+    }
+    if (!res.ok) throw new Error(`configuration request failed (${res.status})`);
+    app.config = await res.json();
+    const version = app.config.bundle_version;
+    $("model-version").textContent = version == null ? "No people enrolled yet" : `Model v${version}`;
+  }
+
+  function waitForGathering(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        if (pc.iceGatheringState === "complete") {
+          pc.removeEventListener("icegatheringstatechange", done);
+          resolve();
+        }
+      };
+      pc.addEventListener("icegatheringstatechange", done);
+      setTimeout(resolve, GATHER_TIMEOUT_MS);
+    });
+  }
+
+  async function connect() {
+    const iceServers = (app.config.ice_servers || []).map((s) => ({ ...s }));
+    const pc = new RTCPeerConnection({ iceServers });
+    app.pc = pc;
+    const channel = pc.createDataChannel("events");
+    channel.onmessage = (e) => onEvent(e.data);
+    const track = app.stream.getVideoTracks()[0];
+    app.sender = pc.addTransceiver(track, { direction: "sendrecv", streams: [app.stream] }).sender;
+    pc.ontrack = (e) => {
+      remote.srcObject = e.streams[0] || new MediaStream([e.track]);
+      remote.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => onConnectionState(pc);
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForGathering(pc);
+    const res = await fetch("/api/webrtc/offer", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+    });
+    if (res.status === 401) {
+      location.assign("/login");
+      return;
+    }
+    if (!res.ok) {
+      const reply = await res.json().catch(() => ({}));
+      const reason = reply.reason || `the server answered ${res.status}`;
+      if (res.status === 503) fail("The server is busy", reason);
+      else fail("The server refused the video", reason);
+      return;
+    }
+    if (app.pc !== pc) return; // stopped meanwhile
+    await pc.setRemoteDescription(await res.json());
+  }
+
+  function onConnectionState(pc) {
+    if (app.pc !== pc) return;
+    clearTimeout(app.lostTimer);
+    switch (pc.connectionState) {
+      case "connected":
+        setState("live");
+        break;
+      case "disconnected":
+        setState("unstable");
+        app.lostTimer = setTimeout(() => {
+          if (app.pc === pc && pc.connectionState !== "connected") lost();
+        }, UNSTABLE_AFTER_MS);
+        break;
+      case "failed":
+      case "closed":
+        lost();
+        break;
+      default:
+        break;
+    }
+  }
+
+  function lost() {
+    fail("Connection lost", "The video stopped reaching the server. Check the Wi-Fi, then reconnect.", "Reconnect");
+  }
+
+  // ---- start / stop ---------------------------------------------------------------
+  async function start() {
+    setState("camera", { title: "Allow the camera", text: "Your browser asks whether facestream may use the camera." });
+    try {
+      if (!app.stream || app.stream.getVideoTracks().every((t) => t.readyState === "ended")) {
+        app.stream = await openCamera(app.facing);
+      }
+    } catch (err) {
+      const [title, text] = cameraProblem(err);
+      fail(title, text);
+      return;
+    }
+    showLocal(app.stream);
+    updateFlipButton();
+    setState("connecting", { title: "Connecting", text: "Setting up the video link with the server." });
+    try {
+      await loadConfig();
+      await connect();
+    } catch (err) {
+      if (body.dataset.state === "connecting") {
+        fail("Cannot reach the server", err.message || String(err));
+      }
+      return;
+    }
+    clearInterval(app.statsTimer);
+    app.statsTimer = setInterval(updateStats, STATS_EVERY_MS);
+  }
+
+  function teardown(stopCamera) {
+    clearInterval(app.statsTimer);
+    clearTimeout(app.lostTimer);
+    app.lastStats = null;
+    if (app.pc) {
+      const pc = app.pc;
+      app.pc = null;
+      app.sender = null;
+      pc.close();
+    }
+    remote.srcObject = null;
+    if (stopCamera && app.stream) {
+      app.stream.getTracks().forEach((t) => t.stop());
+      app.stream = null;
+      local.srcObject = null;
+      local.hidden = true;
+    }
+    app.people.clear();
+    renderPeople();
+  }
+
+  function stop() {
+    teardown(true);
+    setState("idle", {
+      title: "See who is in view",
+      text: "Start the camera and point it at people. Their names appear on their faces, live.",
+      action: "Start camera",
+    });
+  }
+
+  function toggle() {
+    if (["camera", "connecting", "live", "unstable"].includes(body.dataset.state)) stop();
+    else start();
+  }
+
+  // ---- who is in view ---------------------------------------------------------------
+  // One entry per track; the server restates visible tracks every second, so an
+  // entry not refreshed for SEEN_FOR_MS has left the picture.
+  function onEvent(data) {
+    let event;
+    try {
+      event = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (typeof event.name !== "string" || event.track === undefined) return;
+    app.people.set(`${event.stream}/${event.track}`, {
+      name: event.name,
+      confidence: Number(event.confidence) || 0,
+      seen: performance.now(),
+    });
+    renderPeople();
+  }
+
+  function hue(name) {
+    let h = 0;
+    for (const ch of name) h = (h * 31 + ch.codePointAt(0)) % 360;
+    return h;
+  }
+
+  function personItem(name, detail, unknown) {
+    const item = document.createElement("li");
+    item.className = unknown ? "person unknown" : "person";
+    const avatar = document.createElement("span");
+    avatar.className = "avatar";
+    avatar.textContent = unknown ? "?" : Array.from(name.trim())[0]?.toUpperCase() || "?";
+    if (!unknown) avatar.style.setProperty("--hue", hue(name));
+    const label = document.createElement("span");
+    label.className = "person-name";
+    label.textContent = name;
+    const meter = document.createElement("span");
+    meter.className = "confidence";
+    meter.textContent = detail;
+    item.append(avatar, label, meter);
+    return item;
+  }
+
+  function renderPeople() {
+    const now = performance.now();
+    const known = new Map(); // name -> best confidence
+    let unknown = 0;
+    for (const [key, entry] of app.people) {
+      if (now - entry.seen > SEEN_FOR_MS) {
+        app.people.delete(key);
+      } else if (entry.name === UNKNOWN) {
+        unknown += 1;
+      } else {
+        known.set(entry.name, Math.max(known.get(entry.name) ?? 0, entry.confidence));
+      }
+    }
+    const names = [...known.keys()].sort((a, b) => a.localeCompare(b));
+    const items = names.map((name) => personItem(name, `${Math.round(known.get(name) * 100)}%`, false));
+    if (unknown) {
+      items.push(personItem(unknown === 1 ? "Unknown face" : `${unknown} unknown faces`, "", true));
+    }
+    $("people").replaceChildren(...items);
+    $("people-count").textContent = String(names.length);
+    $("people-empty").hidden = items.length > 0;
+  }
+
+  // ---- figures ---------------------------------------------------------------------
+  async function updateStats() {
+    const pc = app.pc;
+    if (!pc) return;
+    let report;
+    try {
+      report = await pc.getStats();
+    } catch {
+      return;
+    }
+    let pairId = null;
+    let rtt = null;
+    let inbound = null;
+    report.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+      if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "video") inbound = s;
+    });
+    report.forEach((s) => {
+      if (s.type !== "candidate-pair" || s.currentRoundTripTime === undefined) return;
+      if ((pairId && s.id === pairId) || (!pairId && s.nominated && s.state === "succeeded")) {
+        rtt = s.currentRoundTripTime;
+      }
+    });
+    let fps = inbound?.framesPerSecond;
+    if (fps === undefined && inbound && app.lastStats) {
+      const dt = (inbound.timestamp - app.lastStats.timestamp) / 1000;
+      if (dt > 0) fps = (inbound.framesDecoded - app.lastStats.framesDecoded) / dt;
+    }
+    app.lastStats = inbound;
+    $("fps").textContent = fps === undefined ? "–" : String(Math.round(fps));
+    $("rtt").textContent = rtt === null ? "–" : String(Math.round(rtt * 1000));
+  }
+
+  // ---- wiring ------------------------------------------------------------------------
+  $("start").addEventListener("click", toggle);
+  $("overlay-action").addEventListener("click", () => start());
+  $("flip").addEventListener("click", flipCamera);
+  for (const tab of document.querySelectorAll(".modes [data-mode]")) {
+    tab.addEventListener("click", () => setMode(tab.dataset.mode));
+  }
+  remote.addEventListener("loadedmetadata", () => {
+    if (remote.videoWidth && remote.videoHeight) {
+      $("stage").style.setProperty("--ratio", `${remote.videoWidth} / ${remote.videoHeight}`);
+    }
+  });
+  app.listTimer = setInterval(renderPeople, 500);
+  window.addEventListener("pagehide", () => teardown(true));
+  loadConfig().catch(() => {});
+  setState("idle");
+})();

@@ -1,0 +1,26 @@
+// The login page: sign in straight away when the URL carries #token=... (the QR
+// code printed by `facestream serve`); the fragment never reaches the server logs.
+"use strict";
+
+(() => {
+  const form = document.getElementById("login-form");
+  const input = document.getElementById("token");
+  const reveal = document.getElementById("reveal");
+
+  reveal.addEventListener("click", () => {
+    const hidden = input.type === "password";
+    input.type = hidden ? "text" : "password";
+    reveal.textContent = hidden ? "Hide" : "Show";
+    reveal.setAttribute("aria-label", hidden ? "Hide the token" : "Show the token");
+  });
+
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token");
+  if (token) {
+    history.replaceState(null, "", location.pathname);
+    input.value = token;
+    form.submit();
+  } else {
+    input.focus();
+  }
+})();

@@ -1,0 +1,337 @@
+"""The enrollment HTTP API on the real server application: people CRUD, photo uploads
+(real photos through real YuNet, and every bad upload), thumbnails, the model
+endpoint, and the token guard."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+from test_facecore_embed_bundle import _mean_colour_model
+
+from facecore.bundle import BundleManifest, write_bundle
+from facecore.config import Settings, load_settings
+from facecore.embedder import Preprocessing
+from facecore.publish import publish
+from streamer import enroll_api
+from streamer.engine import Engine
+from streamer.enroll_api import add_enrollment_routes
+from streamer.server import create_app
+
+TOKEN = "enroll-api-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SharedFile = Callable[[str], Path]
+
+
+@dataclass
+class Api:
+    url: str
+    http: aiohttp.ClientSession
+    settings: Settings
+
+    async def call(self, method: str, path: str, **kwargs: object) -> tuple[int, object]:
+        async with self.http.request(method, self.url + path, **kwargs) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.read()
+
+    async def upload(self, person: str, *files: tuple[str, bytes, str]) -> tuple[int, object]:
+        form = aiohttp.FormData()
+        for name, data, content_type in files:
+            form.add_field("photo", data, filename=name, content_type=content_type)
+        return await self.call("POST", f"/api/people/{person}/samples", data=form)
+
+
+def _settings(shared_dir: Path, tmp_path: Path) -> Settings:
+    return load_settings(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "cache_dir": str(tmp_path / "cache"),
+            "models_dir": str(shared_dir / "models"),
+            "server.max_upload_mb": 1,
+        },
+        {},
+    )
+
+
+@pytest.fixture
+async def api(shared_dir: Path, tmp_path: Path) -> AsyncIterator[Api]:
+    settings = _settings(shared_dir, tmp_path)
+    with Engine.from_settings(settings, watch=True) as engine:
+        app = create_app(settings, engine, TOKEN, secure=False)
+        add_enrollment_routes(app, settings)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                yield Api(f"http://127.0.0.1:{runner.addresses[0][1]}", http, settings)
+        finally:
+            await runner.cleanup()
+
+
+def _no_face_jpeg(shared_file: SharedFile) -> bytes:
+    """A real photo with nobody in it: the bottom quarter of obama.jpg (his suit)."""
+    image = cv2.imread(str(shared_file("media/obama.jpg")))
+    ok, data = cv2.imencode(".jpg", image[image.shape[0] * 3 // 4 :])
+    assert ok
+    return data.tobytes()
+
+
+async def test_without_the_token_nothing_is_served(api: Api) -> None:
+    async with aiohttp.ClientSession() as anonymous:
+        for method, path in [
+            ("GET", "/api/people"),
+            ("POST", "/api/people"),
+            ("PATCH", "/api/people/x"),
+            ("DELETE", "/api/people/x"),
+            ("POST", "/api/people/x/samples"),
+            ("GET", "/api/samples/x/thumbnail"),
+            ("GET", "/api/model"),
+        ]:
+            async with anonymous.request(method, api.url + path) as response:
+                assert response.status == 401, (method, path)
+                assert (await response.json())["error"] == "unauthorized"
+        async with anonymous.get(api.url + "/admin", allow_redirects=False) as response:
+            assert response.status == 303 and response.headers["Location"] == "/login"
+    status, page = await api.call("GET", "/admin")
+    assert status == 200 and b'src="/static/admin.js"' in page
+
+
+async def test_people_crud(api: Api) -> None:
+    status, created = await api.call("POST", "/api/people", json={"name": "  Zoë   Saldaña "})
+    assert status == 201 and created["name"] == "Zoë Saldaña" and created["sample_count"] == 0
+    person_id = created["id"]
+    status, body = await api.call("POST", "/api/people", json={"name": "zoë saldaña"})
+    assert status == 409 and person_id in body["reason"]
+    await api.call("POST", "/api/people", json={"name": "Ada Lovelace"})
+
+    status, listing = await api.call("GET", "/api/people")
+    assert status == 200
+    assert [p["name"] for p in listing["people"]] == ["Ada Lovelace", "Zoë Saldaña"]
+    status, by_name = await api.call("GET", "/api/people/ZOË SALDAÑA")
+    assert status == 200 and by_name["id"] == person_id
+
+    status, renamed = await api.call("PATCH", f"/api/people/{person_id}", json={"name": "Zoe S"})
+    assert status == 200 and renamed["name"] == "Zoe S" and renamed["id"] == person_id
+    status, _ = await api.call("PATCH", f"/api/people/{person_id}", json={"name": "ada lovelace"})
+    assert status == 409
+    for bad in [{"name": ""}, {"name": "a\x07b"}, {"nom": "x"}, ["x"]]:
+        status, body = await api.call("PATCH", f"/api/people/{person_id}", json=bad)
+        assert status == 400 and body["reason"], bad
+    status, body = await api.call("POST", "/api/people", data=b"{not json", headers={
+        "Content-Type": "application/json"})
+    assert status == 400 and "not JSON" in body["reason"]
+
+    status, _ = await api.call("DELETE", f"/api/people/{person_id}")
+    assert status == 204
+    for method, path in [
+        ("GET", f"/api/people/{person_id}"),
+        ("GET", "/api/people/Zoe S"),
+        ("PATCH", "/api/people/Nobody"),
+        ("DELETE", "/api/people/Nobody"),
+        ("GET", "/api/people/Nobody/samples"),
+        ("DELETE", "/api/samples/0123456789abcdef"),
+        ("GET", "/api/samples/0123456789abcdef/thumbnail"),
+    ]:
+        status, body = await api.call(method, path, json={"name": "x"})
+        assert status == 404 and body["error"] == "Not Found", (method, path)
+    status, listing = await api.call("GET", "/api/people")
+    assert [p["name"] for p in listing["people"]] == ["Ada Lovelace"]
+
+
+async def test_uploads_good_and_bad(api: Api, shared_file: SharedFile) -> None:
+    await api.call("POST", "/api/people", json={"name": "Barack Obama"})
+    obama = shared_file("media/obama2.jpg").read_bytes()
+    lin_png = shared_file("media/lin-manuel-miranda.png").read_bytes()
+
+    # a good photo, and a PNG that calls itself a JPEG: both judged by content
+    status, report = await api.upload("barack obama", ("obama2.jpg", obama, "image/jpeg"))
+    assert status == 200 and report["accepted"] == 1 and report["person"]["sample_count"] == 1
+    status, report = await api.call("POST", "/api/people", json={"name": "Lin-Manuel Miranda"})
+    status, report = await api.upload("Lin-Manuel Miranda", ("photo.jpg", lin_png, "image/jpeg"))
+    assert status == 200, report
+    assert report["files"][0]["outcome"] == "accepted" and report["files"][0]["name"] == "photo.jpg"
+
+    # every kind of bad file, each alone: no sample is made and the status says why
+    bad = [
+        (("notes.jpg", b"these are not pixels\n" * 50, "image/jpeg"), 415, "unreadable"),
+        (("empty.jpg", b"", "image/jpeg"), 400, "empty_file"),
+        (("suit.jpg", _no_face_jpeg(shared_file), "image/jpeg"), 422, "no_face"),
+        (("again.jpg", obama, "image/jpeg"), 409, "duplicate"),
+    ]
+    for file, expected, outcome in bad:
+        status, report = await api.upload("Barack Obama", file)
+        assert status == expected, (file[0], report)
+        assert report["accepted"] == 0 and report["files"][0]["outcome"] == outcome
+        assert report["reason"].startswith("no photo was accepted: " + file[0])
+
+    # a mixed upload is a per-file report
+    status, report = await api.upload(
+        "Barack Obama",
+        ("readme.txt", b"hello", "text/plain"),
+        ("obama.jpg", shared_file("media/obama.jpg").read_bytes(), "application/octet-stream"),
+    )
+    assert status == 200 and (report["accepted"], report["rejected"]) == (1, 1)
+    assert [f["outcome"] for f in report["files"]] == ["unreadable", "accepted"]
+
+    status, listing = await api.call("GET", "/api/people/Barack Obama/samples")
+    assert status == 200 and len(listing["samples"]) == 2
+    assert {s["source"] for s in listing["samples"]} == {"photo"}
+
+    # not multipart, no file in the form, unknown person
+    status, body = await api.call("POST", "/api/people/Barack Obama/samples", data=obama,
+                                  headers={"Content-Type": "image/jpeg"})
+    assert status == 415 and "multipart/form-data" in body["reason"]
+    status, body = await api.call("POST", "/api/people/Barack Obama/samples",
+                                  data=aiohttp.FormData({"comment": "no file here"}),
+                                  headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert status == 400
+    status, body = await api.upload("Nobody", ("obama.jpg", obama, "image/jpeg"))
+    assert status == 404
+
+
+async def test_an_upload_over_the_limit_is_refused_before_it_is_read(
+    api: Api, shared_file: SharedFile
+) -> None:
+    await api.call("POST", "/api/people", json={"name": "Joe Biden"})
+    limit = api.settings.server.max_upload_mb * 2**20
+
+    # a declared length over the limit: refused from the headers alone
+    huge = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), np.uint8)
+    ok, png = cv2.imencode(".png", huge)
+    assert ok and len(png) > limit
+    status, body = await api.upload("Joe Biden", ("huge.png", png.tobytes(), "image/png"))
+    assert status == 413 and "1 MiB" in body["reason"]
+
+    # a chunked body with no declared length: refused once it passes the limit, while
+    # the client is still far from done sending
+    total = 256 * 2**20
+    sent = 0
+    boundary = "facestream-test-boundary"
+
+    async def body_stream() -> AsyncIterator[bytes]:
+        nonlocal sent
+        head = (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; "
+            'filename="huge.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        yield head
+        block = b"\xff" * 2**16
+        while sent < total:
+            sent += len(block)
+            yield block
+
+    try:
+        status, body = await api.call(
+            "POST", "/api/people/Joe Biden/samples", data=body_stream(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    except aiohttp.ClientError as exc:  # the server closed the connection on us
+        pytest.fail(f"no 413 answer, the connection was dropped: {exc!r}")
+    assert status == 413
+    assert sent < total // 4, f"the client had sent {sent} bytes before the 413"
+
+    # the server is still fine, and nothing was stored
+    status, listing = await api.call("GET", "/api/people/Joe Biden/samples")
+    assert status == 200 and listing["samples"] == []
+    status, report = await api.upload(
+        "Joe Biden", ("biden.jpg", shared_file("media/biden.jpg").read_bytes(), "image/jpeg")
+    )
+    assert status == 200 and report["accepted"] == 1
+
+
+async def test_thumbnails_and_sample_removal(api: Api, shared_file: SharedFile) -> None:
+    await api.call("POST", "/api/people", json={"name": "Joe Biden"})
+    await api.upload("Joe Biden", ("biden.jpg", shared_file("media/biden.jpg").read_bytes(), "x/y"))
+    status, listing = await api.call("GET", "/api/people/Joe Biden/samples")
+    (sample,) = listing["samples"]
+    assert sample["quality"]["face_px"] > 200 and 0 < sample["quality"]["score"] <= 1
+
+    async with api.http.get(api.url + sample["thumbnail"]) as response:
+        assert response.status == 200 and response.content_type == "image/jpeg"
+        assert response.headers["Cache-Control"].startswith("private")
+        etag = response.headers["ETag"]
+        thumb = cv2.imdecode(np.frombuffer(await response.read(), np.uint8), cv2.IMREAD_COLOR)
+    assert thumb is not None and max(thumb.shape[:2]) == enroll_api.THUMBNAIL_PX
+    # the face is in the middle of the thumbnail: YuNet finds it there
+    from facecore.detector import Detector
+    from facecore.registry import DETECTOR, model_path
+
+    detector = Detector(model_path(api.settings, DETECTOR))
+    big = cv2.resize(thumb, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    face = detector.detect(big).largest()
+    assert len(face) == 1
+    centre = face.xyxy[0].reshape(2, 2).mean(axis=0) / 2
+    assert np.allclose(centre, np.array(thumb.shape[1::-1]) / 2, atol=25)
+
+    async with api.http.get(api.url + sample["thumbnail"], headers={"If-None-Match": etag}) as r:
+        assert r.status == 304
+
+    sample_file = api.settings.state_dir / "enrollment" / "samples" / sample["person_id"]
+    assert len(list(sample_file.iterdir())) == 1
+    status, _ = await api.call("DELETE", f"/api/samples/{sample['id']}")
+    assert status == 204
+    status, _ = await api.call("GET", sample["thumbnail"])
+    assert status == 404
+    assert list(sample_file.iterdir()) == []
+    status, person = await api.call("GET", "/api/people/Joe Biden")
+    assert person["sample_count"] == 0
+
+    # deleting a person erases their sample files
+    await api.upload("Joe Biden", ("biden.jpg", shared_file("media/biden.jpg").read_bytes(), "x/y"))
+    assert len(list(sample_file.iterdir())) == 1
+    status, _ = await api.call("DELETE", "/api/people/Joe Biden")
+    assert status == 204 and not sample_file.exists()
+
+
+async def test_model_endpoint_reports_the_bundle_being_served(
+    api: Api, tmp_path: Path
+) -> None:
+    status, model = await api.call("GET", "/api/model")
+    assert status == 200 and model["version"] is None and model["report"] is None
+
+    backbone = _mean_colour_model(tmp_path / "mean.onnx", size=8)
+    report = {"selection": {"kind": "prototypes", "reason": "test"}, "people": 2}
+    plot = cv2.imencode(".png", np.full((20, 30, 3), 200, np.uint8))[1].tobytes()
+
+    def build(directory: Path, version: int) -> object:
+        manifest = BundleManifest(
+            version=version, created="2026-01-01T00:00:00Z", store_revision=7,
+            backbone_name="mean_colour", backbone_sha256="",
+            preprocessing=Preprocessing((8, 8), "bgr", (0.0, 0.0, 0.0), 1.0),
+            template=((3.0, 3.0), (5.0, 3.0), (4.0, 4.0), (3.0, 6.0), (5.0, 6.0)),
+            head_kind="prototypes", head_sha256="", labels=("Ada", "Zoë"),
+            person_ids=("a", "b"), threshold=0.5, metrics={"prototypes_tar": 0.9},
+        )
+        weights = np.eye(2, 3, dtype=np.float32)
+        bundle = write_bundle(directory, backbone=backbone, weights=weights, manifest=manifest)
+        (directory / "report.json").write_text(json.dumps(report), encoding="utf-8")
+        (directory / "roc.png").write_bytes(plot)
+        return bundle
+
+    bundles = api.settings.state_dir / "bundles"
+    publish(bundles, build)  # type: ignore[arg-type]
+    for _ in range(100):  # the engine's watcher polls every 0.5 s
+        status, model = await api.call("GET", "/api/model")
+        if model["version"] is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert model["version"] == 1 and model["labels"] == ["Ada", "Zoë"]
+    assert model["metrics"] == {"prototypes_tar": 0.9} and model["report"] == report
+    assert model["plots"] == ["/api/model/1/files/roc.png"]
+    status, data = await api.call("GET", model["plots"][0])
+    assert status == 200 and data == plot
+    for path in ["/api/model/2/files/roc.png", "/api/model/1/files/manifest.json",
+                 "/api/model/1/files/..%2Fmanifest.json", "/api/model/1/files/nope.png"]:
+        status, _ = await api.call("GET", path)
+        assert status == 404, path

@@ -1,0 +1,318 @@
+"""The enrollment store on a real SQLite file: people, samples, the embedding cache,
+file modes, crash safety (a real process killed between a sample's file write and its
+commit) and two processes at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enrollment.errors import (
+    DuplicatePersonError,
+    DuplicateSampleError,
+    InvalidNameError,
+    StoreError,
+    UnknownPersonError,
+    UnknownSampleError,
+)
+from enrollment.files import TEMP_PREFIX
+from enrollment.store import DATABASE, EnrollmentStore, Quality, crop_sha256
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LANDMARKS = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
+QUALITY = Quality(face_px=120.0, sharpness=300.0, frontalness=0.9, score=0.8)
+
+
+def _crop(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (64, 60, 3), np.uint8)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EnrollmentStore]:
+    with EnrollmentStore(tmp_path / "enrollment") as opened:
+        yield opened
+
+
+def test_people_names_any_script_unique_without_case(store: EnrollmentStore) -> None:
+    start = store.revision()
+    ada = store.add_person("  Ada   Lovelace ")
+    bruce = store.add_person("李小龙")
+    assert ada.name == "Ada Lovelace" and ada.sample_count == 0
+    assert store.revision() == start + 2
+    assert store.find_person("ada lovelace") == ada
+    assert store.find_person(ada.id) == ada
+    assert store.find_person("李小龙") == bruce
+    # the same name in decomposed Unicode (NFD) is the same name
+    jose = store.add_person("Jos\u00e9")
+    assert store.find_person("Jose\u0301") == jose
+    with pytest.raises(DuplicatePersonError):
+        store.add_person("ADA LOVELACE")
+    with pytest.raises(InvalidNameError):
+        store.add_person("   ")
+    with pytest.raises(InvalidNameError):
+        store.add_person("Ada\x00")
+    with pytest.raises(UnknownPersonError):
+        store.find_person("Grace Hopper")
+    assert [p.name for p in store.list_people()] == ["Ada Lovelace", "José", "李小龙"]
+
+    renamed = store.rename_person(ada.id, "Augusta Ada King")
+    assert renamed.id == ada.id and renamed.name == "Augusta Ada King"
+    assert renamed.updated >= ada.updated
+    with pytest.raises(DuplicatePersonError):
+        store.rename_person(ada.id, "李小龙")
+    store.rename_person(ada.id, "augusta ada king")  # a change of case is allowed
+    with pytest.raises(UnknownPersonError):
+        store.rename_person("0123456789abcdef", "Nobody")
+
+    assert store.get_or_add_person("José") == (jose, False)
+    grace, created = store.get_or_add_person("Grace Hopper")
+    assert created and store.find_person("grace hopper") == grace
+
+
+def test_samples_round_trip_and_duplicates(store: EnrollmentStore) -> None:
+    ada = store.add_person("Ada")
+    bob = store.add_person("Bob")
+    crop = _crop(1)
+    sample = store.add_sample(ada.id, crop, LANDMARKS, QUALITY, "photo")
+    assert sample.sha256 == crop_sha256(crop)
+    assert sample.path.is_file()
+    assert store.samples() == [sample]
+    assert store.samples(ada.id) == [sample] and store.samples(bob.id) == []
+    [read] = store.samples(ada.id)
+    np.testing.assert_array_equal(read.landmarks, LANDMARKS)
+    assert read.quality == QUALITY and read.source == "photo"
+    np.testing.assert_array_equal(store.load_crop(read), crop)
+    assert store.find_person(ada.id).sample_count == 1
+
+    revision = store.revision()
+    with pytest.raises(DuplicateSampleError) as duplicate:
+        store.add_sample(bob.id, crop.copy(), LANDMARKS, QUALITY, "live")
+    assert duplicate.value.sample_id == sample.id and duplicate.value.person_name == "Ada"
+    with pytest.raises(UnknownPersonError):
+        store.add_sample("0123456789abcdef", _crop(2), LANDMARKS, QUALITY, "photo")
+    with pytest.raises(ValueError, match="source"):
+        store.add_sample(ada.id, _crop(3), LANDMARKS, QUALITY, "scanner")
+    assert store.revision() == revision  # refused changes change nothing
+    assert sorted(p.name for p in (store.root / "samples").rglob("*") if p.is_file()) == [
+        f"{sample.id}.png"
+    ]
+
+    store.remove_sample(sample.id)
+    assert not sample.path.exists() and store.samples() == []
+    assert store.revision() == revision + 1
+    with pytest.raises(UnknownSampleError):
+        store.remove_sample(sample.id)
+    with pytest.raises(UnknownPersonError):
+        store.samples("0123456789abcdef")
+
+
+def test_damaged_sample_file_is_reported(store: EnrollmentStore) -> None:
+    sample = store.add_sample(store.add_person("Ada").id, _crop(1), LANDMARKS, QUALITY, "photo")
+    sample.path.write_bytes(sample.path.read_bytes()[:100])
+    with pytest.raises(StoreError, match="damaged"):
+        store.load_crop(sample)
+
+
+def test_embedding_cache(store: EnrollmentStore) -> None:
+    ada = store.add_person("Ada")
+    first = store.add_sample(ada.id, _crop(1), LANDMARKS, QUALITY, "photo")
+    second = store.add_sample(ada.id, _crop(2), LANDMARKS, QUALITY, "photo")
+    vector = np.linspace(-1, 1, 128, dtype=np.float32)
+    revision = store.revision()
+    store.cache_embeddings("backbone-a", {first.sha256: vector, "f" * 64: vector})
+    assert store.revision() == revision  # caching is not a change the trainer re-fits for
+    cached = store.cached_embeddings("backbone-a", [first, second])
+    assert list(cached) == [first.sha256]
+    np.testing.assert_array_equal(cached[first.sha256], vector)
+    assert cached[first.sha256].dtype == np.float32
+    assert store.cached_embeddings("backbone-b", [first, second]) == {}
+    store.remove_sample(first.id)
+    assert store.cached_embeddings("backbone-a", [first]) == {}
+    with pytest.raises(ValueError):
+        store.cache_embeddings("backbone-a", {second.sha256: np.zeros((2, 2), np.float32)})
+
+
+def test_remove_person_erases_files_rows_and_embeddings(store: EnrollmentStore) -> None:
+    ada = store.add_person("Ada")
+    bob = store.add_person("Bob")
+    samples = [store.add_sample(ada.id, _crop(i), LANDMARKS, QUALITY, "photo") for i in range(3)]
+    kept = store.add_sample(bob.id, _crop(9), LANDMARKS, QUALITY, "photo")
+    # a vector whose bytes are easy to find on disk
+    marker = np.full(128, 1234.5678, np.float32)
+    store.cache_embeddings("backbone", {s.sha256: marker for s in samples})
+    store.cache_embeddings("backbone", {kept.sha256: np.ones(128, np.float32)})
+    revision = store.revision()
+
+    store.remove_person(ada.id)
+
+    assert store.revision() == revision + 1
+    with pytest.raises(UnknownPersonError):
+        store.find_person("Ada")
+    assert not (store.root / "samples" / ada.id).exists()
+    assert store.samples() == [kept]
+    assert store.cached_embeddings("backbone", samples) == {}
+    assert list(store.cached_embeddings("backbone", [kept])) == [kept.sha256]
+    on_disk = b"".join(p.read_bytes() for p in store.root.glob(f"{DATABASE}*"))
+    assert marker.tobytes()[:64] not in on_disk  # no copy left in the database or its log
+    with pytest.raises(UnknownPersonError):
+        store.remove_person(ada.id)
+
+
+def test_everything_is_owner_only(tmp_path: Path) -> None:
+    old_umask = os.umask(0)  # without explicit modes, files would come out world-readable
+    try:
+        with EnrollmentStore(tmp_path / "enrollment") as store:
+            sample = store.add_sample(
+                store.add_person("Ada").id, _crop(1), LANDMARKS, QUALITY, "photo"
+            )
+            database_files = sorted(store.root.glob(f"{DATABASE}*"))
+            modes = {p: stat.S_IMODE(p.stat().st_mode) for p in database_files}
+    finally:
+        os.umask(old_umask)
+    assert [p.name for p in database_files] == [DATABASE, f"{DATABASE}-shm", f"{DATABASE}-wal"]
+    assert set(modes.values()) == {0o600}
+    assert stat.S_IMODE(sample.path.stat().st_mode) == 0o600
+    for folder in (store.root, store.root / "samples", sample.path.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_closed_twice_and_unusable_after(tmp_path: Path) -> None:
+    store = EnrollmentStore(tmp_path / "enrollment")
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.list_people()
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    root = tmp_path / "enrollment"
+    root.mkdir()
+    (root / DATABASE).write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(StoreError, match="not a usable SQLite database"):
+        EnrollmentStore(root)
+
+
+# --- other processes ----------------------------------------------------------------
+
+_CRASH_SCRIPT = """
+import os, sys, time
+import numpy as np
+from pathlib import Path
+from enrollment.store import EnrollmentStore, Quality
+
+landmarks = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
+quality = Quality(120.0, 300.0, 0.9, 0.8)
+crop = lambda seed: np.random.default_rng(seed).integers(0, 256, (64, 60, 3), np.uint8)
+store = EnrollmentStore(Path(sys.argv[1]))
+person = store.add_person("Ada")
+store.add_sample(person.id, crop(1), landmarks, quality, "photo")
+real = getattr(os, sys.argv[2])
+
+def stall(*args):
+    real(*args)
+    print("stalled", flush=True)
+    time.sleep(60)
+
+setattr(os, sys.argv[2], stall)  # the first call is the one for the new sample's file
+store.add_sample(person.id, crop(2), landmarks, quality, "photo")
+"""
+
+
+def _python(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "stall_after",
+    [
+        "fsync",  # the temporary file is written and flushed, not yet renamed
+        "replace",  # the file has its final name, its row is not committed
+    ],
+)
+def test_crash_between_file_write_and_commit(tmp_path: Path, stall_after: str) -> None:
+    root = tmp_path / "enrollment"
+    with _python(_CRASH_SCRIPT, str(root), stall_after) as writer:
+        try:
+            assert writer.stdout is not None
+            assert writer.stdout.readline() == "stalled\n"
+            on_disk = sorted(p.name for p in (root / "samples").rglob("*") if p.is_file())
+            assert len(on_disk) == 2  # the committed sample and the one being written
+            has_temp = any(name.startswith(TEMP_PREFIX) for name in on_disk)
+            assert has_temp == (stall_after == "fsync")
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+
+    with EnrollmentStore(root) as reopened:
+        [sample] = reopened.samples()
+        np.testing.assert_array_equal(reopened.load_crop(sample), _crop(1))
+        files = [p for p in (root / "samples").rglob("*") if p.is_file()]
+        assert files == [sample.path]  # the half sample is gone, the committed one stays
+        assert reopened.find_person("Ada").sample_count == 1
+        # the store goes on working: the interrupted sample can be added now
+        reopened.add_sample(sample.person_id, _crop(2), LANDMARKS, QUALITY, "photo")
+
+
+_WRITER_SCRIPT = """
+import sys
+import numpy as np
+from pathlib import Path
+from enrollment.store import EnrollmentStore, Quality
+
+landmarks = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
+with EnrollmentStore(Path(sys.argv[1])) as store:
+    person = store.add_person("Writer")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for seed in range(1000, 1000 + int(sys.argv[2])):
+        crop = np.random.default_rng(seed).integers(0, 256, (64, 60, 3), np.uint8)
+        store.add_sample(person.id, crop, landmarks, Quality(120.0, 300.0, 0.9, 0.8), "live")
+"""
+
+
+def test_two_processes_write_while_reading(tmp_path: Path) -> None:
+    root = tmp_path / "enrollment"
+    count = 40
+    with EnrollmentStore(root) as store:
+        ada = store.add_person("Ada")
+        with _python(_WRITER_SCRIPT, str(root), str(count)) as writer:
+            assert writer.stdin is not None and writer.stdout is not None
+            assert writer.stdout.readline() == "ready\n"
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            seen_counts, revisions, verified, mine = set(), [], set(), 0
+            while writer.poll() is None or mine < 10:
+                if mine < 10:  # this process writes too, at the same time
+                    store.add_sample(ada.id, _crop(mine), LANDMARKS, QUALITY, "photo")
+                    mine += 1
+                revisions.append(store.revision())
+                theirs = [s for s in store.samples() if s.source == "live"]
+                seen_counts.add(len(theirs))
+                for sample in theirs:
+                    if sample.id not in verified:  # every visible sample is complete
+                        assert store.load_crop(sample).shape == (64, 60, 3)
+                        verified.add(sample.id)
+        assert writer.returncode == 0
+        assert revisions == sorted(revisions)
+        assert len(seen_counts) >= 2, "the reader never saw the writer in the middle of its work"
+        assert len(store.samples(store.find_person("Writer").id)) == count
+        assert len(store.samples(ada.id)) == 10
+        # one change per person and per sample, from both processes
+        assert store.revision() == 2 + count + 10

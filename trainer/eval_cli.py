@@ -1,0 +1,388 @@
+"""``facestream eval verify DIR``: face verification accuracy on a labelled folder.
+
+It is how detectors, alignments and backbones are compared: every image is embedded
+once (the face YuNet finds, aligned with the recognizer's template), each pair is
+scored (cosine similarity), and `trainer.evaluate` runs the 10-fold protocol.
+``--reference dlib`` scores the same pairs with dlib-bin's own pipeline
+(`trainer.dlib_reference`) for comparison.
+
+Heavy modules (cv2, onnxruntime, dlib) are imported inside the handler; see
+facecore.cli for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facecore.cli import Subparsers, add_command
+from facecore.config import Settings
+from facecore.errors import ConfigError, SourceError
+from trainer.evaluate import FAR, FOLDS, Pairs, Verification
+
+__all__ = ["register_eval"]
+
+MAX_GENUINE = 3000
+
+DESCRIPTION = """\
+Measure face verification on DIR, a folder with one sub-folder of images per person
+(any format OpenCV reads, ORL's .pgm included). Pairs of images are formed
+deterministically (every genuine pair up to --max-genuine, as many impostor pairs, at
+least one per fold; --seed) or read from an LFW-format pairs file (--pairs). Each
+image's largest face is detected with YuNet, aligned with the recognizer's template
+and embedded; a pair's score is the cosine similarity of its two embeddings.
+
+Reported: accuracy over 10 folds (mean ± standard deviation; each fold's threshold is
+chosen on the other nine), the threshold chosen on all pairs, the true-accept rate at
+a false-accept rate of 1e-3 with its threshold, and how many images had no face."""
+
+EPILOG = """\
+images without a detected face (--no-face):
+  fallback  (default) the centred square of the image (side: its shorter side) is
+            taken as the face: the recognizer's chip is cut from it, and dlib's
+            5-point model is run on it as if it were a detection
+  exclude   every pair with such an image is left out (counted in the output)
+
+examples:
+  facestream eval verify ../shared/people
+  facestream eval verify ../shared/datasets/lfw10 --reference dlib
+  facestream eval verify ~/lfw --pairs ~/lfw/pairs.txt"""
+
+
+def register_eval(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    """Add ``eval verify`` to the ``eval`` group."""
+    parser = add_command(
+        subparsers["eval"],
+        "verify",
+        parents=parents,
+        handler=_verify,
+        help="verification accuracy on a folder of people (10-fold, TAR at FAR=1e-3)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    parser.add_argument("folder", metavar="DIR", type=Path, help="one sub-folder per person")
+    parser.add_argument(
+        "--pairs",
+        metavar="FILE",
+        type=Path,
+        help="LFW-format pairs file: a line 'folds n', then per fold n lines 'Name i j' "
+        "and n lines 'Name1 i Name2 j'; images are DIR/Name/Name_%%04d.jpg",
+    )
+    parser.add_argument(
+        "--model",
+        dest="recognition.model",
+        metavar="NAME",
+        default=None,
+        help="recognizer from `facestream models list` (default: the recognition.model setting)",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=("dlib",),
+        help="also score the pairs with dlib-bin's own pipeline (HOG detector, 5-point "
+        "landmarks, its chip and descriptor, Euclidean distance); needs dlib-bin",
+    )
+    parser.add_argument(
+        "--no-face",
+        dest="no_face",
+        choices=("fallback", "exclude"),
+        default="fallback",
+        help="what to do with images where no face is found (default: fallback; see below)",
+    )
+    parser.add_argument(
+        "--max-genuine",
+        dest="max_genuine",
+        type=int,
+        default=MAX_GENUINE,
+        metavar="N",
+        help=f"at most N genuine pairs when forming pairs (default {MAX_GENUINE})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for forming pairs and folds (default 0)"
+    )
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """One pipeline's output for M images: ``vectors`` [M, D], ``found`` [M] bool
+    (a face was detected)."""
+
+    vectors: NDArray[np.float32]
+    found: NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One pipeline's results, ready to print."""
+
+    def threshold(self, value: float) -> str:
+        return f"{self.relation} {self.sign * value:.3f}"
+
+    title: str
+    pipeline: str
+    score: str
+    relation: str  # how a score is compared with the threshold, e.g. "similarity >="
+    sign: float  # shown value = sign * internal score (dlib's distances are negated)
+    no_face: int
+    pairs: Pairs
+    verification: Verification
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from facecore.registry import get_spec
+
+    folder: Path = args.folder
+    if not folder.is_dir():
+        raise SourceError(f"{folder} is not a folder")
+    if args.max_genuine < 1:
+        raise ConfigError("--max-genuine must be at least 1")
+    spec = get_spec(settings.recognition.model)
+    if spec.kind != "recognizer":
+        raise ConfigError(
+            f"{spec.name} is a {spec.kind}, not a recognizer",
+            key="recognition.model",
+            value=spec.name,
+            origin=settings.origins.get("recognition.model"),
+        )
+    paths, pairs, origin = _load_pairs(folder, args)
+    print(f"{folder}: {len(paths)} images; {origin}")
+    print(
+        f"pairs: {int(pairs.same.sum())} genuine + {int((~pairs.same).sum())} impostor "
+        f"in {pairs.folds} folds"
+    )
+    ours = _embed_facestream(settings, paths)
+    columns = [
+        _column(
+            "facestream",
+            f"yunet_2026may + {spec.name}",
+            ("cosine similarity", "similarity >=", 1.0),
+            ours,
+            np.sum(ours.vectors[pairs.first] * ours.vectors[pairs.second], axis=1),
+            pairs,
+            args.no_face,
+        )
+    ]
+    if args.reference == "dlib":
+        theirs = _embed_dlib(settings, paths)
+        difference = theirs.vectors[pairs.first] - theirs.vectors[pairs.second]
+        distance = np.linalg.norm(difference, axis=1)
+        columns.append(
+            _column(
+                "dlib-bin",
+                "HOG + 5-point + dlib ResNet",
+                ("Euclidean distance", "distance <=", -1.0),
+                theirs,
+                -distance,
+                pairs,
+                args.no_face,
+            )
+        )
+    _print_report(columns, len(paths), args.no_face)
+    return 0
+
+
+def _load_pairs(folder: Path, args: argparse.Namespace) -> tuple[list[Path], Pairs, str]:
+    """(images, pairs over them, where they came from) for DIR and --pairs."""
+    from trainer.evaluate import form_pairs, pairs_from_paths, parse_lfw_pairs
+    from trainer.gallery import IMAGE_SUFFIXES
+
+    if args.pairs is not None:
+        try:
+            rows = parse_lfw_pairs(args.pairs.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise SourceError(f"cannot read the pairs file {args.pairs}: {err.strerror}") from err
+        except ValueError as err:
+            raise SourceError(f"{args.pairs}: {err}") from err
+        names, pairs = pairs_from_paths(rows)
+        paths = [folder / name for name in names]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise SourceError(
+                f"{len(missing)} images named in {args.pairs} are not in {folder}, "
+                f"e.g. {missing[0]}"
+            )
+        return paths, pairs, f"pairs from {args.pairs}"
+    people = sorted(p for p in folder.iterdir() if p.is_dir())
+    images = [
+        (image, person.name)
+        for person in people
+        for image in sorted(person.iterdir())
+        if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    try:
+        pairs = form_pairs(
+            [label for _, label in images], max_genuine=args.max_genuine, folds=FOLDS,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        raise SourceError(f"{folder}: {err} (one sub-folder of images per person)") from err
+    origin = f"{len(people)} people; pairs formed with seed {args.seed}"
+    return [image for image, _ in images], pairs, origin
+
+
+def _read(path: Path) -> NDArray[np.uint8]:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SourceError(f"OpenCV cannot read the image {path}")
+    return image
+
+
+def _centred_square(shape: tuple[int, ...]) -> tuple[float, float, float]:
+    """(left, top, side) of the largest centred square in an image of ``shape``."""
+    height, width = shape[:2]
+    side = min(height, width)
+    return (width - side) / 2, (height - side) / 2, float(side)
+
+
+def _embed_facestream(settings: Settings, paths: Sequence[Path]) -> _Embedded:
+    """Unit embeddings of each image's largest YuNet face (the centred square where
+    there is none), batched as the recognizer is configured."""
+    from tqdm import tqdm
+
+    from facecore.alignment import align_faces
+    from facecore.detector import Detector
+    from facecore.registry import DETECTOR, model_path
+    from trainer.backbone import Backbone
+
+    detection = settings.detection
+    detector = Detector(
+        model_path(settings, DETECTOR),
+        size=detection.size,
+        score_threshold=detection.score_threshold,
+        nms_threshold=detection.nms_threshold,
+        min_face_px=detection.min_face_px,
+    )
+    backbone = Backbone.from_settings(settings)
+    width, height = size = backbone.embedder.size
+    found = np.zeros(len(paths), bool)
+    chips = np.zeros((len(paths), height, width, 3), np.uint8)
+    for i, path in enumerate(tqdm(paths, desc="facestream: detect, align", unit="image")):
+        image = _read(path)
+        faces = detector.detect(image).largest()
+        found[i] = len(faces) == 1
+        if found[i]:
+            landmarks = faces.landmarks
+        else:
+            left, top, side = _centred_square(image.shape)
+            landmarks = (backbone.template * (side / max(size)) + (left, top))[None]
+        chips[i] = align_faces(image, landmarks, backbone.template, size)[0]
+    batch = settings.recognition.batch_size
+    vectors = [
+        backbone.embedder.embed(chips[start : start + batch])
+        for start in tqdm(range(0, len(chips), batch), desc="facestream: embed", unit="batch")
+    ]
+    return _Embedded(np.concatenate(vectors), found)
+
+
+def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> _Embedded:
+    """dlib's raw descriptors of each image's largest HOG face (the centred square,
+    given to the 5-point model as the detection, where there is none)."""
+    from tqdm import tqdm
+
+    from trainer.dlib_reference import DlibPipeline
+
+    dlib = DlibPipeline.from_settings(settings)
+    found = np.zeros(len(paths), bool)
+    vectors = np.zeros((len(paths), 128), np.float32)
+    for i, path in enumerate(tqdm(paths, desc="dlib-bin: detect, embed", unit="image")):
+        image = _read(path)
+        boxes = dlib.detect(image)
+        found[i] = len(boxes) > 0
+        if found[i]:
+            box = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]
+        else:
+            left, top, side = _centred_square(image.shape)
+            box = np.array([left, top, left + side - 1, top + side - 1])
+        vectors[i] = dlib.descriptors(image, box[None])[0]
+    return _Embedded(vectors, found)
+
+
+def _column(
+    title: str,
+    pipeline: str,
+    score: tuple[str, str, float],
+    embedded: _Embedded,
+    scores: NDArray[np.floating],
+    pairs: Pairs,
+    no_face: str,
+) -> _Column:
+    from trainer.evaluate import verify
+
+    keep = np.ones(len(pairs), bool)
+    if no_face == "exclude":
+        keep = embedded.found[pairs.first] & embedded.found[pairs.second]
+    try:
+        verification = verify(np.asarray(scores)[keep], pairs[keep], FAR)
+    except ValueError as err:
+        raise SourceError(f"{title}: too few pairs left to measure: {err}") from err
+    return _Column(
+        title=title,
+        pipeline=pipeline,
+        score=score[0],
+        relation=score[1],
+        sign=score[2],
+        no_face=int((~embedded.found).sum()),
+        pairs=pairs[keep],
+        verification=verification,
+    )
+
+
+def _print_report(columns: Sequence[_Column], images: int, no_face: str) -> None:
+    def row(label: str, cell: Callable[[_Column], str]) -> list[str]:
+        return [label, *(cell(c) for c in columns)]
+
+    def tar(c: _Column) -> str:
+        t = c.verification.tar
+        return f"{100 * t.tar:.2f}% (measured FAR {t.achieved_far:.1e})"
+
+    def folds(c: _Column) -> str:
+        low, high = np.sort(c.sign * c.verification.fold_threshold)[[0, -1]]
+        return f"{low:.3f} .. {high:.3f}"
+
+    def accuracy(c: _Column) -> str:
+        v = c.verification
+        return f"{100 * v.accuracy:.2f}% ± {100 * v.accuracy_std:.2f}% ({c.pairs.folds} folds)"
+
+    rows = [
+        ["", *(c.title for c in columns)],
+        row("pipeline", lambda c: c.pipeline),
+        row("score", lambda c: c.score),
+        row("no face detected", lambda c: f"{c.no_face} of {images} images"),
+        row("pairs scored", lambda c: f"{len(c.pairs)} ({c.verification.genuine} genuine)"),
+        row("accuracy", accuracy),
+        row("threshold (all pairs)", lambda c: c.threshold(c.verification.threshold)),
+        row("fold thresholds", folds),
+        row(f"TAR at FAR={FAR:g}", tar),
+        row("threshold for that FAR", lambda c: c.threshold(c.verification.tar.threshold)),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for r in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip())
+    print()
+    if any(c.no_face for c in columns):
+        if no_face == "exclude":
+            print("no face: pairs with an image where no face was found were left out.")
+        else:
+            print(
+                "no face: fallback, the centred square of each such image (side: its shorter "
+                "side) was taken as the face."
+            )
+    print(
+        "accuracy: mean ± standard deviation over the folds; each fold's threshold was chosen "
+        "on the other folds."
+    )
+    for c in columns:
+        t = c.verification.tar
+        if not t.precise:
+            print(
+                f"TAR at FAR={t.far:g} ({c.title}) is imprecise: with {t.impostors} impostor "
+                f"pairs the FAR moves in steps of {1 / t.impostors:.1e}; {round(10 / t.far)} or "
+                "more are needed for a stable figure."
+            )

@@ -1,0 +1,255 @@
+"""Which head to publish, and its threshold: the prototype baseline or the fitted
+cosine head, judged on a held-out split.
+
+1. Each person's samples are split (stratified): ``held_out_fraction`` of them, at
+   least one, are held out; a person with a single sample keeps it in training and
+   is counted in ``Split.single_sample_people``.
+2. Both heads are built from the training samples only: the prototypes (the mean
+   unit embedding of each person) and the cosine head fitted from them (``trainer.fit``)
+   on the training samples' clean and augmented embeddings, stopped early on the
+   held-out loss.
+3. Each is calibrated for the target false-accept rate (``trainer.calibrate``) on
+   strangers: people are dealt into groups, and each group's samples are scored
+   against the same kind of head built without that group (prototypes of the
+   others; the cosine head fitted on the others for the same number of epochs), so
+   every impostor score comes from a person the head never saw. Then each is scored
+   by its identification accuracy on the held-out samples at that threshold.
+4. The cosine head is published only when its accuracy is strictly higher; on a tie
+   the simpler baseline wins. The published weights are then rebuilt from *all*
+   samples (prototypes of all samples; or the cosine head re-fitted on all samples for
+   the epoch count early stopping chose), and keep the threshold calibrated in 3.
+
+With nothing to hold out (every person has one sample) no fitted head can be judged:
+the baseline is published, calibrated on all samples (a probe never contributes to
+the *other* people's prototypes, so its open-set scores are fair impostor scores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trainer.calibrate import (
+    Calibration,
+    OpenSetScores,
+    PairScores,
+    calibrate,
+    known_scores,
+    pair_scores,
+    unseen_scores,
+)
+from trainer.fit import CosineHead, FitConfig, FitResult, fit_cosine_head
+from trainer.gallery import prototypes
+
+__all__ = ["Candidate", "Selection", "Split", "select_head", "stratified_split"]
+
+UNSEEN_FOLDS = 5  # groups of people left out in turn to score strangers
+
+
+@dataclass(frozen=True)
+class Split:
+    train: NDArray[np.intp]  # sample indices
+    held_out: NDArray[np.intp]
+    single_sample_people: int  # their only sample stays in training
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One head, scored on the probes that calibrated its threshold."""
+
+    kind: str  # "prototypes" or "cosine"
+    scores: OpenSetScores
+    calibration: Calibration
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    @property
+    def accuracy(self) -> float:
+        return self.scores.accuracy(self.threshold)
+
+    def figures(self) -> dict[str, float]:
+        """The candidate's numbers, for the manifest and the report."""
+        return {
+            "accuracy": self.accuracy,
+            "rank1": self.scores.rank1(),
+            "threshold": self.threshold,
+            "far": self.scores.false_accept_rate(self.threshold),
+            "frr": self.scores.false_reject_rate(self.threshold),
+            "probes": float(len(self.scores.genuine)),
+            "impostor_scores": float(self.calibration.impostor_count),
+        }
+
+
+@dataclass(frozen=True)
+class Selection:
+    kind: str  # the published head: "prototypes" or "cosine"
+    head: CosineHead  # the published rows are ``head.unit_weights()``
+    threshold: float
+    split: Split
+    pairs: PairScores  # probe-to-probe scores of all samples (a backbone diagnostic)
+    baseline: Candidate
+    cosine: Candidate | None  # None when nothing could be held out
+    fit: FitResult | None  # the held-out fit that chose the epoch count
+    probes: NDArray[np.float32]  # [M, D] the embeddings the candidates were scored on
+    reason: str
+
+
+def stratified_split(labels: NDArray[np.intp], fraction: float, seed: int) -> Split:
+    """Hold out ``round(fraction * n)`` of each person's ``n`` samples, at least one and
+    never all of them; people with a single sample stay in training."""
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    held: list[int] = []
+    single = 0
+    for person in np.unique(labels):
+        members = np.flatnonzero(labels == person)
+        if len(members) == 1:
+            single += 1
+            train.extend(members.tolist())
+            continue
+        count = min(len(members) - 1, max(1, round(fraction * len(members))))
+        shuffled = rng.permutation(members)
+        held.extend(shuffled[:count].tolist())
+        train.extend(shuffled[count:].tolist())
+    return Split(np.sort(np.asarray(train, np.intp)), np.sort(np.asarray(held, np.intp)), single)
+
+
+def select_head(
+    clean: NDArray[np.float32],
+    augmented: NDArray[np.float32],
+    labels: NDArray[np.intp],
+    *,
+    people: int,
+    target_far: float,
+    fallback_threshold: float,
+    config: FitConfig,
+    progress: bool = True,
+) -> Selection:
+    """Choose and build the head to publish (see the module docstring).
+
+    ``clean`` [N, D] and ``augmented`` [N, A, D] are unit embeddings of the samples,
+    ``labels`` [N] their person's row in 0..people-1 (every row has a sample)."""
+    if len(clean) == 0 or people == 0:
+        raise ValueError("select_head needs at least one sample")
+    split = stratified_split(labels, config.held_out_fraction, config.seed)
+    pairs = pair_scores(clean, labels, config.seed)
+    everyone = _prototype_matrix(clean, labels, people)
+    data = _Data(clean, augmented, labels, people, config)
+
+    def candidate(
+        kind: str, weights: NDArray[np.float32], probes: NDArray[np.intp], epochs: int | None
+    ) -> Candidate:
+        genuine, rival = known_scores(clean[probes], labels[probes], weights)
+        impostor, pair = data.strangers(split.train, epochs)
+        scores = OpenSetScores(genuine, rival, impostor, pair)
+        return Candidate(kind, scores, calibrate(scores, target_far, fallback_threshold))
+
+    if len(split.held_out) == 0:
+        baseline = candidate("prototypes", everyone, split.train, None)
+        return Selection(
+            "prototypes", CosineHead(everyone), baseline.threshold, split, pairs, baseline,
+            None, None, clean,
+            "no person has two samples, so none can be held out to judge a fitted head",
+        )
+
+    train, held = split.train, split.held_out
+    initial = _prototype_matrix(clean[train], labels[train], people)
+    baseline = candidate("prototypes", initial, held, None)
+    x, y = data.training_set(train)
+    fit = fit_cosine_head(
+        x, y, initial, config, held_out=(clean[held], labels[held]), progress=progress
+    )
+    cosine = candidate("cosine", fit.head.unit_weights(), held, fit.best_epoch)
+
+    if not cosine.accuracy > baseline.accuracy:
+        reason = (
+            f"the cosine head's held-out accuracy {cosine.accuracy:.4f} does not beat "
+            f"the prototypes' {baseline.accuracy:.4f}"
+        )
+        return Selection(
+            "prototypes", CosineHead(everyone), baseline.threshold, split, pairs, baseline,
+            cosine, fit, clean[held], reason,
+        )
+    x, y = data.training_set(np.arange(len(clean)))
+    final = fit_cosine_head(x, y, everyone, config, epochs=fit.best_epoch, progress=progress)
+    reason = (
+        f"the cosine head's held-out accuracy {cosine.accuracy:.4f} beats the "
+        f"prototypes' {baseline.accuracy:.4f}"
+    )
+    return Selection(
+        "cosine", final.head, cosine.threshold, split, pairs, baseline, cosine, fit,
+        clean[held], reason,
+    )
+
+
+@dataclass(frozen=True)
+class _Data:
+    clean: NDArray[np.float32]  # [N, D]
+    augmented: NDArray[np.float32]  # [N, A, D]
+    labels: NDArray[np.intp]  # [N] rows 0..people-1
+    people: int
+    config: FitConfig
+
+    def training_set(
+        self, samples: NDArray[np.intp], rows: NDArray[np.intp] | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.intp]]:
+        """Clean and augmented embeddings of ``samples`` as one training set, labelled
+        with ``rows`` (default: the samples' own labels)."""
+        labels = self.labels[samples] if rows is None else rows
+        copies = self.augmented.shape[1]
+        dimension = self.clean.shape[1]
+        x = np.concatenate([self.clean[samples], self.augmented[samples].reshape(-1, dimension)])
+        y = np.concatenate([labels, np.repeat(labels, copies)])
+        return x.astype(np.float32), y.astype(np.intp)
+
+    def strangers(
+        self, train: NDArray[np.intp], epochs: int | None
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Impostor scores of every sample as a stranger: (best [M], pairs [P]).
+
+        People are dealt into up to ``UNSEEN_FOLDS`` groups; for each group a gallery
+        is built from the training samples of everybody else (prototypes, then
+        ``epochs`` epochs of cosine fitting unless ``epochs`` is None) and every sample
+        of the group is scored against it: a person the gallery never saw."""
+        groups = np.array_split(
+            np.random.default_rng(self.config.seed).permutation(self.people),
+            min(self.people, UNSEEN_FOLDS),
+        )
+        best: list[NDArray[np.float32]] = []
+        pairs: list[NDArray[np.float32]] = []
+        for group in groups:
+            kept = np.setdiff1d(np.arange(self.people), group)
+            if len(kept) == 0:
+                continue
+            row = np.full(self.people, -1, np.intp)
+            row[kept] = np.arange(len(kept))
+            members = train[row[self.labels[train]] >= 0]
+            weights = _prototype_matrix(self.clean[members], row[self.labels[members]], len(kept))
+            if epochs:
+                x, y = self.training_set(members, row[self.labels[members]])
+                fitted = fit_cosine_head(x, y, weights, self.config, epochs=epochs, progress=False)
+                weights = fitted.head.unit_weights()
+            strangers = np.flatnonzero(np.isin(self.labels, group))
+            found = unseen_scores(self.clean[strangers], np.full(len(strangers), -1), weights)
+            best.append(found[0])
+            pairs.append(found[1])
+        if not best:
+            empty = np.zeros(0, np.float32)
+            return empty, empty
+        return np.concatenate(best), np.concatenate(pairs)
+
+
+def _prototype_matrix(
+    embeddings: NDArray[np.float32], labels: NDArray[np.intp], people: int
+) -> NDArray[np.float32]:
+    """[people, D]: row k is the prototype of the samples labelled k."""
+    names, weights = prototypes(embeddings, [str(int(k)) for k in labels])
+    if len(names) != people:
+        raise ValueError(f"every one of {people} people needs a sample, {len(names)} have one")
+    rows = np.empty_like(weights)
+    rows[[int(n) for n in names]] = weights
+    return rows

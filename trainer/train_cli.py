@@ -1,0 +1,79 @@
+"""``facestream trainer [--once]``: the trainer service's command.
+
+Heavy imports (torch, onnxruntime, matplotlib) happen inside the handler; see
+facecore.cli for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from types import FrameType
+
+from facecore.cli import Subparsers, add_command
+from facecore.config import Settings
+
+__all__ = ["PUBLISH_PAUSE_ENV", "register_trainer"]
+
+log = logging.getLogger(__name__)
+
+# Test hook: seconds to sleep inside the publish step, once the new bundle is complete
+# but before it is published (to kill the trainer mid-publish). Never set in production.
+PUBLISH_PAUSE_ENV = "FACESTREAM_TEST_PUBLISH_PAUSE"
+
+
+def register_trainer(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        subparsers["facestream"],
+        "trainer",
+        parents=parents,
+        handler=_trainer,
+        help="re-fit the recognition model whenever the enrolled people change",
+        description=(
+            "Watch the enrollment store (STATE_DIR/enrollment) and, whenever it changes, "
+            "re-fit the recognition head on the enrolled faces and publish a new model "
+            "bundle into STATE_DIR/bundles, which a running server picks up. Embeddings "
+            "are cached, so adding a person costs seconds. Each bundle carries a training "
+            "report (report.json, scores.png, roc.png). The store is polled every "
+            "trainer.poll_seconds; under systemd (Type=notify) readiness and status are "
+            "reported, and SIGTERM stops it cleanly."
+        ),
+        epilog="examples:\n"
+        "  facestream trainer              # run as a service\n"
+        "  facestream trainer --once       # one run; says 'nothing to do' when up to date",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="run once (re-fit if needed) and exit"
+    )
+
+
+def _trainer(settings: Settings, args: argparse.Namespace) -> int:
+    from trainer.service import StopRequested, TrainerService, describe
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise StopRequested(f"stopped by {signal.Signals(signum).name}")
+
+    pause = float(os.environ.get(PUBLISH_PAUSE_ENV) or 0.0)
+    previous = signal.signal(signal.SIGTERM, stop)
+    service = None
+    try:
+        service = TrainerService(settings, publish_pause=pause)
+        if args.once:
+            bundle = service.run_once()
+            print("nothing to do: the current bundle is up to date" if bundle is None
+                  else f"published {bundle.path}: {describe(bundle)}")
+        else:
+            service.serve()
+    except StopRequested as exc:
+        if service is not None:
+            service.notify("STOPPING=1")
+        log.info("trainer %s; a bundle in the making is dropped", exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if service is not None:
+            service.close()
+    return 0
