@@ -5,9 +5,9 @@ HOG detector in the shared data (LFW-10, ORL, the media photos, every 5th frame 
 the clip), dlib's 5-point chip geometry (150 px, padding 0.25) maps YuNet's 5
 landmarks into dlib's chip; the template is their per-coordinate median. Printed:
 the template, each point's spread, and per source the residual of fitting the faces'
-YuNet points to it and the offset of our chips from dlib's chips, next to the same
-numbers for the registry's current template and a template derived without that
-source (a hold-out check). See docs/alignment.md.
+YuNet points to it and how our chips differ from dlib's (overall offset, scale,
+rotation, centre shift), also for a template derived without that source (a
+hold-out check) and for the registry's template. See docs/alignment.md.
 
     FACESTREAM_SHARED=../shared python bench/derive_template.py
 """
@@ -18,6 +18,11 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
+# bench/facecore.py would shadow the facecore package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
 import cv2
 import numpy as np
@@ -38,16 +43,16 @@ def _shared() -> Path:
     return Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
-def _images(shared: Path) -> Iterator[tuple[str, str, NDArray[np.uint8]]]:
-    """(source, name, BGR image) for every image the template is measured on."""
+def _images(shared: Path) -> Iterator[tuple[str, NDArray[np.uint8]]]:
+    """(source, BGR image) for every image the template is measured on."""
     for source, pattern in (("lfw10", "datasets/lfw10/*/*.jpg"), ("orl", "datasets/orl/*/*.pgm")):
         for path in sorted(shared.glob(pattern)):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
-                yield source, str(path.relative_to(shared)), image
+                yield source, image
     for path in sorted((shared / "media").glob("*")):
         if path.suffix.lower() in (".jpg", ".png"):
-            yield "photos", path.name, cv2.imread(str(path), cv2.IMREAD_COLOR)
+            yield "photos", cv2.imread(str(path), cv2.IMREAD_COLOR)
     capture = cv2.VideoCapture(str(shared / "media" / "short_hamilton_clip.mp4"))
     index = 0
     while True:
@@ -55,7 +60,7 @@ def _images(shared: Path) -> Iterator[tuple[str, str, NDArray[np.uint8]]]:
         if not ok:
             break
         if index % CLIP_STEP == 0:
-            yield "clip", f"frame {index}", frame
+            yield "clip", frame
         index += 1
     capture.release()
 
@@ -78,7 +83,7 @@ def _measure(shared: Path) -> tuple[list[str], NDArray[np.float64], NDArray[np.f
     landmarks: list[NDArray[np.float32]] = []
     transforms: list[NDArray[np.float64]] = []
     seen: dict[str, list[int]] = {}
-    for source, _name, image in tqdm(list(_images(shared)), desc="faces", unit="image"):
+    for source, image in tqdm(_images(shared), desc="faces", unit="image"):
         faces = detector.detect(image)
         counts = seen.setdefault(source, [0, 0, 0])
         counts[0] += 1
@@ -98,10 +103,14 @@ def _measure(shared: Path) -> tuple[list[str], NDArray[np.float64], NDArray[np.f
 
 
 def _row(label: str, fit: TemplateFit) -> str:
-    r, o = fit.fit_residual, fit.chip_offset
+    r, o = fit.fit_residual, fit.offset
+    scale = np.array([abs(c.scale - 1) for c in fit.chips]) * 100
+    rotation = np.array([abs(c.rotation) for c in fit.chips])
+    shift = np.array([c.shift for c in fit.chips])
     return (
-        f"| {label} | {len(r)} | {np.median(r):.2f} | {np.percentile(r, 90):.2f} "
-        f"| {np.median(o):.2f} | {np.percentile(o, 90):.2f} |"
+        f"| {label} | {len(r)} | {np.median(r):.2f} / {np.percentile(r, 90):.2f} "
+        f"| {np.median(o):.2f} / {np.percentile(o, 90):.2f} | {np.median(scale):.1f}% "
+        f"| {np.median(rotation):.1f}° | {np.median(shift):.2f} |"
     )
 
 
@@ -128,19 +137,18 @@ def main() -> int:
     print("(" + ", ".join(f"({x:.2f}, {y:.2f})" for x, y in template) + ")")
 
     print(
-        "\n| template, faces | faces | fit residual median | p90 "
-        "| chip offset vs dlib median | p90 |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        "\n| faces (template derived from all) | faces | fit residual, median / p90 "
+        "| chip offset, median / p90 | scale error | rotation error | centre shift |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     source_array = np.array(sources)
     for source in dict.fromkeys(sources):
         mask = source_array == source
         held_out = derive_template(chip_points[~mask]) if (~mask).any() else template
-        for label, candidate in (("derived", template), ("derived without it", held_out),
-                                 ("registry (current)", registry)):
-            print(_row(f"{label}, {source}", evaluate_template(
-                candidate, landmarks[mask], transforms[mask])))
-    print(_row("derived, all", fit))
-    print(_row("registry (current), all", evaluate_template(registry, landmarks, transforms)))
+        for label, candidate in ((source, template), (f"{source}, derived without it", held_out)):
+            print(_row(label, evaluate_template(candidate, landmarks[mask], transforms[mask])))
+    print(_row("all", fit))
+    print(_row("all, the registry's template", evaluate_template(registry, landmarks, transforms)))
     return 0
 
 

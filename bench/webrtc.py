@@ -42,6 +42,8 @@ from numpy.typing import NDArray
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from streamer.jitter import use_marker_jitter_buffer  # noqa: E402 - after the path set-up
+
 WIDTH, HEIGHT = 640, 480
 STRIP = 16  # rows of barcode at the bottom
 BITS = 20  # 16 bits of frame number, 4 of checksum
@@ -145,6 +147,9 @@ async def open_session(url: str, frames: list[NDArray[np.uint8]], fps: float) ->
 
     @pc.on("track")
     def on_track(remote: MediaStreamTrack) -> None:
+        for receiver in pc.getReceivers():  # decode on the marker bit, as browsers do
+            if receiver.track is remote:
+                use_marker_jitter_buffer(receiver)
         session.reader = asyncio.ensure_future(read(remote))
 
     pc.addTrack(track)
@@ -182,16 +187,27 @@ class Row:
     p50_ms: float
     p99_ms: float
     returned: float  # share of sent frames that came back
+    server_cpu_ms: float  # server process CPU time per returned frame
+    client_cpu: float  # cores the clients used (encoding, decoding, reading stamps)
 
 
-async def measure(url: str, n: int, frames: list[NDArray[np.uint8]], fps: float,
-                  warmup: float, seconds: float) -> Row:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(url: str, server_pid: int, n: int, frames: list[NDArray[np.uint8]],
+                  fps: float, warmup: float, seconds: float) -> Row:
     sessions = [await open_session(url, frames, fps) for _ in range(n)]
     await asyncio.sleep(warmup)
     start = time.perf_counter()
     sent0 = [s.track.count for s in sessions]
+    server0, client0 = cpu_seconds(server_pid), cpu_seconds(os.getpid())
     await asyncio.sleep(seconds)
     end = time.perf_counter()
+    server_cpu = cpu_seconds(server_pid) - server0
+    client_cpu = cpu_seconds(os.getpid()) - client0
     sent = [s.track.count - c for s, c in zip(sessions, sent0, strict=True)]
     windows = [[r for r in s.received if start <= r[0] < end] for s in sessions]
     for s in sessions:
@@ -208,6 +224,8 @@ async def measure(url: str, n: int, frames: list[NDArray[np.uint8]], fps: float,
         p50_ms=float(np.percentile(latencies, 50)),
         p99_ms=float(np.percentile(latencies, 99)),
         returned=sum(len(w) for w in windows) / max(1, sum(sent)),
+        server_cpu_ms=1000.0 * server_cpu / max(1, sum(len(w) for w in windows)),
+        client_cpu=client_cpu / (end - start),
     )
 
 
@@ -290,7 +308,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
             url = f"http://127.0.0.1:{json.loads(line)['port']}"
             rows = []
             for n in args.sessions:
-                rows.append(await measure(url, n, frames, args.fps, args.warmup, args.seconds))
+                rows.append(
+                    await measure(url, child.pid, n, frames, args.fps, args.warmup, args.seconds)
+                )
                 print(f"N={n}: done", file=sys.stderr, flush=True)
                 await wait_idle(url)
             return rows
@@ -302,13 +322,14 @@ async def run(args: argparse.Namespace) -> list[Row]:
 def table(rows: list[Row], fps: float) -> str:
     lines = [
         f"| sessions | returned fps per session (sent {fps:g}) | slowest – fastest | "
-        "latency p50 | latency p99 | frames returned |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "latency p50 | latency p99 | frames returned | server CPU per frame | client CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.sessions} | {r.fps_mean:.1f} | {r.fps_min:.1f} – {r.fps_max:.1f} | "
-            f"{r.p50_ms:.0f} ms | {r.p99_ms:.0f} ms | {r.returned:.0%} |"
+            f"{r.p50_ms:.0f} ms | {r.p99_ms:.0f} ms | {r.returned:.0%} | "
+            f"{r.server_cpu_ms:.0f} ms | {r.client_cpu:.2f} cores |"
         )
     return "\n".join(lines)
 
@@ -330,8 +351,8 @@ def main() -> None:
         asyncio.run(serve_child(args.shared, state, args.serve_child / "cache", args.max_sessions))
         return
     rows = asyncio.run(run(args))
-    print(f"\n{os.cpu_count()} CPUs, {WIDTH}x{HEIGHT} at {args.fps:g} fps, "
-          f"{args.seconds:g} s measured per row\n")
+    print(f"\n{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the end), "
+          f"{WIDTH}x{HEIGHT} at {args.fps:g} fps, {args.seconds:g} s measured per row\n")
     print(table(rows, args.fps))
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
+from streamer.serve_cli import register_serve
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,6 +94,7 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         help="also write recognition events as JSON lines here ('-': stdout)",
     )
     _pipeline_options(webcam)
+    register_serve(subparsers, parents)
 
 
 def _pipeline_options(parser: argparse.ArgumentParser) -> None:

@@ -41,7 +41,7 @@ from streamer.fonts import FontSet
 from streamer.pipeline import StreamPipeline
 from streamer.recognizer import ActiveModel, BatchRecognizer
 from streamer.reload import BundleWatcher
-from streamer.tracker import view_quality
+from streamer.tracker import scene_signature, view_quality
 
 __all__ = ["Engine"]
 
@@ -199,10 +199,13 @@ class Engine:
             self._watcher = BundleWatcher(self, bundles_dir, interval=interval, loaded=loaded)
         return self._watcher
 
-    def detect(self, frame: NDArray[np.uint8]) -> tuple[Faces, NDArray[np.float32]]:
-        """Faces in ``frame`` and their `view_quality` [N] (runs in a worker thread)."""
+    def detect(
+        self, frame: NDArray[np.uint8]
+    ) -> tuple[Faces, NDArray[np.float32], NDArray[np.float32]]:
+        """Faces in ``frame``, their `view_quality` [N] and the frame's
+        `scene_signature` (runs in a worker thread)."""
         faces = self.detector.detect(frame)
-        return faces, view_quality(frame, faces)
+        return faces, view_quality(frame, faces), scene_signature(frame)
 
     async def run_cpu(self, function: Callable[..., T], *args: object) -> T:
         """Run CPU work on the engine's pool, off the event loop."""

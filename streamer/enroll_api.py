@@ -94,9 +94,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def add_enrollment_routes(app: web.Application, settings: Settings) -> EnrollmentWorker:
     """Add the routes above to the server's ``app`` (made by `streamer.server.create_app`,
-    whose auth middleware guards them). The store worker uses the engine's detector
-    and is closed when the application is cleaned up."""
-    worker = EnrollmentWorker.from_settings(settings, app[ENGINE].detector)
+    whose auth middleware guards them). The store worker is closed when the
+    application is cleaned up."""
+    worker = EnrollmentWorker.from_settings(settings)
     app[ENROLLMENT] = worker
     app[UPLOAD_LIMIT] = settings.server.max_upload_mb * 2**20
     app.on_cleanup.append(_close_worker)

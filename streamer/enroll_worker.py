@@ -39,9 +39,11 @@ class EnrollmentWorker:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, detector: Detector) -> EnrollmentWorker:
-        """The worker of this installation's store, ``state_dir/enrollment``."""
-        return cls(settings.state_dir / STORE_DIR, detector)
+    def from_settings(cls, settings: Settings) -> EnrollmentWorker:
+        """The worker of this installation's store, ``state_dir/enrollment``, with the
+        configured YuNet and no minimum face size (a small face is then reported as
+        too small, not as no face, as by `facestream enroll`)."""
+        return cls(settings.state_dir / STORE_DIR, Detector.from_settings(settings, min_face_px=0))
 
     async def call(self, job: Callable[[EnrollmentStore], T]) -> T:
         """``job(store)`` in the worker thread. Raises `ClosedError` after ``close()``."""

@@ -69,7 +69,7 @@ class StreamPipeline:
         if self._closed:
             raise ClosedError(f"the pipeline of stream {self.stream_id} is closed")
         start = time.perf_counter()
-        faces, quality = await self.engine.run_cpu(self.engine.detect, frame)
+        faces, quality, signature = await self.engine.run_cpu(self.engine.detect, frame)
         detected = time.perf_counter()
         loop = asyncio.get_running_loop()
         previous, mine = self._turn, loop.create_future()
@@ -78,7 +78,7 @@ class StreamPipeline:
             if previous is not None:
                 await asyncio.shield(previous)
             self._check_open()
-            changes, track_ids, recognize_ms = await self._track(frame, faces, quality)
+            changes, track_ids, recognize_ms = await self._track(frame, faces, quality, signature)
             views = self._tracker.views(track_ids)
         finally:
             if previous is None or previous.done():
@@ -122,11 +122,15 @@ class StreamPipeline:
         return list(self._tracker.set_model(model.gallery, model.backbone))
 
     async def _track(
-        self, frame: NDArray[np.uint8], faces: Faces, quality: NDArray[np.float32]
+        self,
+        frame: NDArray[np.uint8],
+        faces: Faces,
+        quality: NDArray[np.float32],
+        signature: NDArray[np.float32],
     ) -> tuple[list[IdentityChange], NDArray[np.int64], float]:
         model = self.engine.recognizer.model
         changes = self._use(model)
-        update = self._tracker.update(faces, quality)
+        update = self._tracker.update(faces, quality, signature)
         changes.extend(update.changes)
         picked = np.flatnonzero(update.recognize)
         if model is None or len(picked) == 0:

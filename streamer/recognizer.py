@@ -193,6 +193,8 @@ class BatchRecognizer:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            if self._closed:
+                return None
             batch: list[_Request] = []
             size = 0
             while self._queue and (

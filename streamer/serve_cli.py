@@ -110,6 +110,8 @@ async def _serve(settings: Settings, out: TextIO) -> None:
     from streamer import announce, tls
     from streamer.auth import load_or_create_token, token_path
     from streamer.engine import Engine
+    from streamer.enroll_api import add_enrollment_routes
+    from streamer.live_enroll import attach_live_enrollment
     from streamer.server import create_app
 
     server = settings.server
@@ -123,6 +125,8 @@ async def _serve(settings: Settings, out: TextIO) -> None:
     engine = Engine.from_settings(settings)
     try:
         app = create_app(settings, engine, token, secure=not server.http)
+        add_enrollment_routes(app, settings)
+        attach_live_enrollment(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

@@ -262,14 +262,25 @@ class CaptureSource:
         capture: Capture | None = self._capture
         period = 1.0 / self.pace if self.pace else 0.0
         due = time.monotonic()
+        delay = self.retry_initial
+        delivered = 0  # frames since the last (re)open
         try:
             while not self._stop.is_set():
                 if capture is None:
-                    capture = self._reopen()
+                    capture = self._try_open()
+                    delivered = 0
                     if capture is None:
-                        return
+                        if self.spec.kind == "file":
+                            log.error("%s cannot be read again", self.description)
+                            return
+                        if self._stop.wait(delay):
+                            return
+                        delay = min(delay * 2.0, self.retry_max)
+                        continue
                 ok, image = capture.read()
                 if ok and image is not None:
+                    delay = self.retry_initial
+                    delivered += 1
                     if period:
                         if self._stop.wait(max(0.0, due - time.monotonic())):
                             return
@@ -279,36 +290,31 @@ class CaptureSource:
                     continue
                 capture.release()
                 capture = None
-                if self.spec.kind == "file" and not self.loop:
+                if self.spec.kind == "file":
+                    if self.loop and delivered:
+                        continue  # start the file again
                     return
-                if self.spec.kind != "file":
-                    log.warning("%s stopped delivering frames; reconnecting", self.description)
+                log.warning("%s stopped delivering; retrying in %.2g s", self.description, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2.0, self.retry_max)
         finally:
             if capture is not None:
                 capture.release()
             self._mailbox.end()
 
-    def _reopen(self) -> Capture | None:
-        """Open the source again, with backoff for a camera or stream; None when
-        stopped (or when a looping file cannot be read again)."""
-        delay = self.retry_initial
-        while not self._stop.is_set():
-            try:
-                capture = self._opener(self.spec)
-                if capture.isOpened():
-                    if self.spec.kind != "file":
-                        self.reconnects += 1
-                        log.info("%s is back", self.description)
-                    return capture
-                capture.release()
-            except cv2.error as exc:
-                log.debug("reopening %s failed: %s", self.description, exc)
-            if self.spec.kind == "file":
-                log.error("%s cannot be read again", self.description)
-                return None
-            if self._stop.wait(delay):
-                return None
-            delay = min(delay * 2.0, self.retry_max)
+    def _try_open(self) -> Capture | None:
+        """One attempt to open the source again; None when it fails."""
+        try:
+            capture = self._opener(self.spec)
+            if capture.isOpened():
+                if self.spec.kind != "file":
+                    self.reconnects += 1
+                    log.info("%s is back", self.description)
+                return capture
+            capture.release()
+        except cv2.error as exc:
+            log.debug("reopening %s failed: %s", self.description, exc)
         return None
 
 

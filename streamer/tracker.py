@@ -5,11 +5,14 @@ A detection joins the track whose last box it overlaps most (IoU at least
 ``iou_threshold``) or, for a small face that moved more than its own size allows to
 overlap, whose box centre is within half a face of its own at a similar size; the
 pairs are taken greedily, best first. A track not seen for ``max_age_frames`` frames
-expires, and its evidence goes with it.
+expires, and its evidence goes with it; a cut to another shot (the frame's grey
+thumbnail changes by more than ``SCENE_CUT`` grey levels on average) ends every track.
 
 A face is recognised when its track appears, when a better view of it comes (a
 `view_quality` at least ``better_view_gain`` times the best one recognised so far),
-and at least every ``recheck_frames`` frames. Each recognition adds an observation
+and at least every ``recheck_frames`` frames; at most ``max_rechecks_per_frame``
+such re-checks run in one frame (the others wait a frame or two), so re-checks of
+faces that appeared together do not all fall on one frame. Each recognition adds an observation
 (embedding, view quality) to the track's bounded history; the track's name is a vote
 over that history against the current gallery:
 
@@ -38,11 +41,20 @@ from facecore.bundle import Gallery
 from facecore.config import TrackingSettings
 from facecore.faces import Faces
 
-__all__ = ["IdentityChange", "TrackUpdate", "TrackView", "Tracker", "view_quality"]
+__all__ = [
+    "IdentityChange",
+    "TrackUpdate",
+    "TrackView",
+    "Tracker",
+    "scene_signature",
+    "view_quality",
+]
 
 FULL_DETAIL_PX = 150.0  # a face this wide (the recognizer's chip) gives all it can
-SHARPNESS_HALF = 60.0  # Laplacian variance at which the sharpness term is one half
-_PATCH = 32  # side of the grey patch the sharpness is measured on
+SHARPNESS_HALF = 300.0  # Laplacian variance at which the sharpness term is one half
+_PATCH = 64  # side of the grey patch the sharpness is measured on
+_SIGNATURE_SIZE = (64, 36)  # (width, height) of the grey thumbnail a scene is compared by
+SCENE_CUT = 20.0  # mean grey-level change (0-255) of that thumbnail that means a cut
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,12 @@ def view_quality(frame: NDArray[np.uint8], faces: Faces) -> NDArray[np.float32]:
         sharp = variance / (variance + SHARPNESS_HALF)
         quality[i] = max(size * frontal * sharp, 1e-3)
     return quality
+
+
+def scene_signature(frame: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """A [36, 64] grey thumbnail of the frame, to tell a cut to another shot."""
+    small = cv2.resize(frame, _SIGNATURE_SIZE, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
 
 
 def _iou(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -198,6 +216,8 @@ class Tracker:
         self._frame = 0
         self._gallery: Gallery | None = None
         self._backbone: str | None = None
+        self._signature: NDArray[np.float32] | None = None
+        self.cuts = 0  # scene cuts seen (each ends every track)
 
     def __len__(self) -> int:
         return len(self._tracks)
@@ -222,17 +242,26 @@ class Tracker:
                     changes.append(change)
         return tuple(changes)
 
-    def update(self, faces: Faces, quality: NDArray[np.float32]) -> TrackUpdate:
-        """Match one frame's faces (with their `view_quality`) to tracks."""
+    def update(
+        self,
+        faces: Faces,
+        quality: NDArray[np.float32],
+        signature: NDArray[np.float32] | None = None,
+    ) -> TrackUpdate:
+        """Match one frame's faces (with their `view_quality`) to tracks. With the
+        frame's `scene_signature`, a cut to another shot ends every track first: a
+        face in the new shot is not the face that was at its place before."""
         self._frame += 1
         frame = self._frame
-        for track_id in [
-            t.id
-            for t in self._tracks.values()
-            if frame - t.last_seen > self.settings.max_age_frames
-        ]:
-            del self._tracks[track_id]
+        if signature is not None:
+            previous, self._signature = self._signature, signature
+            if previous is not None and float(np.abs(signature - previous).mean()) > SCENE_CUT:
+                self._tracks.clear()
+                self.cuts += 1
         track_ids = self._match(faces)
+        max_missing = self.settings.max_age_frames
+        for track in [t for t in self._tracks.values() if frame - t.last_seen > max_missing]:
+            del self._tracks[track.id]
         recognize = np.zeros(len(faces), np.bool_)
         changes = []
         rechecks = 0

@@ -5,6 +5,7 @@ endpoint, and the token guard."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class Api:
     async def upload(self, person: str, *files: tuple[str, bytes, str]) -> tuple[int, object]:
         form = aiohttp.FormData()
         for name, data, content_type in files:
-            form.add_field("photo", data, filename=name, content_type=content_type)
+            # (a BytesIO: aiohttp warns about large raw bytes bodies)
+            form.add_field("photo", io.BytesIO(data), filename=name, content_type=content_type)
         return await self.call("POST", f"/api/people/{person}/samples", data=form)
 
 
@@ -301,7 +303,7 @@ async def test_model_endpoint_reports_the_bundle_being_served(
     assert status == 200 and model["version"] is None and model["report"] is None
 
     backbone = _mean_colour_model(tmp_path / "mean.onnx", size=8)
-    report = {"selection": {"kind": "prototypes", "reason": "test"}, "people": 2}
+    report = {"published": {"head": "prototypes", "reason": "test"}, "people": 2}
     plot = cv2.imencode(".png", np.full((20, 30, 3), 200, np.uint8))[1].tobytes()
 
     def build(directory: Path, version: int) -> object:

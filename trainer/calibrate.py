@@ -167,7 +167,8 @@ def calibrate_threshold(impostor: NDArray[np.float32], target_far: float) -> tup
     if allowed >= len(ordered):
         empirical = -np.inf
     else:
-        empirical = float(np.nextafter(ordered[allowed], np.inf))
+        # the next float32 up: scores are float32, and so is the server's comparison
+        empirical = float(np.nextafter(np.float32(ordered[allowed]), np.float32(np.inf)))
     if target_far <= 0.0:
         gaussian = np.inf
     elif target_far >= 1.0:

@@ -154,7 +154,9 @@ class DlibPipeline:
         return self._predictor(rgb, self._dlib.rectangle(left, top, right, bottom))
 
 
-def match_boxes(dlib_boxes: NDArray[np.floating], yunet_boxes: NDArray[np.floating]) -> NDArray[np.intp]:
+def match_boxes(
+    dlib_boxes: NDArray[np.floating], yunet_boxes: NDArray[np.floating]
+) -> NDArray[np.intp]:
     """For each dlib box [M, 4] xyxy, the index of the same face among YuNet's boxes
     [N, 4] (-1: none): the box that holds the dlib box's centre, nearest to it. dlib's
     HOG boxes are tighter than YuNet's, so box overlap would be a poorer test."""

@@ -133,7 +133,7 @@ class _Column:
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from facecore.registry import get_spec
+    from facecore.registry import DETECTOR, get_spec
 
     folder: Path = args.folder
     if not folder.is_dir():
@@ -158,7 +158,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     columns = [
         _column(
             "facestream",
-            f"yunet_2026may + {spec.name}",
+            f"{DETECTOR} + {spec.name}",
             ("cosine similarity", "similarity >=", 1.0),
             ours,
             np.sum(ours.vectors[pairs.first] * ours.vectors[pairs.second], axis=1),

@@ -80,6 +80,8 @@ def _draw_impostors(
     """``count`` distinct pairs (i < j) of images with different label codes, drawn
     uniformly; ``count`` must not exceed `_impostor_total`."""
     n, total = len(codes), _impostor_total(codes)
+    if count == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
     if 4 * count >= total:  # a large share of all there are (at most a few thousand)
         partners = [np.flatnonzero(codes[i + 1 :] != codes[i]) + i + 1 for i in range(n)]
         first = np.repeat(np.arange(n), [len(p) for p in partners])

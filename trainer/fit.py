@@ -8,6 +8,14 @@ trained with the CosFace loss: cross-entropy over ``scale * (cos - margin * oneh
 which pushes each person's embeddings at least ``margin`` closer to their own row
 than to anyone else's. Training runs on embeddings of augmented chips (the backbone
 stays frozen), so an epoch takes milliseconds; the held-out loss stops it early.
+
+The server's rule is open-set: a face is named only when its best row scores at
+least the threshold. Plain CosFace only orders the rows, and lets them drift away
+from where the embeddings lie (dlib's unit embeddings share a large common
+component, so every score is high): own-row scores then fall to where strangers
+score too. With ``reject`` set, the loss gets one more logit, fixed at
+``scale * reject`` (an "unknown" class that cannot move): each face must beat that
+level, not only the other people, so the head is trained for the rule it serves.
 """
 
 from __future__ import annotations
@@ -61,11 +69,20 @@ class CosineHead(nn.Module):
 
 
 def margin_loss(
-    cosines: torch.Tensor, targets: torch.Tensor, margin: float, scale: float
+    cosines: torch.Tensor,
+    targets: torch.Tensor,
+    margin: float,
+    scale: float,
+    reject: float | None = None,
 ) -> torch.Tensor:
-    """CosFace: mean cross-entropy of ``scale * (cos - margin * onehot(target))``."""
+    """CosFace: mean cross-entropy of ``scale * (cos - margin * onehot(target))``, with
+    a constant "unknown" logit ``scale * reject`` appended when ``reject`` is given."""
     onehot = F.one_hot(targets, cosines.shape[1]).to(cosines.dtype)
-    return F.cross_entropy(scale * (cosines - margin * onehot), targets)
+    logits = scale * (cosines - margin * onehot)
+    if reject is not None:
+        level = torch.full((len(cosines), 1), scale * reject, dtype=logits.dtype)
+        logits = torch.cat([logits, level], dim=1)
+    return F.cross_entropy(logits, targets)
 
 
 @dataclass(frozen=True)
@@ -83,12 +100,14 @@ def fit_cosine_head(
     initial: NDArray[np.float32],
     config: FitConfig,
     *,
+    reject: float | None = None,
     held_out: tuple[NDArray[np.float32], NDArray[np.intp]] | None = None,
     epochs: int | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Fit a ``CosineHead`` starting at ``initial`` [K, D] on ``embeddings`` [N, D] of
-    people ``labels`` [N] (indices into the rows).
+    people ``labels`` [N] (indices into the rows), with the "unknown" level
+    ``reject`` (a cosine; see the module docstring) when given.
 
     With ``held_out`` (embeddings, labels), training stops once the held-out loss has
     not improved for ``config.patience`` epochs and the best epoch's weights are
@@ -107,18 +126,19 @@ def fit_cosine_head(
             torch.from_numpy(np.asarray(held_out[0], np.float32)),
             torch.from_numpy(np.asarray(held_out[1], np.int64)),
         )
+    loss = _Loss(config.margin, config.scale, reject)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     total = config.max_epochs if epochs is None else epochs
 
-    best_loss = _held_loss(head, held, config) if held is not None else math.nan
+    best_loss = _held_loss(head, held, loss) if held is not None else math.nan
     best_state, best_epoch, stale = head.weight.detach().clone(), 0, 0
     history: list[tuple[float, float]] = []
     bar = tqdm(range(1, total + 1), desc="fitting head", unit="epoch", leave=False,
                disable=None if progress else True)
     for epoch in bar:
-        train_loss = _train_epoch(head, optimizer, x, y, config, generator)
-        held_loss = _held_loss(head, held, config) if held is not None else math.nan
+        train_loss = _train_epoch(head, optimizer, x, y, loss, config.batch_size, generator)
+        held_loss = _held_loss(head, held, loss) if held is not None else math.nan
         history.append((train_loss, held_loss))
         bar.set_postfix(train=f"{train_loss:.3f}", held=f"{held_loss:.3f}")
         if held is None:
@@ -137,20 +157,31 @@ def fit_cosine_head(
     return FitResult(head, len(history), best_epoch, best_loss, tuple(history))
 
 
+@dataclass(frozen=True)
+class _Loss:
+    margin: float
+    scale: float
+    reject: float | None
+
+    def __call__(self, cosines: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return margin_loss(cosines, targets, self.margin, self.scale, self.reject)
+
+
 def _train_epoch(
     head: CosineHead,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    config: FitConfig,
+    loss_of: _Loss,
+    batch_size: int,
     generator: torch.Generator,
 ) -> float:
     head.train()
     order = torch.randperm(len(x), generator=generator)
     total = 0.0
-    for start in range(0, len(x), config.batch_size):
-        batch = order[start : start + config.batch_size]
-        loss = margin_loss(head(x[batch]), y[batch], config.margin, config.scale)
+    for start in range(0, len(x), batch_size):
+        batch = order[start : start + batch_size]
+        loss = loss_of(head(x[batch]), y[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -158,9 +189,7 @@ def _train_epoch(
     return total / len(x)
 
 
-def _held_loss(
-    head: CosineHead, held: tuple[torch.Tensor, torch.Tensor], config: FitConfig
-) -> float:
+def _held_loss(head: CosineHead, held: tuple[torch.Tensor, torch.Tensor], loss_of: _Loss) -> float:
     head.eval()
     with torch.no_grad():
-        return float(margin_loss(head(held[0]), held[1], config.margin, config.scale))
+        return float(loss_of(head(held[0]), held[1]))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
+from facecore.files import fsync_path
 from trainer.calibrate import roc_curve
 from trainer.selection import Candidate, Selection
 
@@ -135,13 +135,8 @@ def write_report(directory: Path, selection: Selection | None, context: ReportCo
         _plot_roc(directory / ROC_PNG, selection)
         written += [SCORES_PNG, ROC_PNG]
     for name in written:
-        path = directory / name
-        path.chmod(0o600)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        (directory / name).chmod(0o600)
+        fsync_path(directory / name)
 
 
 def _plot_scores(path: Path, selection: Selection) -> None:
@@ -169,11 +164,13 @@ def _histograms(
     title: str,
     names: tuple[str, str],
 ) -> None:
-    bins = np.linspace(-0.2, 1.0, 61)
+    # from a little below the lowest score (or the threshold) to 1, in steps of 0.05
+    lowest = min([float(np.min(s)) for s in (genuine, impostor) if len(s)] + [threshold, 0.9])
+    bins = np.linspace(max(np.floor(lowest * 20 - 1) / 20, -1.0), 1.0, 61)
     for scores, name, colour in ((genuine, names[0], "tab:green"), (impostor, names[1], "tab:red")):
         if len(scores):
             axes.hist(
-                np.clip(scores, bins[0], bins[-1]), bins=bins, alpha=0.6, color=colour,
+                scores, bins=bins, alpha=0.6, color=colour,
                 label=f"{name} (n={len(scores)})", density=True,
             )
     if math.isfinite(threshold):
@@ -188,15 +185,16 @@ def _histograms(
 def _plot_roc(path: Path, selection: Selection) -> None:
     figure = Figure(figsize=(7, 6), layout="constrained")
     axes = figure.subplots()
-    floor = 1.0
+    floor, bottom = 1.0, 1.0
     for candidate, colour in ((selection.baseline, "tab:blue"), (selection.cosine, "tab:orange")):
         if candidate is None or len(candidate.scores.impostor) == 0:
             continue
         floor = min(floor, 0.5 / len(candidate.scores.impostor))
-        _roc_line(axes, candidate, colour, published=candidate.kind == selection.kind)
+        bottom = min(bottom, _roc_line(axes, candidate, colour,
+                                       published=candidate.kind == selection.kind))
     axes.set_xscale("log")
     axes.set_xlim(floor, 1.0)
-    axes.set_ylim(0.0, 1.02)
+    axes.set_ylim(max(np.floor(bottom * 20 - 1) / 20, 0.0), 1.005)
     axes.set_xlabel("false-accept rate (unknown face named; 0 drawn at the left edge)")
     axes.set_ylabel("true-accept rate (own row at or above the threshold)")
     axes.set_title("ROC on the probes, open set")
@@ -205,18 +203,19 @@ def _plot_roc(path: Path, selection: Selection) -> None:
     FigureCanvasAgg(figure).print_png(str(path))
 
 
-def _roc_line(axes: Axes, candidate: Candidate, colour: str, *, published: bool) -> None:
+def _roc_line(axes: Axes, candidate: Candidate, colour: str, *, published: bool) -> float:
+    """Draw one ROC and its threshold; returns the true-accept rate worth showing at
+    the bottom of the plot (at no false accept, or at the threshold if lower)."""
     scores = candidate.scores
     far, tar, _ = roc_curve(scores.genuine, scores.impostor)
     floor = 0.5 / len(scores.impostor)
     label = f"{candidate.kind}{' (published)' if published else ''}"
-    axes.step(np.maximum(far, floor), tar, where="post", color=colour,
-              label=label)
+    axes.step(np.maximum(far, floor), tar, where="post", color=colour, label=label)
     t = candidate.threshold
     point = (max(scores.false_accept_rate(t), floor), float(np.mean(scores.genuine >= t)))
-    axes.plot(*point, marker="o", markersize=9, color=colour,
-              markeredgecolor="black",
+    axes.plot(*point, marker="o", markersize=9, color=colour, markeredgecolor="black",
               label=f"{candidate.kind} threshold {t:.3f}: accuracy {candidate.accuracy:.3f}")
+    return min(point[1], float(tar[far == 0].max()))
 
 
 def _finite(value: object) -> object:

@@ -7,7 +7,8 @@ cosine head, judged on a held-out split.
 2. Both heads are built from the training samples only: the prototypes (the mean
    unit embedding of each person) and the cosine head fitted from them (``trainer.fit``)
    on the training samples' clean and augmented embeddings, stopped early on the
-   held-out loss.
+   held-out loss, with the prototypes' calibrated threshold (3) as its "unknown"
+   level.
 3. Each is calibrated for the target false-accept rate (``trainer.calibrate``) on
    strangers: people are dealt into groups, and each group's samples are scored
    against the same kind of head built without that group (prototypes of the
@@ -141,15 +142,18 @@ def select_head(
     data = _Data(clean, augmented, labels, people, config)
 
     def candidate(
-        kind: str, weights: NDArray[np.float32], probes: NDArray[np.intp], epochs: int | None
+        kind: str,
+        weights: NDArray[np.float32],
+        probes: NDArray[np.intp],
+        fitting: tuple[int, float] | None = None,
     ) -> Candidate:
         genuine, rival = known_scores(clean[probes], labels[probes], weights)
-        impostor, pair = data.strangers(split.train, epochs)
+        impostor, pair = data.strangers(split.train, fitting)
         scores = OpenSetScores(genuine, rival, impostor, pair)
         return Candidate(kind, scores, calibrate(scores, target_far, fallback_threshold))
 
     if len(split.held_out) == 0:
-        baseline = candidate("prototypes", everyone, split.train, None)
+        baseline = candidate("prototypes", everyone, split.train)
         return Selection(
             "prototypes", CosineHead(everyone), baseline.threshold, split, pairs, baseline,
             None, None, clean,
@@ -158,12 +162,14 @@ def select_head(
 
     train, held = split.train, split.held_out
     initial = _prototype_matrix(clean[train], labels[train], people)
-    baseline = candidate("prototypes", initial, held, None)
+    baseline = candidate("prototypes", initial, held)
+    reject = _reject_level(baseline.threshold)
     x, y = data.training_set(train)
     fit = fit_cosine_head(
-        x, y, initial, config, held_out=(clean[held], labels[held]), progress=progress
+        x, y, initial, config, reject=reject, held_out=(clean[held], labels[held]),
+        progress=progress,
     )
-    cosine = candidate("cosine", fit.head.unit_weights(), held, fit.best_epoch)
+    cosine = candidate("cosine", fit.head.unit_weights(), held, (fit.best_epoch, reject))
 
     if not cosine.accuracy > baseline.accuracy:
         reason = (
@@ -175,7 +181,9 @@ def select_head(
             cosine, fit, clean[held], reason,
         )
     x, y = data.training_set(np.arange(len(clean)))
-    final = fit_cosine_head(x, y, everyone, config, epochs=fit.best_epoch, progress=progress)
+    final = fit_cosine_head(
+        x, y, everyone, config, reject=reject, epochs=fit.best_epoch, progress=progress
+    )
     reason = (
         f"the cosine head's held-out accuracy {cosine.accuracy:.4f} beats the "
         f"prototypes' {baseline.accuracy:.4f}"
@@ -207,14 +215,15 @@ class _Data:
         return x.astype(np.float32), y.astype(np.intp)
 
     def strangers(
-        self, train: NDArray[np.intp], epochs: int | None
+        self, train: NDArray[np.intp], fitting: tuple[int, float] | None
     ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Impostor scores of every sample as a stranger: (best [M], pairs [P]).
 
         People are dealt into up to ``UNSEEN_FOLDS`` groups; for each group a gallery
-        is built from the training samples of everybody else (prototypes, then
-        ``epochs`` epochs of cosine fitting unless ``epochs`` is None) and every sample
-        of the group is scored against it: a person the gallery never saw."""
+        is built from the training samples of everybody else (prototypes; then, with
+        ``fitting`` = (epochs, reject level), the cosine head fitted from them as the
+        candidate was) and every sample of the group is scored against it: a person
+        the gallery never saw."""
         groups = np.array_split(
             np.random.default_rng(self.config.seed).permutation(self.people),
             min(self.people, UNSEEN_FOLDS),
@@ -229,9 +238,12 @@ class _Data:
             row[kept] = np.arange(len(kept))
             members = train[row[self.labels[train]] >= 0]
             weights = _prototype_matrix(self.clean[members], row[self.labels[members]], len(kept))
-            if epochs:
+            if fitting is not None:
                 x, y = self.training_set(members, row[self.labels[members]])
-                fitted = fit_cosine_head(x, y, weights, self.config, epochs=epochs, progress=False)
+                fitted = fit_cosine_head(
+                    x, y, weights, self.config, reject=fitting[1], epochs=fitting[0],
+                    progress=False,
+                )
                 weights = fitted.head.unit_weights()
             strangers = np.flatnonzero(np.isin(self.labels, group))
             found = unseen_scores(self.clean[strangers], np.full(len(strangers), -1), weights)
@@ -253,3 +265,9 @@ def _prototype_matrix(
     rows = np.empty_like(weights)
     rows[[int(n) for n in names]] = weights
     return rows
+
+
+def _reject_level(threshold: float) -> float:
+    """The fitted head's "unknown" level: the baseline's calibrated threshold, as a
+    cosine (a fallback or an unreachable threshold is clipped into [-1, 1])."""
+    return float(np.clip(threshold, -1.0, 1.0))

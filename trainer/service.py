@@ -23,10 +23,12 @@ progress and exits cleanly.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -47,7 +49,14 @@ from trainer.gallery import DEFAULT_THRESHOLD
 from trainer.report import ReportContext, write_report
 from trainer.selection import Selection, select_head
 
-__all__ = ["StopRequested", "TrainerService", "bundles_dir", "enrollment_dir"]
+__all__ = [
+    "StopRequested",
+    "TrainerService",
+    "bundles_dir",
+    "check_export",
+    "describe",
+    "enrollment_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,19 @@ def bundles_dir(settings: Settings) -> Path:
 
 def enrollment_dir(settings: Settings) -> Path:
     return settings.state_dir / "enrollment"
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """What one run fitted, for its build step."""
+
+    revision: int
+    created: str  # ISO 8601, UTC
+    people: tuple[Person, ...]  # one head row each
+    sample_counts: tuple[int, ...]  # per person
+    people_without_samples: int
+    embedded: int  # samples embedded by this run
+    selection: Selection | None  # None when nobody has a sample
 
 
 class TrainerService:
@@ -168,59 +190,75 @@ class TrainerService:
                 progress=self.progress,
             )
             log.info("publishing the %s head: %s", selection.kind, selection.reason)
-        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        counts = {name: float(n) for name, n in (
-            ("people", len(people)), ("samples", len(samples)),
-            ("people_without_samples", without), ("embedded_this_run", embeddings.computed),
-        )}
-
-        def build(directory: Path, version: int) -> Bundle:
-            dimension = self.backbone.embedder.dimension
-            head = selection.head if selection else CosineHead(np.zeros((0, dimension), np.float32))
-            manifest = BundleManifest(
-                version=version,
-                created=created,
-                store_revision=revision,
-                backbone_name=self.backbone.name,
-                backbone_sha256=self.backbone.sha256,
-                preprocessing=self.backbone.embedder.preprocessing,
-                template=tuple((float(x), float(y)) for x, y in self.backbone.template),
-                head_kind=selection.kind if selection else "prototypes",
-                head_sha256="",
-                labels=tuple(p.name for p in people),
-                person_ids=tuple(p.id for p in people),
-                threshold=selection.threshold if selection else DEFAULT_THRESHOLD,
-                metrics=_metrics(selection, counts, self.settings.trainer.target_far),
-            )
-            bundle = write_bundle(
-                directory, backbone=self.backbone.path, weights=head.unit_weights(),
-                manifest=manifest,
-            )
-            probes = selection.probes if selection else np.zeros((0, dimension), np.float32)
-            difference = check_export(bundle, head, probes)
-            write_report(directory, selection, ReportContext(
-                version=version,
-                created=created,
-                store_revision=revision,
-                backbone_name=self.backbone.name,
-                backbone_sha256=self.backbone.sha256,
-                target_far=self.settings.trainer.target_far,
-                people=tuple((p.name, int(np.sum(labels == k))) for k, p in enumerate(people)),
-                people_without_samples=without,
-                embedded_this_run=embeddings.computed,
-                augmented_copies=self.recipe.copies,
-                export_max_abs_diff=difference,
-            ))
-            if self.publish_pause > 0:
-                log.warning("test hook: pausing %.1f s before publishing %s",
-                            self.publish_pause, directory)
-                time.sleep(self.publish_pause)
-            return bundle
-
-        bundle = publish(self.bundles_dir, build, keep=self.settings.trainer.keep_versions)
+            if selection.threshold > 1.0:
+                log.warning("threshold %.4f is above any cosine: at a false-accept rate of %g "
+                            "these samples let nobody be named; enroll more, better samples",
+                            selection.threshold, self.settings.trainer.target_far)
+        fitted = _Fitted(
+            revision=revision,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            people=tuple(people),
+            sample_counts=tuple(int(np.sum(labels == k)) for k in range(len(people))),
+            people_without_samples=without,
+            embedded=embeddings.computed,
+            selection=selection,
+        )
+        bundle = publish(
+            self.bundles_dir,
+            functools.partial(self._build, fitted),
+            keep=self.settings.trainer.keep_versions,
+        )
         log.info("published %s: %d people, %s head, threshold %.4f, store revision %d",
                  bundle.path.name, len(people), bundle.manifest.head_kind,
                  bundle.manifest.threshold, revision)
+        return bundle
+
+    def _build(self, fitted: _Fitted, directory: Path, version: int) -> Bundle:
+        """``publish``'s build step: the bundle, its export check and its report, all
+        written into the staging ``directory``."""
+        selection = fitted.selection
+        dimension = self.backbone.embedder.dimension
+        if selection is None:
+            head = CosineHead(np.zeros((0, dimension), np.float32))
+            probes = np.zeros((0, dimension), np.float32)
+        else:
+            head, probes = selection.head, selection.probes
+        manifest = BundleManifest(
+            version=version,
+            created=fitted.created,
+            store_revision=fitted.revision,
+            backbone_name=self.backbone.name,
+            backbone_sha256=self.backbone.sha256,
+            preprocessing=self.backbone.embedder.preprocessing,
+            template=tuple((float(x), float(y)) for x, y in self.backbone.template),
+            head_kind=selection.kind if selection else "prototypes",
+            head_sha256="",
+            labels=tuple(p.name for p in fitted.people),
+            person_ids=tuple(p.id for p in fitted.people),
+            threshold=selection.threshold if selection else DEFAULT_THRESHOLD,
+            metrics=_metrics(fitted, self.settings.trainer.target_far),
+        )
+        bundle = write_bundle(
+            directory, backbone=self.backbone.path, weights=head.unit_weights(), manifest=manifest
+        )
+        difference = check_export(bundle, head, probes)
+        write_report(directory, selection, ReportContext(
+            version=version,
+            created=fitted.created,
+            store_revision=fitted.revision,
+            backbone_name=self.backbone.name,
+            backbone_sha256=self.backbone.sha256,
+            target_far=self.settings.trainer.target_far,
+            people=tuple(zip((p.name for p in fitted.people), fitted.sample_counts, strict=True)),
+            people_without_samples=fitted.people_without_samples,
+            embedded_this_run=fitted.embedded,
+            augmented_copies=self.recipe.copies,
+            export_max_abs_diff=difference,
+        ))
+        if self.publish_pause > 0:
+            log.warning("test hook: pausing %.1f s before publishing %s",
+                        self.publish_pause, directory)
+            time.sleep(self.publish_pause)
         return bundle
 
     def _roster(self) -> tuple[list[Person], list[Sample], NDArray[np.intp], int]:
@@ -284,11 +322,16 @@ def check_export(bundle: Bundle, head: CosineHead, probes: NDArray[np.float32]) 
     return difference
 
 
-def _metrics(
-    selection: Selection | None, counts: dict[str, float], target_far: float
-) -> dict[str, float]:
-    """The manifest's figures: both candidates' held-out figures and the counts."""
-    metrics = {**counts, "target_far": target_far}
+def _metrics(fitted: _Fitted, target_far: float) -> dict[str, float]:
+    """The manifest's figures: the counts and both candidates' held-out figures."""
+    metrics = {
+        "people": float(len(fitted.people)),
+        "samples": float(sum(fitted.sample_counts)),
+        "people_without_samples": float(fitted.people_without_samples),
+        "embedded_this_run": float(fitted.embedded),
+        "target_far": target_far,
+    }
+    selection = fitted.selection
     if selection is not None:
         for candidate in (selection.baseline, selection.cosine):
             if candidate is not None:

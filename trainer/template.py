@@ -13,7 +13,8 @@ that puts them where dlib's chip has them is measured, not guessed:
 2. the template is the per-coordinate median of those points (`derive_template`);
 3. `evaluate_template` says how well it does: the spread of each point, how far
    each face's points are from the template after their best similarity fit, and
-   how far the chip `facecore.alignment.align_faces` cuts is from dlib's chip.
+   how the chip `facecore.alignment.align_faces` cuts differs from dlib's chip
+   (`compare_chip`: scale, rotation, shift, overall offset).
 
 Pure numpy: the dlib side lives in `trainer.dlib_reference`, the measurement run in
 ``bench/derive_template.py``; the resulting numbers are the ``dlib_resnet_v1``
@@ -32,9 +33,10 @@ from facecore.alignment import similarity_transform
 __all__ = [
     "DLIB_CHIP_PADDING",
     "DLIB_CHIP_SIZE",
+    "ChipDifference",
     "ChipGeometry",
     "TemplateFit",
-    "chip_offset",
+    "compare_chip",
     "derive_template",
     "evaluate_template",
     "to_chip",
@@ -42,7 +44,7 @@ __all__ = [
 
 DLIB_CHIP_SIZE = 150  # dlib_face_recognition_resnet_model_v1 takes 150x150 chips
 DLIB_CHIP_PADDING = 0.25  # the padding dlib's compute_face_descriptor uses
-_GRID = 16  # chip_offset samples a _GRID x _GRID lattice of chip pixels
+_GRID = 16  # compare_chip measures the offset on a _GRID x _GRID lattice of chip pixels
 
 
 @dataclass(frozen=True)
@@ -89,41 +91,64 @@ def derive_template(chip_points: NDArray[np.floating]) -> NDArray[np.float64]:
     return np.median(chip_points, axis=0)
 
 
-def chip_offset(
+@dataclass(frozen=True)
+class ChipDifference:
+    """How the chip aligned from YuNet's landmarks with a template differs from dlib's
+    chip of the same face: the similarity taking dlib's chip to ours, as ``scale``
+    (> 1: the face looks bigger in ours), ``rotation`` (degrees), ``shift`` (chip
+    pixels the chip's centre moves), and ``offset``: the RMS distance, in chip pixels,
+    between where the two chips put the same image point, over the whole chip."""
+
+    scale: float
+    rotation: float
+    shift: float
+    offset: float
+
+
+def compare_chip(
     landmarks: NDArray[np.floating],
     dlib_transform: NDArray[np.floating],
     template: NDArray[np.floating],
-    size: tuple[int, int],
-) -> float:
-    """How far the chip aligned from YuNet ``landmarks`` [5, 2] with ``template`` is
-    from dlib's chip (``dlib_transform``, image -> chip): the RMS distance, in chip
-    pixels, between where the two chips take the same pixel, over a lattice
-    covering the chip."""
+    size: tuple[int, int] = (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE),
+) -> ChipDifference:
+    """Compare our chip of a face (YuNet ``landmarks`` [5, 2] in image pixels, aligned
+    with ``template`` as `facecore.alignment.align_faces` does) with dlib's
+    (``dlib_transform`` [2, 3], image -> chip)."""
     ours = similarity_transform(landmarks, template)
+    relative = _compose(ours, _invert(np.asarray(dlib_transform, np.float64)))  # dlib -> ours
     cols, rows = size
     xs, ys = np.meshgrid(np.linspace(0, cols - 1, _GRID), np.linspace(0, rows - 1, _GRID))
     lattice = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    # a chip pixel of ours -> the image point it samples -> where dlib's chip has it
-    image_points = to_chip(_invert(ours), lattice)
-    moved = to_chip(dlib_transform, image_points) - lattice
-    return float(np.sqrt((moved**2).sum(axis=1).mean()))
+    moved = to_chip(relative, lattice) - lattice
+    centre = np.array([(cols - 1) / 2, (rows - 1) / 2])
+    return ChipDifference(
+        scale=float(np.hypot(relative[0, 0], relative[1, 0])),
+        rotation=float(np.degrees(np.arctan2(relative[1, 0], relative[0, 0]))),
+        shift=float(np.linalg.norm(to_chip(relative, centre) - centre)),
+        offset=float(np.sqrt((moved**2).sum(axis=1).mean())),
+    )
 
 
 @dataclass(frozen=True)
 class TemplateFit:
-    """How a template fits F faces (all distances in chip pixels).
+    """How a template fits F faces (distances in chip pixels).
 
     ``spread`` [5, 2]: robust standard deviation (1.4826 x median absolute
-    deviation) of each template coordinate over the faces.
+    deviation) of each point of the faces mapped into dlib's chip.
     ``fit_residual`` [F]: RMS distance of a face's YuNet points, similarity-fitted
-    onto the template, from the template (pose and landmark noise).
-    ``chip_offset`` [F]: `chip_offset` of each face: our chip against dlib's own.
+    onto the template, from the template (pose, expression and landmark noise).
+    ``chips`` (F): `compare_chip` of each face: our chip against dlib's own.
     """
 
     template: NDArray[np.float64]
     spread: NDArray[np.float64]
     fit_residual: NDArray[np.float64]
-    chip_offset: NDArray[np.float64]
+    chips: tuple[ChipDifference, ...]
+
+    @property
+    def offset(self) -> NDArray[np.float64]:
+        """[F] each face's `ChipDifference.offset`."""
+        return np.array([c.offset for c in self.chips])
 
 
 def evaluate_template(
@@ -145,12 +170,21 @@ def evaluate_template(
             for p in landmarks
         ]
     )
-    offsets = np.array(
-        [chip_offset(p, m, template, size) for p, m in zip(landmarks, dlib_transforms, strict=True)]
-    )
     return TemplateFit(
-        template=template, spread=1.4826 * deviation, fit_residual=residual, chip_offset=offsets
+        template=template,
+        spread=1.4826 * deviation,
+        fit_residual=residual,
+        chips=tuple(
+            compare_chip(p, m, template, size)
+            for p, m in zip(landmarks, dlib_transforms, strict=True)
+        ),
     )
+
+
+def _compose(outer: NDArray[np.float64], inner: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The affine [2, 3] applying ``inner`` then ``outer``."""
+    linear = outer[:, :2] @ inner[:, :2]
+    return np.hstack([linear, (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]])
 
 
 def _invert(matrix: NDArray[np.float64]) -> NDArray[np.float64]:

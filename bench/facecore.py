@@ -1,0 +1,143 @@
+"""Face-core speed on this machine's CPU: YuNet per frame, the embedder per face, and
+dlib-bin's own descriptor for scale, all in one run. Prints a markdown table.
+
+* YuNet: clip frames scaled to 640x360 and 1280x720, detected at full size;
+* embedder: the dlib ResNet ONNX export (converted into the cache if needed) on
+  ONNX Runtime's CPU provider with 2 intra-op threads, batches of 1, 8 and 32 real
+  face chips; ms per face = ms per batch / batch size;
+* dlib-bin: ``compute_face_descriptor`` on the same chips, one per call.
+
+Each figure is given as the median and the best of several timed repeats after a
+warm-up; the load average printed with them says how busy the machine was.
+
+    FACESTREAM_SHARED=../shared python bench/facecore.py
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
+# bench/facecore.py would shadow the facecore package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from facecore.alignment import align_faces
+from facecore.config import load_settings
+from facecore.detector import Detector
+from facecore.embedder import Embedder
+from facecore.registry import DETECTOR, MODELS, model_cache_dir, model_path
+from facecore.sessions import create_session
+from trainer.backbone import preprocessing_of
+from trainer.dlib_reference import DlibPipeline
+from trainer.onnx_export import prepare_dlib_resnet
+
+THREADS = 2
+FRAMES = 30  # clip frames timed per resolution
+REPEATS = 7
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def _time_ms(work: Callable[[], object], repeats: int = REPEATS) -> NDArray[np.float64]:
+    """(median, best) milliseconds of ``work`` over ``repeats`` runs after a warm-up.
+    The best run shows the machine undisturbed; on a shared machine the median can be
+    several times slower."""
+    work()  # warm-up: lazy allocations, first-run kernel selection
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return 1000 * np.array([statistics.median(times), min(times)])
+
+
+def _cpu() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
+    info = dict(line.split(":", 1) for line in lines.splitlines() if ":" in line)
+    model = info.get("Model name", "?").strip()
+    return f"{model}, {info.get('CPU(s)', '?').strip()} CPUs ({os.cpu_count()} usable)"
+
+
+def _frames(shared: Path) -> list[NDArray[np.uint8]]:
+    capture = cv2.VideoCapture(str(shared / "media" / "short_hamilton_clip.mp4"))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted = set(np.linspace(0, total - 1, FRAMES).astype(int).tolist())
+    frames = []
+    for index in range(total):
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index in wanted:
+            frames.append(frame)
+    capture.release()
+    return frames
+
+
+def main() -> int:
+    shared = _shared()
+    settings = load_settings({}, {"FACESTREAM_MODELS_DIR": str(shared / "models"), **os.environ})
+    yunet = model_path(settings, DETECTOR)
+    frames = _frames(shared)
+    rows: list[tuple[str, str, NDArray[np.float64]]] = []
+
+    for width, height in ((640, 360), (1280, 720)):
+        detector = Detector(yunet, size=width)
+        scaled = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
+        ms = _time_ms(lambda d=detector, s=scaled: [d.detect(f) for f in s]) / len(scaled)
+        rows.append((f"YuNet detection, {width}x{height} frame", "ms / frame", ms))
+
+    spec = MODELS["dlib_resnet_v1"]
+    source = model_path(settings, "dlib_resnet_v1_dat")
+    onnx = prepare_dlib_resnet(source, model_cache_dir(settings))
+    embedder = Embedder(create_session(onnx, device="cpu", threads=THREADS), preprocessing_of(spec))
+    template = np.asarray(spec.template, np.float32)
+    chips = []
+    detector = Detector(yunet)
+    for name in ("obama.jpg", "biden.jpg", "two_people.jpg", "lin-manuel-miranda.png"):
+        image = cv2.imread(str(shared / "media" / name))
+        chips.append(align_faces(image, detector.detect(image).landmarks, template, embedder.size))
+    pool = np.concatenate(chips)
+    for batch in (1, 8, 32):
+        chips_batch = pool[np.arange(batch) % len(pool)]
+        ms = _time_ms(lambda c=chips_batch: embedder.embed(c)) / batch
+        rows.append((f"embedder (dlib ResNet ONNX), batch {batch}", "ms / face", ms))
+
+    dlib = DlibPipeline.from_settings(settings)
+    ms = _time_ms(lambda: [dlib.describe_chips(pool[i : i + 1]) for i in range(len(pool))])
+    rows.append(("dlib-bin compute_face_descriptor, one chip a call", "ms / face", ms / len(pool)))
+
+    import dlib as dlib_module  # the reference pipeline loaded it already
+
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"machine: {_cpu()}; {platform.system()} {platform.release()}; load average {load}")
+    print(
+        f"python {platform.python_version()}, onnxruntime {ort.__version__} (CPU provider, "
+        f"{THREADS} intra-op threads), opencv {cv2.__version__} ({cv2.getNumThreads()} threads), "
+        f"dlib {dlib_module.__version__}; {REPEATS} timed runs after a warm-up\n"
+    )
+    print("| what | unit | median | best |\n| --- | --- | ---: | ---: |")
+    for what, unit, (median, best) in rows:
+        print(f"| {what} | {unit} | {median:.1f} | {best:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The trainer on the shared datasets: fitted head vs prototype baseline, and timings.
+
+For LFW-10 and ORL: import the dataset into a fresh enrollment store, run the trainer
+once (a full pass: every sample embedded, clean and augmented), run it again (up to
+date: nothing to do), then remove one person and enroll them again and run it (only
+that person's samples are embedded). Printed per dataset: both heads' held-out
+figures at their calibrated thresholds, which head was published, and the timings.
+
+ORL's faces are 92x112 greyscale photos, smaller than the ingest policy's default
+minimum face (64 px), so they are imported with a 32 px minimum.
+
+    FACESTREAM_SHARED=../shared python bench/trainer.py [--cache-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
+# bench/facecore.py would shadow the facecore package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+from enrollment.ingest import DEFAULT_POLICY, IngestPolicy, import_folder
+from enrollment.names import folder_person_name
+from enrollment.store import EnrollmentStore
+from facecore.config import load_settings
+from facecore.detector import Detector
+from facecore.registry import DETECTOR, model_cache_dir, model_path
+from trainer.onnx_export import prepare_dlib_resnet
+from trainer.service import TrainerService, enrollment_dir
+
+DATASETS = {
+    "lfw10": DEFAULT_POLICY,
+    "orl": IngestPolicy(min_face_px=32.0),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, help="model cache (default: a temporary one)")
+    args = parser.parse_args()
+    shared = Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).parents[2] / "shared"))
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = args.cache_dir or Path(scratch) / "cache"
+        for name, policy in DATASETS.items():
+            run_dataset(shared, name, policy, Path(scratch) / name, cache)
+    return 0
+
+
+def run_dataset(shared: Path, name: str, policy: IngestPolicy, state: Path, cache: Path) -> None:
+    settings = load_settings(
+        {"state_dir": str(state), "cache_dir": str(cache),
+         "models_dir": str(shared / "models"), "recognition.device": "cpu"},
+        {},
+    )
+    prepare_dlib_resnet(model_path(settings, "dlib_resnet_v1_dat", download=False),
+                        model_cache_dir(settings))
+    detector = Detector(model_path(settings, DETECTOR))
+    folder = shared / "datasets" / name
+    with EnrollmentStore(enrollment_dir(settings)) as store:
+        results = import_folder(store, detector, folder, progress=False, policy=policy)
+    accepted = sum(r.accepted for r in results)
+    print(f"\n== {name}: {accepted} of {len(results)} photos enrolled")
+
+    with TrainerService(settings, progress=False) as service:
+        started = time.perf_counter()
+        bundle = service.run_once()
+        full = time.perf_counter() - started
+        assert bundle is not None
+        metrics = bundle.manifest.metrics
+        print(f"published: {bundle.manifest.head_kind} head, threshold "
+              f"{bundle.manifest.threshold:.4f} (target FAR {metrics['target_far']:g})")
+        print(f"held out: {metrics['held_out_samples']:.0f} samples of "
+              f"{metrics['people']:.0f} people; impostor scores (strangers' best row, and "
+              f"each row): {metrics['prototypes_impostor_scores']:.0f}")
+        for kind in ("prototypes", "cosine"):
+            if f"{kind}_accuracy" in metrics:
+                print(f"  {kind:<10} accuracy {metrics[f'{kind}_accuracy']:.4f} at threshold "
+                      f"{metrics[f'{kind}_threshold']:.4f}  (rank-1 {metrics[f'{kind}_rank1']:.4f},"
+                      f" FAR {metrics[f'{kind}_far']:.4f}, FRR {metrics[f'{kind}_frr']:.4f})")
+
+        started = time.perf_counter()
+        assert service.run_once() is None
+        idle = time.perf_counter() - started
+
+        person = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+        with EnrollmentStore(enrollment_dir(settings)) as store:
+            store.remove_person(store.find_person(folder_person_name(person.name)).id)
+            again = import_folder(store, detector, folder, progress=False, policy=policy)
+        added = sum(r.accepted for r in again)
+        started = time.perf_counter()
+        bundle = service.run_once()
+        one_more = time.perf_counter() - started
+        assert bundle is not None
+    print(f"timings: full pass {full:.1f} s ({accepted} samples), up to date {idle:.2f} s, "
+          f"one person re-enrolled ({added} samples) {one_more:.1f} s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

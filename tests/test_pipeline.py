@@ -1,0 +1,315 @@
+"""The live pipeline end to end: real YuNet, the real dlib ResNet, a bundle of the
+shared people, the shared clip; backpressure, a swap mid-stream, the `run` command."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_support import (
+    AUDIENCE,
+    CLIP,
+    CLIP_FRAMES,
+    STAGE,
+    WIDE_STAGE,
+    clip_frames,
+    label_of,
+    live_settings,
+    people_folder,
+    publish_people,
+)
+
+from facecore.bundle import Bundle
+from facecore.config import Settings
+from facestream.cli import main
+from streamer.annotate import Overlay
+from streamer.cli import apply_key
+from streamer.engine import Engine
+from streamer.errors import ClosedError
+from streamer.events import RecognitionEvent
+from streamer.pipeline import FrameResult
+from streamer.runner import run_source
+from streamer.sources import PushSource, SourceFrame, open_source
+
+PEOPLE = ("alex_lacamoire", "barack_obama", "joe_biden", "lin_manuel_miranda")
+
+
+@pytest.fixture(scope="module")
+def settings(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("live")
+    return live_settings(shared_dir, root / "state", root / "cache")
+
+
+@pytest.fixture(scope="module")
+def bundle(settings: Settings, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    folder = people_folder(shared_dir, tmp_path_factory.mktemp("people") / "all", PEOPLE)
+    return publish_people(settings, folder)
+
+
+@pytest.fixture(scope="module")
+def engine(settings: Settings, bundle: Bundle) -> Engine:
+    with Engine.from_settings(settings, watch=False) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def clip(shared_file) -> Path:
+    return shared_file(CLIP)
+
+
+@dataclass
+class ClipRun:
+    tracks: list[tuple]  # per frame: the TrackViews
+    events: list[RecognitionEvent]
+    dropped: int
+
+
+@pytest.fixture(scope="module")
+def clip_run(engine: Engine, clip: Path) -> ClipRun:
+    """The whole clip, every frame, through one pipeline."""
+    tracks: list[tuple] = []
+    events: list[RecognitionEvent] = []
+
+    def collect(frame: SourceFrame, result: FrameResult, done: float) -> None:
+        assert frame.index == len(tracks)
+        assert result.frame.shape == frame.image.shape
+        tracks.append(result.tracks)
+        events.extend(result.events)
+
+    async def go() -> int:
+        source = open_source(str(clip))
+        pipeline = engine.pipeline("clip")
+        try:
+            summary = await run_source(source, pipeline, collect)
+        finally:
+            source.close()
+            pipeline.close()
+        return summary.dropped
+
+    dropped = asyncio.run(go())
+    return ClipRun(tracks, events, dropped)
+
+
+def test_clip_names_lin_manuel_miranda_on_stage(clip_run: ClipRun, bundle: Bundle) -> None:
+    lin = label_of(bundle, "Miranda")
+    assert len(clip_run.tracks) == CLIP_FRAMES and clip_run.dropped == 0
+    for shot, share in ((STAGE, 0.95), (WIDE_STAGE, 0.8)):
+        singer = [_largest(clip_run.tracks[i]) for i in shot]
+        assert sum(view is not None and view.name == lin for view in singer) >= share * len(shot)
+    for i in AUDIENCE:
+        assert all(view.name != lin for view in clip_run.tracks[i])
+    assert all(view.name != label_of(bundle, "Biden") for views in clip_run.tracks for view in views)
+
+
+def _largest(views: tuple) -> object:
+    return max(views, key=lambda v: v.xyxy[2] - v.xyxy[0], default=None)
+
+
+def test_clip_names_are_decided_once_per_track(clip_run: ClipRun) -> None:
+    per_track = collections.defaultdict(list)
+    for event in clip_run.events:
+        per_track[event.track].append(event.name)
+    assert per_track, "no recognition events"
+    for track, names in per_track.items():
+        assert len(names) <= 2, f"track {track} changed name {len(names) - 1} times: {names}"
+    shown = {view.track_id for views in clip_run.tracks for view in views}
+    assert shown == set(per_track)  # every face got a decision, as an event
+    for views in clip_run.tracks:
+        for view in views:
+            assert 0.0 <= view.confidence <= 1.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the dlib ResNet prototypes of ../shared/people do not separate the clip's "
+    "audience: Obama's three-quarter views score 0.89-0.91 (threshold 0.91) while other "
+    "faces reach 0.92 for Alex Lacamoire",
+)
+def test_clip_names_obama_in_the_audience_and_nobody_else(clip_run: ClipRun, bundle: Bundle) -> None:
+    obama, lin = label_of(bundle, "Obama"), label_of(bundle, "Miranda")
+    audience = [clip_run.tracks[i] for i in AUDIENCE]
+    assert sum(any(v.name == obama for v in views) for views in audience) >= 0.5 * len(audience)
+    for i, views in enumerate(clip_run.tracks):
+        for view in views:
+            allowed = {None, lin} if i in STAGE or i in WIDE_STAGE else {None, obama}
+            assert view.name in allowed | ({label_of(bundle, "Lacamoire")} if i in WIDE_STAGE else set())
+
+
+async def test_without_a_bundle_every_face_is_unknown(settings: Settings, clip: Path) -> None:
+    empty = Settings(
+        state_dir=settings.state_dir.parent / "no-bundle",
+        cache_dir=settings.cache_dir,
+        models_dir=settings.models_dir,
+    )
+    with Engine.from_settings(empty, watch=False) as engine:
+        assert engine.bundle_version is None
+        pipeline = engine.pipeline("nobody")
+        events = []
+        faces = 0
+        for frame in clip_frames(clip, range(205, 240)):  # a cut to the audience inside
+            result = await pipeline.process(frame)
+            faces += len(result.tracks)
+            assert all(view.name is None for view in result.tracks)
+            events.extend(result.events)
+            assert result.timings_ms["recognize"] == 0.0
+        assert faces > 100
+        assert {e.name for e in events} == {"unknown"}
+        assert len({e.track for e in events}) == len(events)  # once per track
+
+
+async def test_newest_frame_wins_when_the_source_is_faster(engine: Engine, clip: Path) -> None:
+    frames = clip_frames(clip, range(211, 271))  # the audience: 5 to 7 faces a frame
+    source = PushSource("fast feed")
+    stop = threading.Event()
+    fed = 0
+
+    def feeder() -> None:
+        nonlocal fed
+        period = 1 / 500  # far beyond what two cores can process
+        while not stop.is_set():
+            source.push(frames[fed % len(frames)])
+            fed += 1
+            time.sleep(period)
+        source.end()
+
+    latencies, totals = [], []
+
+    def collect(frame: SourceFrame, result: FrameResult, done: float) -> None:
+        latencies.append((done - frame.captured) * 1000)
+        totals.append(result.timings_ms["total"])
+        if len(latencies) == 40:
+            stop.set()
+
+    pipeline = engine.pipeline("fast")
+    thread = threading.Thread(target=feeder)
+    thread.start()
+    try:
+        summary = await run_source(source, pipeline, collect)
+    finally:
+        stop.set()
+        thread.join()
+        pipeline.close()
+    assert summary.frames >= 40
+    assert summary.dropped > summary.frames  # most frames were skipped, not queued
+    assert summary.dropped + summary.frames <= fed
+    # a frame's latency is its own processing plus at most one frame ahead of it,
+    # never a queue: it does not grow over the run
+    outside = np.array(latencies) - np.array(totals)
+    assert np.median(outside) < 20.0
+    assert np.mean(latencies[-10:]) < 3 * np.median(totals) + 50
+
+
+async def test_gallery_swap_mid_stream_loses_no_frame(
+    settings: Settings, shared_dir: Path, clip: Path, tmp_path: Path, bundle: Bundle
+) -> None:
+    """Start knowing three people (not Lin-Manuel Miranda); publish all four while
+    his close-ups stream: every frame is answered, and his track gets his name."""
+    three = Settings(
+        state_dir=tmp_path / "state", cache_dir=settings.cache_dir, models_dir=settings.models_dir
+    )
+    folder = people_folder(shared_dir, tmp_path / "three", PEOPLE[:3])
+    publish_people(three, folder)
+    lin = label_of(bundle, "Miranda")
+    with Engine.from_settings(three, watch=False) as engine:
+        assert lin not in engine.bundle.manifest.labels
+        embedder = engine.recognizer.model.embedder
+        pipeline = engine.pipeline("swap")
+        frames = clip_frames(clip, range(100, 160))
+        names, swap = [], None
+        for i, frame in enumerate(frames):
+            if i == 20:  # swap from another thread while frames keep coming
+                swap = asyncio.create_task(asyncio.to_thread(engine.swap_bundle, bundle))
+            result = await pipeline.process(frame)
+            names.append(_largest(result.tracks).name)
+        await swap
+        assert len(names) == len(frames)
+        assert names[:20] == [None] * 20
+        assert names[-30:] == [lin] * 30
+        assert engine.bundle_version == bundle.manifest.version
+        assert engine.recognizer.model.embedder is embedder  # same backbone: same session
+        pipeline.close()
+
+
+async def test_closed_pipeline_and_engine_refuse_work(settings: Settings, clip: Path) -> None:
+    frame = clip_frames(clip, range(100, 101))[0]
+    engine = Engine.from_settings(settings, watch=False)
+    first, second = engine.pipeline("a"), engine.pipeline("b")
+    result = await first.process(frame)
+    assert len(result.tracks) == 1 and result.frame.shape == frame.shape
+    assert set(result.timings_ms) == {"detect", "recognize", "annotate", "total"}
+    first.close()
+    first.close()
+    with pytest.raises(ClosedError):
+        await first.process(frame)
+    await asyncio.to_thread(engine.close)
+    engine.close()
+    with pytest.raises(ClosedError):
+        await second.process(frame)  # the engine closed its pipelines
+    with pytest.raises(ClosedError):
+        engine.pipeline("c")
+
+
+async def test_pipeline_overlays(engine: Engine, clip: Path) -> None:
+    frame = clip_frames(clip, range(120, 121))[0]
+    pipeline = engine.pipeline("overlay")
+    plain = (await pipeline.process(frame)).frame
+    pipeline.overlay = Overlay(track_ids=True, fps=True)
+    await pipeline.process(frame)
+    marked = (await pipeline.process(frame)).frame
+    corner = (slice(0, 30), slice(0, 120))
+    assert np.array_equal(plain[corner], frame[corner])
+    assert not np.array_equal(marked[corner], frame[corner])  # the fps counter
+    pipeline.close()
+
+
+def test_webcam_keys() -> None:
+    overlay = Overlay()
+    overlay, quit_now = apply_key(overlay, ord("t"))
+    assert overlay == Overlay(track_ids=True) and not quit_now
+    overlay, quit_now = apply_key(overlay, ord("f"))
+    assert overlay == Overlay(track_ids=True, fps=True) and not quit_now
+    assert apply_key(overlay, ord("x")) == (overlay, False)
+    assert apply_key(overlay, ord("q"))[1] and apply_key(overlay, 27)[1]
+
+
+def test_run_command_writes_video_events_and_a_summary(
+    settings: Settings, bundle: Bundle, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.mp4"
+    writer = cv2.VideoWriter(str(short), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 360))
+    for frame in clip_frames(clip, range(110, 150)):
+        writer.write(frame)
+    writer.release()
+    out, events = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
+    common = [
+        "--state-dir", str(settings.state_dir), "--cache-dir", str(settings.cache_dir),
+        "--models-dir", str(settings.models_dir),
+    ]
+    status = main(["run", "--source", str(short), "--output", str(out), "--events", str(events), *common])
+    assert status == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    lin = label_of(bundle, "Miranda")
+    assert summary.startswith("40 frames in ") and "fps" in summary
+    assert summary.endswith(f"1 faces seen, names seen: {lin}")
+    written = cv2.VideoCapture(str(out))
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
+    ok, first = written.read()
+    written.release()
+    assert ok and first.shape == (360, 640, 3)
+    lines = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()]
+    assert [(e["name"], e["track"]) for e in lines] == [(lin, 1)]
+    assert set(lines[0]) == {"time", "stream", "track", "name", "confidence", "box"}
+
+    status = main(["run", "--source", str(short), "--events", "-", *common])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert json.loads(captured.out.splitlines()[0])["name"] == lin
+    assert captured.err.strip().splitlines()[-1].startswith("40 frames in ")

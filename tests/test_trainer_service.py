@@ -1,0 +1,308 @@
+"""The trainer service on real data: a real enrollment store filled from the shared
+photos, the real dlib ResNet, real bundles, and the real `facestream trainer` process
+(killed mid-publish, and run under a fake systemd notify socket)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from enrollment.ingest import import_folder
+from enrollment.store import EnrollmentStore
+from facecore.bundle import load_bundle
+from facecore.config import Settings, load_settings
+from facecore.detector import Detector
+from facecore.download import sha256_file
+from facecore.embedder import Embedder
+from facecore.publish import current_bundle_dir, versions
+from facecore.registry import model_cache_dir, model_path
+from trainer.augment import Augmentation
+from trainer.backbone import Backbone
+from trainer.onnx_export import prepare_dlib_resnet
+from trainer.report import REPORT_FILES
+from trainer.service import TrainerService, bundles_dir, enrollment_dir
+from trainer.train_cli import PUBLISH_PAUSE_ENV
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LFW = "datasets/lfw10"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+    """A cache holding the dlib ResNet converted to ONNX (once for this module)."""
+    cache = tmp_path_factory.mktemp("cache")
+    settings = _settings(cache.parent / "unused-state", cache, shared_dir)
+    source = model_path(settings, "dlib_resnet_v1_dat", download=False)
+    prepare_dlib_resnet(source, model_cache_dir(settings))
+    return cache
+
+
+@pytest.fixture
+def settings(tmp_path: Path, cache_dir: Path, shared_dir: Path) -> Settings:
+    return _settings(tmp_path / "state", cache_dir, shared_dir)
+
+
+@pytest.fixture(scope="module")
+def detector(yunet_path: Path) -> Detector:
+    return Detector(yunet_path)
+
+
+@pytest.fixture
+def enroll(
+    settings: Settings, detector: Detector, shared_dir: Path, tmp_path: Path
+) -> Callable[..., int]:
+    """``enroll(folder)`` imports a folder of people; ``enroll(lfw_person=n)`` imports
+    the first n photos of an LFW person (linked into a temporary folder)."""
+
+    def run(folder: Path | None = None, **lfw: int) -> int:
+        if folder is None:
+            folder = tmp_path / "photos" / "-".join(lfw)
+            for name, count in lfw.items():
+                (folder / name).mkdir(parents=True)
+                for photo in sorted((shared_dir / LFW / name).iterdir())[:count]:
+                    (folder / name / photo.name).symlink_to(photo)
+        with EnrollmentStore(enrollment_dir(settings)) as store:
+            results = import_folder(store, detector, folder, progress=False)
+        assert all(r.accepted for r in results), [r.reason for r in results if not r.accepted]
+        return len(results)
+
+    return run
+
+
+def _settings(state: Path, cache: Path, shared_dir: Path) -> Settings:
+    return load_settings(
+        {
+            "state_dir": str(state),
+            "cache_dir": str(cache),
+            "models_dir": str(shared_dir / "models"),
+            "recognition.device": "cpu",
+        },
+        {},
+    )
+
+
+class CountingEmbedder(Embedder):
+    """The real embedder, counting the chips it embeds."""
+
+    def __init__(self, inner: Embedder) -> None:
+        super().__init__(inner.session, inner.preprocessing)
+        self.chips = 0
+
+    def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
+        self.chips += len(chips)
+        return super().embed(chips)
+
+
+def _faces(detector: Detector, backbone: Backbone, photo: Path) -> NDArray[np.float32]:
+    """Embeddings of the faces in a photo, left to right."""
+    image = cv2.imread(str(photo))
+    faces = detector.detect(image)
+    order = np.argsort(faces.xyxy[:, 0])
+    return backbone.embed_faces(image, faces.landmarks[order])
+
+
+def test_refit_caches_embeddings_and_forgets_removed_people(
+    settings: Settings, enroll: Callable[..., int], detector: Detector, shared_dir: Path
+) -> None:
+    first = enroll(shared_dir / "people") + enroll(Colin_Powell=4, Jacques_Chirac=4)
+    counting = CountingEmbedder(Backbone.from_settings(settings).embedder)
+    backbone = replace(Backbone.from_settings(settings), embedder=counting)
+    copies = 2
+    with TrainerService(settings, backbone=backbone, recipe=Augmentation(copies=copies),
+                        progress=False) as service:
+        bundle = service.run_once()
+        assert bundle is not None
+        assert counting.chips == first * (1 + copies)
+        names = {"Alex Lacamoire", "Barack Obama", "Joe Biden", "Lin Manuel Miranda",
+                 "Colin Powell", "Jacques Chirac"}
+        manifest = bundle.manifest
+        assert set(manifest.labels) == names
+        with EnrollmentStore(enrollment_dir(settings)) as store:
+            people = {p.name: p.id for p in store.list_people()}
+            assert manifest.store_revision == store.revision()
+        assert list(manifest.person_ids) == [people[name] for name in manifest.labels]
+        assert manifest.backbone_sha256 == backbone.sha256 == sha256_file(backbone.path)
+        assert manifest.head_kind in ("prototypes", "cosine")
+        assert {"prototypes_accuracy", "cosine_accuracy", "held_out_samples"} <= set(
+            manifest.metrics
+        )
+        assert manifest.metrics["samples"] == first
+        current = load_bundle(current_bundle_dir(bundles_dir(settings)))
+        assert current.path.name == "v000001"
+        assert all((current.path / name).is_file() for name in REPORT_FILES)
+
+        # a photo that was not enrolled: Obama on the left, Biden on the right
+        index, _ = current.gallery.match(_faces(detector, backbone, shared_dir / "media" /
+                                                "two_people.jpg"))
+        assert [manifest.labels[i] for i in index] == ["Barack Obama", "Joe Biden"]
+
+        counting.chips = 0
+        assert service.run_once() is None  # up to date: nothing embedded, nothing published
+        assert counting.chips == 0
+
+        # one more person: only their photos are embedded
+        added = enroll(Hugo_Chavez=3)
+        bundle = service.run_once()
+        assert bundle is not None and bundle.path.name == "v000002"
+        assert counting.chips == added * (1 + copies)
+        assert "Hugo Chavez" in bundle.manifest.labels
+
+        # a removed person is gone from the next bundle, with their cached embeddings
+        with EnrollmentStore(enrollment_dir(settings)) as store:
+            hugo = store.find_person("Hugo Chavez")
+            hugo_samples = store.samples(hugo.id)
+            store.remove_person(hugo.id)
+            assert store.cached_embeddings(backbone.sha256, hugo_samples) == {}
+        bundle = service.run_once()
+        assert bundle is not None
+        assert set(bundle.manifest.labels) == names
+        assert hugo.id not in bundle.manifest.person_ids
+        assert counting.chips == added * (1 + copies)  # nothing new to embed
+        assert versions(bundles_dir(settings)) == [1, 2, 3]
+    service.close()  # a second close does nothing
+
+
+def test_nobody_enrolled_gives_an_empty_bundle(settings: Settings) -> None:
+    with TrainerService(settings, progress=False) as service:
+        bundle = service.run_once()
+        assert bundle is not None
+        assert bundle.manifest.labels == () and bundle.gallery.weights.shape == (0, 128)
+        assert (bundle.path / "report.json").is_file()
+        index, _ = bundle.gallery.match(np.ones((2, 128), np.float32) / np.sqrt(128))
+        assert index.tolist() == [-1, -1]
+        assert service.run_once() is None
+
+
+def _environment(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env.update(
+        FACESTREAM_STATE_DIR=str(settings.state_dir),
+        FACESTREAM_CACHE_DIR=str(settings.cache_dir),
+        FACESTREAM_MODELS_DIR=str(settings.models_dir),
+        FACESTREAM_RECOGNITION_DEVICE="cpu",
+        PYTHONPATH=str(REPO_ROOT),
+        **extra,
+    )
+    return env
+
+
+def _trainer(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "facestream", "trainer", *args],
+        env=_environment(settings, **env), capture_output=True, text=True, timeout=180,
+        cwd=REPO_ROOT,
+    )
+
+
+def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_killed_in_the_middle_of_a_publish_leaves_the_previous_bundle(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path, tmp_path: Path
+) -> None:
+    enroll(shared_dir / "people")
+    with TrainerService(settings, progress=False) as service:
+        assert service.run_once() is not None
+    bundles = bundles_dir(settings)
+    assert current_bundle_dir(bundles) == bundles / "v000001"
+    enroll(Colin_Powell=3)
+
+    log = (tmp_path / "trainer.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facestream", "trainer", "--once"],
+        env=_environment(settings, **{PUBLISH_PAUSE_ENV: "120"}),
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+    )
+    try:
+        # the new bundle is complete, report included, but not yet published
+        _wait_for(lambda: any((p / "roc.png").is_file() for p in bundles.glob(".staging-*")),
+                  120, "the trainer to build its bundle")
+        assert current_bundle_dir(bundles) == bundles / "v000001"
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+        log.close()
+    assert process.returncode == -signal.SIGKILL
+    staging = list(bundles.glob(".staging-*"))
+    assert len(staging) == 1  # killed mid-publish: the half-published bundle is left over
+
+    current = load_bundle(current_bundle_dir(bundles))
+    assert current.path.name == "v000001"
+    assert "Colin Powell" not in current.manifest.labels
+
+    again = _trainer(settings, "--once")
+    assert again.returncode == 0, again.stderr
+    assert "published" in again.stdout
+    current = load_bundle(current_bundle_dir(bundles))
+    assert current.path.name == "v000002"
+    assert "Colin Powell" in current.manifest.labels
+    assert not list(bundles.glob(".*")), "leftovers of the killed run are removed"
+
+    idle = _trainer(settings, "--once")
+    assert idle.returncode == 0 and "nothing to do" in idle.stdout
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.5)
+    yield sock, path
+    sock.close()
+
+
+def test_service_notifies_systemd_follows_the_store_and_stops_on_sigterm(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path,
+    notify_socket: tuple[socket.socket, str], tmp_path: Path,
+) -> None:
+    enroll(shared_dir / "people")
+    sock, path = notify_socket
+    messages: list[str] = []
+
+    def received(text: str) -> bool:
+        with contextlib.suppress(TimeoutError):
+            messages.extend(sock.recv(4096).decode().splitlines())
+        return any(text in m for m in messages)
+
+    log = (tmp_path / "service.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facestream", "trainer"],
+        env=_environment(settings, NOTIFY_SOCKET=path, FACESTREAM_TRAINER_POLL_SECONDS="0.2"),
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+    )
+    try:
+        _wait_for(lambda: received("READY=1"), 60, "READY=1")
+        _wait_for(lambda: received("STATUS=serving v000001"), 120, "the first bundle")
+        enroll(Colin_Powell=3)  # while the service runs, from this other process
+        _wait_for(lambda: received("STATUS=serving v000002"), 120, "the second bundle")
+        current = load_bundle(current_bundle_dir(bundles_dir(settings)))
+        assert "Colin Powell" in current.manifest.labels
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    _wait_for(lambda: received("STOPPING=1"), 5, "STOPPING=1")
+    assert messages[0] == "READY=1"
