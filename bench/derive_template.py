@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from facecore.config import load_settings
 from facecore.detector import Detector
-from facecore.registry import DETECTOR, MODELS, model_path
+from facecore.registry import MODELS
 from trainer.dlib_reference import DlibPipeline, match_boxes
 from trainer.template import TemplateFit, derive_template, evaluate_template, to_chip
 
@@ -70,14 +70,7 @@ def _measure(shared: Path) -> tuple[list[str], NDArray[np.float64], NDArray[np.f
     dlib's chip transform [F, 2, 3]."""
     # the shared YuNet unless the caller names a models folder
     settings = load_settings({}, {"FACESTREAM_MODELS_DIR": str(shared / "models"), **os.environ})
-    detection = settings.detection
-    detector = Detector(
-        model_path(settings, DETECTOR),
-        size=detection.size,
-        score_threshold=detection.score_threshold,
-        nms_threshold=detection.nms_threshold,
-        min_face_px=detection.min_face_px,
-    )
+    detector = Detector.from_settings(settings)
     dlib = DlibPipeline.from_settings(settings)
     sources: list[str] = []
     landmarks: list[NDArray[np.float32]] = []

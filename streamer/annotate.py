@@ -45,10 +45,13 @@ class Overlay:
 
 
 def label_text(view: TrackView, *, track_id: bool = False) -> str:
-    """``"Ada Lovelace 0.91"``, ``"unknown 0.42"``, or with ``track_id`` ``"#7 ..."``."""
+    """``"Ada Lovelace 0.91"``, ``"unknown 0.42"``, or with ``track_id`` ``"#7 ..."``.
+
+    A left-to-right mark follows the name, so the confidence stays at the right end
+    after a right-to-left (Arabic, Hebrew) name."""
     text = view.name if view.name is not None else "unknown"
     if view.confidence > 0:
-        text = f"{text} {view.confidence:.2f}"
+        text = f"{text}\u200e {view.confidence:.2f}"
     return f"#{view.track_id} {text}" if track_id else text
 
 
@@ -95,7 +98,7 @@ class BoxAnnotator:
         thickness = max(1, round(frame.shape[0] / 300))
         for view in tracks:
             x0, y0, x1, y1 = (round(v) for v in view.xyxy)
-            cv2.rectangle(frame, (x0, y0), (x1, y1), _colour(view), thickness, cv2.LINE_AA)
+            cv2.rectangle(frame, (x0, y0), (x1, y1), _colour(view), thickness)
         return frame
 
 

@@ -137,7 +137,7 @@ def auth_middleware(auth: Auth) -> Callable[[web.Request, Handler], Awaitable[we
             return await handler(request)
         if request.path.startswith("/api/"):
             return web.json_response(
-                {"error": "unauthorized", "reason": "send Authorization: Bearer TOKEN or log in"},
+                {"error": "Unauthorized", "reason": "send Authorization: Bearer TOKEN or log in"},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="facestream"'},
             )

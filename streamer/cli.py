@@ -1,4 +1,5 @@
-"""The streamer's commands: ``facestream run`` and ``facestream webcam``.
+"""The streamer's commands: ``facestream run`` and ``facestream webcam`` (``serve`` is
+registered from `streamer.serve_cli`).
 
 Heavy modules (cv2, onnxruntime) are imported inside the handlers, as the protocol in
 `facecore.cli` asks.
@@ -238,6 +239,7 @@ async def _loop(
         return await run_source(source, pipeline, on_result, stop=stop)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        source.close()  # before the loop ends: its executor waits for a pending read
         pipeline.close()
         for sink in sinks:
             sink.close()

@@ -1,7 +1,8 @@
 """The process-wide part of the live pipeline.
 
 One `Engine` per process holds one `Detector` (one YuNet instance per worker
-thread), a small thread pool for the CPU stages (detection, alignment, annotation),
+thread), a small thread pool for the CPU stages (detection, alignment, annotation;
+one frame per worker, so OpenCV's own threading is turned down to one thread),
 one `BatchRecognizer` (its batcher thread alone owns the ONNX session) and the
 current bundle. Each stream gets its own `StreamPipeline` from ``pipeline()``.
 
@@ -16,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -65,20 +66,26 @@ class Engine:
         tracking: TrackingSettings | None = None,
         bundle: Bundle | None = None,
         workers: int | None = None,
+        opencv_threads: int | None = 1,
     ) -> None:
+        if opencv_threads is not None:
+            # frames are detected in parallel, one per worker: OpenCV's own threads
+            # inside each call would only fight them for the same cores (this is
+            # process-wide, as the engine is)
+            cv2.setNumThreads(opencv_threads)
         self.detector = detector
         self.fonts = fonts
         self.recognition = recognition or RecognitionSettings()
         self.tracking = tracking or TrackingSettings()
-        self._swap_lock = threading.Lock()
-        self._model: ActiveModel | None = None
-        model = self.prepare(bundle) if bundle is not None else None
         self.recognizer = BatchRecognizer(
-            model,
-            batch_size=self.recognition.batch_size,
-            batch_wait_ms=self.recognition.batch_wait_ms,
+            batch_size=self.recognition.batch_size, batch_wait_ms=self.recognition.batch_wait_ms
         )
-        self._model = model
+        if bundle is not None:
+            try:
+                self.recognizer.swap(self.prepare(bundle))
+            except BundleRefusedError:
+                self.recognizer.close()
+                raise
         self._pool = ThreadPoolExecutor(
             max_workers=workers or min(4, os.cpu_count() or 2), thread_name_prefix="facestream-cpu"
         )
@@ -133,12 +140,12 @@ class Engine:
 
     @property
     def bundle(self) -> Bundle | None:
-        model = self._model
+        model = self.recognizer.model
         return model.bundle if model is not None else None
 
     @property
     def bundle_version(self) -> int | None:
-        model = self._model
+        model = self.recognizer.model
         return model.version if model is not None else None
 
     def pipeline(self, stream_id: str, *, overlay: Overlay | None = None) -> StreamPipeline:
@@ -154,7 +161,7 @@ class Engine:
         the serving session when the backbone is the same, else build and warm up a
         new one. Raises `BundleRefusedError` when the bundle cannot serve."""
         manifest = bundle.manifest
-        current = self._model
+        current = self.recognizer.model
         if (
             current is not None
             and current.backbone == manifest.backbone_sha256
@@ -173,9 +180,7 @@ class Engine:
 
     def install(self, model: ActiveModel | None) -> None:
         """Serve ``model`` from the next recognition batch on (None: nobody known)."""
-        with self._swap_lock:
-            self._model = model
-            self.recognizer.swap(model)
+        self.recognizer.swap(model)
         if model is None:
             log.info("no bundle: every face is unknown")
         else:

@@ -12,8 +12,7 @@ Routes (every one needs the token, like the rest of the server)::
     POST   /api/people/{person}/samples        multipart photos -> per-file report
     DELETE /api/samples/{sample}               204
     GET    /api/samples/{sample}/thumbnail     a small JPEG of the face crop
-    GET    /api/model                          the bundle being served and its training report
-    GET    /api/model/{version}/files/{name}   a plot (PNG) of that bundle's report
+    GET    /api/model, /api/model/{version}/files/{name}    see `streamer.model_api`
 
 ``{person}`` is a person's id or display name (any case). An upload request's whole
 body may be at most ``server.max_upload_mb`` MiB: a larger declared length is refused
@@ -30,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -49,10 +47,10 @@ from enrollment.errors import (
 )
 from enrollment.ingest import IngestResult, Outcome, ingest_photo
 from enrollment.store import EnrollmentStore, Person, Sample
-from facecore.bundle import Bundle
 from facecore.config import Settings
 from streamer.enroll_worker import EnrollmentWorker
-from streamer.server import ENGINE, STATIC_DIR, error_response
+from streamer.model_api import CACHE_FOREVER, add_model_routes
+from streamer.server import STATIC_DIR, error_response
 
 __all__ = [
     "ENROLLMENT",
@@ -71,9 +69,6 @@ MAX_FILES = 20  # files per upload request
 THUMBNAIL_PX = 160  # longest side of a thumbnail
 THUMBNAIL_QUALITY = 85
 CHUNK = 64 * 1024
-REPORT_JSON = "report.json"
-_PLOT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.png")
-_IMMUTABLE = "private, max-age=31536000, immutable"
 
 # the status of an upload in which no file was accepted, by the set of outcomes
 _ALL_REJECTED = (
@@ -111,8 +106,7 @@ def add_enrollment_routes(app: web.Application, settings: Settings) -> Enrollmen
     add.add_post("/api/people/{person}/samples", _store_errors(_upload))
     add.add_delete("/api/samples/{sample}", _store_errors(_remove_sample))
     add.add_get("/api/samples/{sample}/thumbnail", _store_errors(_thumbnail))
-    add.add_get("/api/model", _model)
-    add.add_get("/api/model/{version}/files/{name}", _model_file)
+    add_model_routes(app)
     return worker
 
 
@@ -286,7 +280,7 @@ async def _thumbnail(request: web.Request) -> web.StreamResponse:
         return etag, jpeg.tobytes()
 
     etag, body = await request.app[ENROLLMENT].call(thumbnail)
-    headers = {"Cache-Control": _IMMUTABLE, "ETag": etag}
+    headers = {"Cache-Control": CACHE_FOREVER, "ETag": etag}
     if body is None:
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, content_type="image/jpeg", headers=headers)
@@ -370,56 +364,3 @@ def _too_large(request: web.Request, limit: int) -> web.Response:
     )
     response.force_close()
     return response
-
-
-# --- the model ------------------------------------------------------------------------
-
-
-async def _model(request: web.Request) -> web.Response:
-    bundle = request.app[ENGINE].bundle
-    if bundle is None:
-        return web.json_response({"version": None, "labels": [], "metrics": {}, "report": None})
-    report, plots = await asyncio.get_running_loop().run_in_executor(None, _report, bundle)
-    manifest = bundle.manifest
-    return web.json_response(
-        {
-            "version": manifest.version,
-            "created": manifest.created,
-            "store_revision": manifest.store_revision,
-            "backbone": manifest.backbone_name,
-            "head_kind": manifest.head_kind,
-            "threshold": manifest.threshold,
-            "labels": list(manifest.labels),
-            "metrics": manifest.metrics,
-            "report": report,
-            "plots": [f"/api/model/{manifest.version}/files/{name}" for name in plots],
-        }
-    )
-
-
-def _report(bundle: Bundle) -> tuple[object, list[str]]:
-    """The bundle's training report (None when it has none or it is unreadable) and
-    the names of its plots."""
-    report: object = None
-    try:
-        report = json.loads((bundle.path / REPORT_JSON).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        log.warning("the training report of %s is unreadable: %s", bundle.path, exc)
-    try:
-        plots = sorted(p.name for p in bundle.path.iterdir() if _PLOT_NAME.fullmatch(p.name))
-    except OSError:
-        plots = []
-    return report, plots
-
-
-async def _model_file(request: web.Request) -> web.StreamResponse:
-    bundle = request.app[ENGINE].bundle
-    name = request.match_info["name"]
-    if bundle is None or request.match_info["version"] != str(bundle.manifest.version):
-        return error_response(404, "that model version is not the one being served")
-    path = bundle.path / name
-    if not _PLOT_NAME.fullmatch(name) or not path.is_file():
-        return error_response(404, f"the model has no plot named {name!r}")
-    return web.FileResponse(path, headers={"Cache-Control": _IMMUTABLE})

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 
 from facecore.errors import ConfigError
 
@@ -76,8 +76,19 @@ def _charset(key: FontKey) -> tuple[list[int], list[int]] | None:
     return starts, ends
 
 
+_JOINERS_AND_MARKS = "\u200c\u200d\u200e\u200f"  # ZWNJ, ZWJ, LRM, RLM: shaping, not glyphs
+
+
 def _is_drawable(char: str) -> bool:
-    return unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn") or char == "\u200d"
+    return (
+        unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+        or char in _JOINERS_AND_MARKS
+    )
+
+
+def _rides_along(char: str) -> bool:
+    """Marks, spaces and joiners are drawn with the font of the text around them."""
+    return unicodedata.category(char)[0] in "MZ" or char in _JOINERS_AND_MARKS
 
 
 class FontSet:
@@ -89,6 +100,7 @@ class FontSet:
         self._fonts: dict[tuple[FontKey | None, int], AnyFont] = {}
         self._coverage: dict[FontKey, tuple[list[int], list[int]] | None] = {}
         self._fallback: dict[str, FontKey | None] = {}
+        self._raqm = bool(features.check("raqm"))
         self._masks: OrderedDict[tuple[str, int], NDArray[np.uint8]] = OrderedDict()
         if primary is not None:
             try:
@@ -122,7 +134,7 @@ class FontSet:
         runs: list[tuple[AnyFont, str]] = []
         for char in text:
             font = self._font_for(char, size)
-            if runs and (runs[-1][0] is font or unicodedata.category(char)[0] in "MZ"):
+            if runs and (runs[-1][0] is font or _rides_along(char)):
                 runs[-1] = (runs[-1][0], runs[-1][1] + char)
             else:
                 runs.append((font, char))
@@ -131,28 +143,36 @@ class FontSet:
         metrics = [_metrics(font, size) for font, _ in runs]
         ascent = max(a for a, _ in metrics)
         descent = max(d for _, d in metrics)
-        widths = [font.getlength(part) for font, part in runs]
+        # a label reads left to right ("#7 name 0.93"); a right-to-left name inside it
+        # is still laid out right to left by libraqm
+        direction = "ltr" if self._raqm else None
+        widths = [font.getlength(part, direction=direction) for font, part in runs]
         image = Image.new("L", (max(int(np.ceil(sum(widths))) + 2, 1), ascent + descent), 0)
         draw = ImageDraw.Draw(image)
         x = 1.0
         for (font, part), width in zip(runs, widths, strict=True):
-            draw.text((x, ascent), part, fill=255, font=font, anchor="ls")
+            draw.text((x, ascent), part, fill=255, font=font, anchor="ls", direction=direction)
             x += width
         return np.asarray(image, np.uint8)
 
+    def font_file(self, char: str) -> str | None:
+        """The font file that draws ``char`` (None: Pillow's built-in font)."""
+        with self._lock:
+            key = self._key_for(char)
+        return key[0] if key is not None else None
+
     def _font_for(self, char: str, size: int) -> AnyFont:
-        if (
-            self.primary is None
-            or self._covers(self.primary, char)
-            or unicodedata.category(char)[0] in "MZ"
-        ):
-            return self._font(self.primary, size)
+        return self._font(self._key_for(char), size)
+
+    def _key_for(self, char: str) -> FontKey | None:
+        primary = self.primary
+        if primary is None or _rides_along(char) or self._covers(primary, char):
+            return primary
         if char not in self._fallback:
             found = fontconfig_match(f":charset={ord(char):x}")
-            self._fallback[char] = (
-                found if found is not None and self._covers(found, char) else None
-            )
-        return self._font(self._fallback[char] or self.primary, size)
+            covered = found is not None and self._covers(found, char)
+            self._fallback[char] = found if covered else None
+        return self._fallback[char] or primary
 
     def _covers(self, key: FontKey, char: str) -> bool:
         if key not in self._coverage:

@@ -24,6 +24,11 @@ to one already kept (same pose, too soon) is skipped. When the plan is full (or 
 ``timeout_s`` with at least ``min_samples``) the person and the samples are committed
 to the store in one worker job (`enrollment.ingest.ingest_face`, source ``"live"``);
 a name that is already enrolled gets the new samples.
+
+`attach_live_enrollment(app)` gives every phone of the server its Enroll mode: a
+``PeerManager.session_hooks`` entry wires a `LiveEnrollment` to each new peer (the
+events channel's messages, ``RecognitionTrack.frame_listeners`` for the frames, the
+connection's end for ``close()``). The page's side is ``static/enroll.js``.
 """
 
 from __future__ import annotations

@@ -94,8 +94,9 @@ class PushSource:
         return self._dropped
 
     def push(self, image: NDArray[np.uint8], *, captured: float | None = None) -> bool:
-        """Offer a frame; False when the source has ended (the frame is discarded)."""
-        stamp = time.monotonic() if captured is None else captured
+        """Offer a frame; False when the source has ended (the frame is discarded).
+
+        ``captured`` defaults to now (for a lossless source: when the slot frees)."""
         with self._cond:
             if self.lossless:
                 self._cond.wait_for(lambda: self._slot is None or self._ended)
@@ -103,6 +104,7 @@ class PushSource:
                 return False
             if self._slot is not None:
                 self._dropped += 1
+            stamp = time.monotonic() if captured is None else captured
             self._slot = SourceFrame(image, self._next_index, stamp)
             self._next_index += 1
             self._cond.notify_all()

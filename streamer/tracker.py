@@ -10,9 +10,10 @@ thumbnail changes by more than ``SCENE_CUT`` grey levels on average) ends every 
 
 A face is recognised when its track appears, when a better view of it comes (a
 `view_quality` at least ``better_view_gain`` times the best one recognised so far),
-and at least every ``recheck_frames`` frames; at most ``max_rechecks_per_frame``
-such re-checks run in one frame (the others wait a frame or two), so re-checks of
-faces that appeared together do not all fall on one frame. Each recognition adds an observation
+and at least every ``recheck_frames`` frames. At most ``max_recognitions_per_frame``
+faces are recognised in one frame, new faces first, the best views first; the others
+wait a frame or two, so a cut to a crowd or the re-checks of faces that appeared
+together do not stall one frame. Each recognition adds an observation
 (embedding, view quality) to the track's bounded history; the track's name is a vote
 over that history against the current gallery:
 
@@ -111,7 +112,7 @@ def view_quality(frame: NDArray[np.uint8], faces: Faces) -> NDArray[np.float32]:
 
 def scene_signature(frame: NDArray[np.uint8]) -> NDArray[np.float32]:
     """A [36, 64] grey thumbnail of the frame, to tell a cut to another shot."""
-    small = cv2.resize(frame, _SIGNATURE_SIZE, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(frame, _SIGNATURE_SIZE, interpolation=cv2.INTER_LINEAR)  # sampled: cheap
     return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
 
 
@@ -202,12 +203,12 @@ class Tracker:
         min_recheck_gap: int = 5,
         history: int = 16,
         switch_ratio: float = 1.5,
-        max_rechecks_per_frame: int = 2,
+        max_recognitions_per_frame: int = 4,
     ) -> None:
         self.settings = settings
         self.better_view_gain = better_view_gain
         self.min_recheck_gap = min_recheck_gap
-        self.max_rechecks_per_frame = max_rechecks_per_frame
+        self.max_recognitions_per_frame = max_recognitions_per_frame
         # tracking off: recognise every face every frame, named from that frame alone
         self.history = history if settings.enabled else 1
         self.switch_ratio = switch_ratio if settings.enabled else 1.0
@@ -264,8 +265,9 @@ class Tracker:
             del self._tracks[track.id]
         recognize = np.zeros(len(faces), np.bool_)
         changes = []
-        rechecks = 0
-        for i in np.argsort(-quality, kind="stable"):
+        wanted: list[int] = []  # faces never (or not successfully) recognised
+        due: list[int] = []  # re-checks: a better view, or the interval is up
+        for i in (int(i) for i in np.argsort(-quality, kind="stable")):
             track = self._tracks[int(track_ids[i])]
             if self._backbone is None:
                 change = None if track.decided else track.decide(None, self.switch_ratio)
@@ -273,14 +275,16 @@ class Tracker:
                     changes.append(change)
                 continue
             since = frame - track.last_recognized
-            if self.settings.enabled and not track.needs_recognition:
-                better = quality[i] >= track.best_quality * self.better_view_gain
-                due = since >= self.settings.recheck_frames or (
-                    better and since >= self.min_recheck_gap
-                )
-                if not due or rechecks >= self.max_rechecks_per_frame:
-                    continue  # not needed, or deferred to a later frame (still due then)
-                rechecks += 1
+            better = quality[i] >= track.best_quality * self.better_view_gain
+            if not self.settings.enabled or track.needs_recognition:
+                wanted.append(i)
+            elif since >= self.settings.recheck_frames or (
+                better and since >= self.min_recheck_gap
+            ):
+                due.append(i)
+        budget = self.max_recognitions_per_frame if self.settings.enabled else len(faces)
+        for i in (wanted + due)[:budget]:  # the rest wait a frame or two, still wanted or due
+            track = self._tracks[int(track_ids[i])]
             recognize[i] = True
             track.last_recognized = frame
             track.best_quality = max(track.best_quality, float(quality[i]))

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "events"
 MAX_CHANNEL_BUFFER = 256 * 1024  # bytes queued on the data channel before events drop
 PRESENCE_INTERVAL = 1.0  # seconds between restatements of the visible tracks
+FRESH_WAIT = 0.005  # a wait for a frame slot longer than this may have brought a newer frame
+NEWER_FRAME_TIMEOUT = 0.001  # how long to look for it (it is there already, or not)
 
 
 def _to_bgr(frame: VideoFrame) -> NDArray[np.uint8]:
@@ -87,15 +89,15 @@ def _to_video_frame(image: NDArray[np.uint8], like: VideoFrame) -> VideoFrame:
 class RecognitionTrack(MediaStreamTrack):
     """The phone's video through its pipeline: the newest frame wins.
 
-    ``recv()`` waits for one of the process-wide frame slots (``gate``), then takes
-    the newest frame from ``MediaRelay().subscribe(source, buffered=False)``,
-    converts it off the event loop, awaits the pipeline and returns the annotated
-    frame with the source's pts/time_base. Taking the frame only once a slot is
-    free is what keeps latency flat past capacity: a frame never waits behind other
-    streams' work; it is replaced by a newer one instead, and the FIFO gate shares
-    the capacity evenly between streams. ``on_result`` is
-    called with every ``FrameResult``. ``stop()`` (safe twice) unsubscribes and
-    closes the pipeline.
+    ``recv()`` awaits a frame from ``MediaRelay().subscribe(source, buffered=False)``
+    (which keeps only the newest), then one of the process-wide frame slots
+    (``gate``, FIFO); if others' frames ran meanwhile, it takes the newer frame that
+    arrived during the wait. So past capacity a frame never queues behind other
+    streams' work (it is replaced instead: latency stays flat, frames drop), the
+    capacity is shared evenly, and a phone that sends nothing holds no slot. The
+    frame is converted off the event loop, the pipeline awaited, and the annotated
+    frame returned with the source's pts/time_base. ``on_result`` gets every
+    ``FrameResult``. ``stop()`` (safe twice) unsubscribes and closes the pipeline.
     """
 
     kind = "video"
@@ -115,19 +117,31 @@ class RecognitionTrack(MediaStreamTrack):
         self._on_result = on_result
         # called on the loop with each frame [H, W, 3] BGR before the pipeline (Enroll mode)
         self.frame_listeners: list[Callable[[NDArray[np.uint8]], None]] = []
-        self.frames = 0  # frames received from the phone
-        self.last_frame_at = time.monotonic()
+        self.frames = 0  # frames taken into the pipeline
+        self._waiting_since: float | None = None
+
+    def video_gap(self) -> float:
+        """Seconds spent so far waiting for the phone's next frame (0: not waiting)."""
+        since = self._waiting_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def recv(self) -> VideoFrame:
         source, pipeline = self._source, self._pipeline
         if source is None or pipeline is None:
             raise MediaStreamError
         loop = asyncio.get_running_loop()
-        async with self._gate:
+        self._waiting_since = time.monotonic()
+        try:
             frame = await source.recv()
+        finally:
+            self._waiting_since = None
+        queued = loop.time()
+        async with self._gate:
+            if loop.time() - queued > FRESH_WAIT:  # others' frames ran: take a newer one
+                with contextlib.suppress(TimeoutError):
+                    frame = await asyncio.wait_for(source.recv(), NEWER_FRAME_TIMEOUT)
             assert isinstance(frame, VideoFrame)
             self.frames += 1
-            self.last_frame_at = time.monotonic()
             image = await loop.run_in_executor(None, _to_bgr, frame)
             for listener in self.frame_listeners:
                 listener(image)
@@ -256,7 +270,7 @@ class PeerSession:
             now = time.monotonic()
             track = self.track
             if track is not None and track.frames:
-                if now - track.last_frame_at > self._stall_timeout:
+                if track.video_gap() > self._stall_timeout:
                     log.info("peer %s: no video for %.0f s, closing", self.id, self._stall_timeout)
                     break
             elif now - self.created > self._connect_timeout:

@@ -17,15 +17,38 @@ from pathlib import Path
 import aiohttp
 import cv2
 import numpy as np
+import platformdirs
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 from numpy.typing import NDArray
 
-# the clip's close-ups of Lin-Manuel Miranda on stage: one face in every frame, turning
+from facecore.config import Settings, load_settings
+from facecore.registry import MODELS, model_cache_dir, model_path
+
+
+def enrollment_settings(shared_dir: Path, state_dir: Path) -> Settings:
+    """Settings with YuNet from the shared models folder and the dlib ResNet in the
+    user's cache, where `facestream models prepare` puts it: it is converted there
+    when missing (once per machine, about 15 s)."""
+    cache = platformdirs.user_cache_path("facestream")
+    settings = load_settings(
+        {"state_dir": str(state_dir), "cache_dir": str(cache),
+         "models_dir": str(shared_dir / "models")},
+        {},
+    )
+    if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
+        from trainer.onnx_export import prepare_dlib_resnet
+
+        dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
+        prepare_dlib_resnet(dat, model_cache_dir(settings))
+    return settings
+
+
+# the clip's close-ups of Lin-Manuel Miranda on stage: one face in every frame
 LIN_FRAMES = range(84, 212)
 # the part of those in which he faces the camera: every frame scores at least 0.946
-# against his shared photo with the dlib ResNet (the turned views score down to 0.92)
+# against his shared photo with the dlib ResNet (his turned views score down to 0.92)
 LIN_FACING = range(144, 187)
 
 

@@ -2,6 +2,8 @@
 the dlib ResNet converted into a cache folder), bundles of the shared people, and
 frames of the shared clip.
 
+Small real ONNX graphs stand in for a backbone where the test is about plumbing.
+
 Not a test module (pytest collects only ``test_*.py``); the test files import it.
 """
 
@@ -12,11 +14,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 from numpy.typing import NDArray
+from onnx import TensorProto, helper
 
-from facecore.bundle import Bundle
+from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
+from facecore.embedder import Embedder, Preprocessing
 from facecore.registry import MODELS, model_cache_dir, model_path
+from facecore.sessions import create_session
+from streamer.recognizer import ActiveModel
 
 CLIP = "media/short_hamilton_clip.mp4"
 CLIP_FRAMES = 275
@@ -78,3 +85,57 @@ def clip_frames(clip: Path, frames: range) -> list[NDArray[np.uint8]]:
             kept.append(frame)
     capture.release()
     return kept
+
+
+SIZE = 8
+RGB = Preprocessing(size=(SIZE, SIZE), colour="rgb", mean=(100.0, 100.0, 100.0), scale=0.01)
+TEMPLATE = ((2.0, 3.0), (6.0, 3.0), (4.0, 4.5), (2.5, 6.0), (5.5, 6.0))
+
+
+def mean_colour_backbone(path: Path, size: int = SIZE, name: str = "mean_colour") -> Path:
+    """A real ONNX graph standing in for a backbone: chips [N, 3, size, size] -> their
+    mean colour [N, 3]; ``name`` changes the file's bytes, not what it computes."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["chips"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["embeddings"]),
+        ],
+        name,
+        [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def stand_in_bundle(
+    directory: Path,
+    backbone: Path,
+    *,
+    version: int = 1,
+    preprocessing: Preprocessing = RGB,
+    labels: tuple[str, ...] = ("red", "blue"),
+) -> Bundle:
+    weights = np.eye(3, dtype=np.float32)[[0, 2, 1]][: len(labels)]  # red, blue, green
+    manifest = BundleManifest(
+        version=version,
+        created="2026-01-01T00:00:00+00:00",
+        store_revision=0,
+        backbone_name="mean_colour",
+        backbone_sha256="",
+        preprocessing=preprocessing,
+        template=TEMPLATE,
+        head_kind="prototypes",
+        head_sha256="",
+        labels=labels,
+        person_ids=("",) * len(labels),
+        threshold=0.5,
+    )
+    return write_bundle(directory, backbone=backbone, weights=weights, manifest=manifest)
+
+
+def active(bundle: Bundle) -> ActiveModel:
+    session = create_session(bundle.backbone_path, device="cpu")
+    return ActiveModel(bundle, Embedder(session, bundle.manifest.preprocessing))

@@ -1,12 +1,12 @@
 """End to end with real processes: people enrolled with the `facestream` command, the
 trainer (`facestream trainer`) and the server (`facestream serve --http`) running as
-subprocesses on a temporary state folder, and a real aiortc client streaming
-the part of the shared clip where Lin-Manuel Miranda faces the camera.
+subprocesses on a temporary state folder, and a real aiortc client, like the phone
+page, streaming the part of the shared clip where Lin-Manuel Miranda faces the camera.
 
 1. The four shared people are imported; the trainer publishes; the stream names Lin.
-2. Lin is removed and added back while the stream runs: the time from the commit of
-   his sample to the first event naming him is measured (goal: under 5 s; recorded
-   as the test property ``enroll_to_named_s`` and printed).
+2. Lin is removed, then enrolled again over the HTTP API while the stream runs: the
+   time from the commit of his samples to the first event naming him is measured
+   (goal: under 5 s; recorded as the test property ``enroll_to_named_s`` and printed).
 3. A trainer is killed (SIGKILL) in the middle of a publish: the server keeps serving
    the previous bundle, and the next trainer run cleans up and publishes.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import os
 import signal
 import socket
@@ -26,20 +27,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import platformdirs
+import cv2
 import pytest
-from enroll_support import LIN_FACING, FramesTrack, Phone, clip_frames, connect_phone
-from webrtc_support import recognizer_settings
+from enroll_support import (
+    LIN_FACING,
+    FramesTrack,
+    Phone,
+    clip_frames,
+    connect_phone,
+    enrollment_settings,
+)
 
 from enrollment.store import EnrollmentStore
 from facecore.bundle import MANIFEST_FILE, BundleManifest
 from facecore.publish import current_bundle_dir
+from trainer.train_cli import PUBLISH_PAUSE_ENV
 
 SharedFile = Callable[[str], Path]
 TOKEN = "end-to-end-test-token-0123456789"
 FOLDER_LIN = "Lin Manuel Miranda"  # as `enroll import` names lin_manuel_miranda/
 LIN = "Lin-Manuel Miranda"
-PUBLISH_PAUSE_ENV = "FACESTREAM_TEST_PUBLISH_PAUSE"  # trainer.train_cli's test hook
 LATENCY_GOAL_S = 5.0
 LATENCY_BOUND_S = 30.0  # asserted: generous, this machine is shared
 
@@ -108,15 +115,14 @@ class Installation:
 
 @pytest.fixture
 def installation(shared_dir: Path, tmp_path: Path) -> Iterator[Installation]:
-    cache = platformdirs.user_cache_path("facestream")  # where `models prepare` puts it
-    recognizer_settings(shared_dir, tmp_path / "state", cache)  # converts dlib once
+    settings = enrollment_settings(shared_dir, tmp_path / "state")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
     env["PYTHONUNBUFFERED"] = "1"
     logs = tmp_path / "logs"
     logs.mkdir()
     options = [
         "--state-dir", str(tmp_path / "state"),
-        "--cache-dir", str(cache),
+        "--cache-dir", str(settings.cache_dir),
         "--models-dir", str(shared_dir / "models"),
     ]
     setup = Installation(tmp_path / "state", options, env, logs, [])
@@ -210,7 +216,19 @@ async def test_enroll_train_serve_reload_and_a_killed_trainer(
             unknown_since = time.time()
             assert phone.first_named(FOLDER_LIN, after=unknown_since) is None
 
-            setup.run("enroll", "add", LIN, str(shared_file("media/lin-manuel-miranda.png")))
+            # re-enrolled over the HTTP API: his photo and two stills of the clip
+            async with http.post(url + "/api/people", json={"name": LIN}) as response:
+                assert response.status == 201
+                person = await response.json()
+            form = aiohttp.FormData()
+            photos = [("lin.png", shared_file("media/lin-manuel-miranda.png").read_bytes())]
+            photos += [(f"still-{i}.png", cv2.imencode(".png", frames[i])[1].tobytes())
+                       for i in (10, 30)]
+            for name, data in photos:
+                form.add_field("photo", io.BytesIO(data), filename=name)
+            async with http.post(f"{url}/api/people/{person['id']}/samples", data=form) as response:
+                upload = await response.json()
+                assert response.status == 200 and upload["accepted"] == 3, upload
             committed = _commit_time(setup.state_dir, LIN)
             await _until(lambda: phone.first_named(LIN, after=committed), 60,
                          f"an event naming {LIN}", trainer, server)
@@ -238,7 +256,10 @@ async def test_enroll_train_serve_reload_and_a_killed_trainer(
             assert setup.current_manifest() == serving
             await asyncio.sleep(2.0)
             assert served[0] == serving.version
-            assert phone.first_named(LIN, after=killed_at) is not None  # still named
+            async with http.get(url + "/api/model") as response:
+                model = await response.json()
+            assert model["version"] == serving.version and "Joe Biden" in model["labels"]
+            assert any(at > killed_at for at, _ in phone.received)  # the stream goes on
 
             # the next trainer run removes the leftover and publishes the change
             setup.start("trainer-again", "trainer")

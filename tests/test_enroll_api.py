@@ -5,8 +5,10 @@ endpoint, and the token guard."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import pytest
 from aiohttp import web
 from test_facecore_embed_bundle import _mean_colour_model
 
+from enrollment.errors import DuplicatePersonError
+from enrollment.store import EnrollmentStore
 from facecore.bundle import BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
 from facecore.embedder import Preprocessing
@@ -25,6 +29,8 @@ from facecore.publish import publish
 from streamer import enroll_api
 from streamer.engine import Engine
 from streamer.enroll_api import add_enrollment_routes
+from streamer.enroll_worker import EnrollmentWorker
+from streamer.errors import ClosedError
 from streamer.server import create_app
 
 TOKEN = "enroll-api-test-token-0123456789"
@@ -102,7 +108,7 @@ async def test_without_the_token_nothing_is_served(api: Api) -> None:
         ]:
             async with anonymous.request(method, api.url + path) as response:
                 assert response.status == 401, (method, path)
-                assert (await response.json())["error"] == "unauthorized"
+                assert (await response.json())["error"] == "Unauthorized"
         async with anonymous.get(api.url + "/admin", allow_redirects=False) as response:
             assert response.status == 303 and response.headers["Location"] == "/login"
     status, page = await api.call("GET", "/admin")
@@ -337,3 +343,27 @@ async def test_model_endpoint_reports_the_bundle_being_served(
                  "/api/model/1/files/..%2Fmanifest.json", "/api/model/1/files/nope.png"]:
         status, _ = await api.call("GET", path)
         assert status == 404, path
+
+
+def test_exported_members() -> None:
+    for name in ("enroll_api", "enroll_capture", "enroll_worker", "live_enroll", "model_api"):
+        module = importlib.import_module(f"streamer.{name}")
+        assert module.__all__ and all(hasattr(module, m) for m in module.__all__), name
+
+
+async def test_the_worker_runs_jobs_in_one_thread_and_closes_twice(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    worker = EnrollmentWorker.from_settings(_settings(shared_dir, tmp_path))
+    names = await asyncio.gather(*(worker.call(lambda _: threading.current_thread().name)
+                                   for _ in range(5)))
+    assert len(set(names)) == 1 and names[0].startswith("enroll-store")
+    person = await worker.call(lambda store: store.add_person("Ada"))
+    with pytest.raises(DuplicatePersonError):  # a job's error reaches the caller
+        await worker.call(lambda store: store.add_person("ada"))
+    worker.close()
+    worker.close()
+    with pytest.raises(ClosedError):
+        await worker.call(lambda store: store.find_person(person.id))
+    with EnrollmentStore(tmp_path / "state" / "enrollment") as store:  # closed cleanly
+        assert [p.name for p in store.list_people()] == ["Ada"]

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import platformdirs
 import pytest
 from aiohttp import web
-from enroll_support import LIN_FRAMES, FramesTrack, clip_frames, connect_phone
+from enroll_support import (
+    LIN_FRAMES,
+    FramesTrack,
+    clip_frames,
+    connect_phone,
+    enrollment_settings,
+)
 from numpy.typing import NDArray
-from webrtc_support import recognizer_settings
 
 from enrollment.store import EnrollmentStore, Quality
 from facecore.alignment import align_faces
@@ -141,11 +145,7 @@ class Server:
 
 @pytest.fixture
 async def server(shared_dir: Path, tmp_path: Path) -> AsyncIterator[Server]:
-    # the dlib ResNet (to check who was enrolled) is converted once into the user's
-    # cache, where `facestream models prepare` puts it too
-    settings = recognizer_settings(
-        shared_dir, tmp_path / "state", platformdirs.user_cache_path("facestream")
-    )
+    settings = enrollment_settings(shared_dir, tmp_path / "state")  # with the dlib ResNet
     with Engine.from_settings(settings, watch=False) as engine:
         app = create_app(settings, engine, TOKEN, secure=False)
         add_enrollment_routes(app, settings)

@@ -49,7 +49,9 @@ def settings(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sett
 
 
 @pytest.fixture(scope="module")
-def bundle(settings: Settings, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+def bundle(
+    settings: Settings, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Bundle:
     folder = people_folder(shared_dir, tmp_path_factory.mktemp("people") / "all", PEOPLE)
     return publish_people(settings, folder)
 
@@ -106,7 +108,9 @@ def test_clip_names_lin_manuel_miranda_on_stage(clip_run: ClipRun, bundle: Bundl
         assert sum(view is not None and view.name == lin for view in singer) >= share * len(shot)
     for i in AUDIENCE:
         assert all(view.name != lin for view in clip_run.tracks[i])
-    assert all(view.name != label_of(bundle, "Biden") for views in clip_run.tracks for view in views)
+    assert all(
+        view.name != label_of(bundle, "Biden") for views in clip_run.tracks for view in views
+    )
 
 
 def _largest(views: tuple) -> object:
@@ -133,14 +137,18 @@ def test_clip_names_are_decided_once_per_track(clip_run: ClipRun) -> None:
     "audience: Obama's three-quarter views score 0.89-0.91 (threshold 0.91) while other "
     "faces reach 0.92 for Alex Lacamoire",
 )
-def test_clip_names_obama_in_the_audience_and_nobody_else(clip_run: ClipRun, bundle: Bundle) -> None:
+def test_clip_names_obama_in_the_audience_and_nobody_else(
+    clip_run: ClipRun, bundle: Bundle
+) -> None:
     obama, lin = label_of(bundle, "Obama"), label_of(bundle, "Miranda")
     audience = [clip_run.tracks[i] for i in AUDIENCE]
     assert sum(any(v.name == obama for v in views) for views in audience) >= 0.5 * len(audience)
     for i, views in enumerate(clip_run.tracks):
         for view in views:
             allowed = {None, lin} if i in STAGE or i in WIDE_STAGE else {None, obama}
-            assert view.name in allowed | ({label_of(bundle, "Lacamoire")} if i in WIDE_STAGE else set())
+            assert view.name in allowed | (
+                {label_of(bundle, "Lacamoire")} if i in WIDE_STAGE else set()
+            )
 
 
 async def test_without_a_bundle_every_face_is_unknown(settings: Settings, clip: Path) -> None:
@@ -281,7 +289,11 @@ def test_webcam_keys() -> None:
 
 
 def test_run_command_writes_video_events_and_a_summary(
-    settings: Settings, bundle: Bundle, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    settings: Settings,
+    bundle: Bundle,
+    clip: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     short = tmp_path / "short.mp4"
     writer = cv2.VideoWriter(str(short), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 360))
@@ -290,10 +302,16 @@ def test_run_command_writes_video_events_and_a_summary(
     writer.release()
     out, events = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
     common = [
-        "--state-dir", str(settings.state_dir), "--cache-dir", str(settings.cache_dir),
-        "--models-dir", str(settings.models_dir),
+        "--state-dir",
+        str(settings.state_dir),
+        "--cache-dir",
+        str(settings.cache_dir),
+        "--models-dir",
+        str(settings.models_dir),
     ]
-    status = main(["run", "--source", str(short), "--output", str(out), "--events", str(events), *common])
+    status = main(
+        ["run", "--source", str(short), "--output", str(out), "--events", str(events), *common]
+    )
     assert status == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     lin = label_of(bundle, "Miranda")
@@ -313,3 +331,16 @@ def test_run_command_writes_video_events_and_a_summary(
     assert status == 0
     assert json.loads(captured.out.splitlines()[0])["name"] == lin
     assert captured.err.strip().splitlines()[-1].startswith("40 frames in ")
+
+
+def test_run_command_names_a_missing_camera(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    present = {p.name for p in Path("/dev").glob("video*")}
+    index = next(i for i in range(10, 64) if f"video{i}" not in present)
+    status = main(["run", "--source", str(index), "--state-dir", str(settings.state_dir)])
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
+        f"facestream: error: camera {index} (/dev/video{index}) cannot be opened"
+    )

@@ -8,67 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from pipeline_support import RGB, SIZE, active, mean_colour_backbone, stand_in_bundle
 
-from facecore.bundle import Bundle, BundleManifest, write_bundle
-from facecore.embedder import Embedder, Preprocessing
-from facecore.sessions import create_session
 from streamer.errors import ClosedError
 from streamer.recognizer import ActiveModel, BatchRecognizer
-
-SIZE = 8
-RGB = Preprocessing(size=(SIZE, SIZE), colour="rgb", mean=(100.0, 100.0, 100.0), scale=0.01)
-TEMPLATE = ((2.0, 3.0), (6.0, 3.0), (4.0, 4.5), (2.5, 6.0), (5.5, 6.0))
-
-
-def mean_colour_backbone(path: Path, size: int = SIZE) -> Path:
-    """A real ONNX graph: chips [N, 3, size, size] -> their mean colour [N, 3]."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["chips"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["embeddings"]),
-        ],
-        "mean_colour",
-        [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
-
-
-def stand_in_bundle(
-    directory: Path,
-    backbone: Path,
-    *,
-    version: int = 1,
-    preprocessing: Preprocessing = RGB,
-    labels: tuple[str, ...] = ("red", "blue"),
-) -> Bundle:
-    weights = np.eye(3, dtype=np.float32)[[0, 2]][: len(labels)]
-    manifest = BundleManifest(
-        version=version,
-        created="2026-01-01T00:00:00+00:00",
-        store_revision=0,
-        backbone_name="mean_colour",
-        backbone_sha256="",
-        preprocessing=preprocessing,
-        template=TEMPLATE,
-        head_kind="prototypes",
-        head_sha256="",
-        labels=labels,
-        person_ids=("",) * len(labels),
-        threshold=0.5,
-    )
-    return write_bundle(directory, backbone=backbone, weights=weights, manifest=manifest)
-
-
-def active(bundle: Bundle) -> ActiveModel:
-    session = create_session(bundle.backbone_path, device="cpu")
-    return ActiveModel(bundle, Embedder(session, bundle.manifest.preprocessing))
 
 
 @pytest.fixture
@@ -175,7 +119,9 @@ async def test_swaps_take_effect_between_batches(tmp_path: Path, model: ActiveMo
         assert np.allclose(r.embeddings, r.model.embedder.embed(c), atol=1e-6)
 
 
-async def test_chips_of_another_geometry_are_not_embedded(tmp_path: Path, model: ActiveModel) -> None:
+async def test_chips_of_another_geometry_are_not_embedded(
+    tmp_path: Path, model: ActiveModel
+) -> None:
     bigger = replace(RGB, size=(16, 16))
     big = active(
         stand_in_bundle(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import socketserver
 import threading
 import time
@@ -42,16 +43,18 @@ def test_parse_source(text: str, spec: SourceSpec) -> None:
 def test_missing_camera_names_the_device() -> None:
     present = {p.name for p in Path("/dev").glob("video*")}
     index = next(i for i in range(10, 64) if f"video{i}" not in present)
-    with pytest.raises(SourceError, match=rf"camera {index} \(/dev/video{index}\) cannot be opened"):
+    with pytest.raises(
+        SourceError, match=rf"camera {index} \(/dev/video{index}\) cannot be opened"
+    ):
         open_source(str(index))
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="nope.mp4 does not exist"):
+    with pytest.raises(SourceError, match=r"nope\.mp4 does not exist"):
         open_source(str(tmp_path / "nope.mp4"))
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    with pytest.raises(SourceError, match="notes.mp4 cannot be opened as a video"):
+    with pytest.raises(SourceError, match=r"notes\.mp4 cannot be opened as a video"):
         open_source(str(text))
 
 
@@ -145,7 +148,7 @@ def test_paced_file_skips_frames_for_a_slow_reader(clip: Path) -> None:
             assert time.monotonic() - frame.captured < 0.03  # fresh, not queued
             indices.append(frame.index)
         assert source.dropped >= 8 * 4
-        assert all(b - a >= 4 for a, b in zip(indices, indices[1:], strict=False))
+        assert all(b - a >= 4 for a, b in itertools.pairwise(indices))
     finally:
         source.close()
 
@@ -160,6 +163,7 @@ class _MjpegCamera:
         self.jpegs = []
         for _ in range(30):
             ok, image = capture.read()
+            assert ok
             self.jpegs.append(cv2.imencode(".jpg", image)[1].tobytes())
         capture.release()
         self.per_connection = per_connection
@@ -172,7 +176,7 @@ class _MjpegCamera:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 if camera.down_left > 0:
                     camera.down_left -= 1
                     camera.refused += 1

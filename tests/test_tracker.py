@@ -114,13 +114,18 @@ def test_dropped_recognition_is_asked_again() -> None:
     assert tracker.update(_faces((0, 0, 50, 50)), _quality(1)).recognize[0]
 
 
-def test_rechecks_are_spread_over_frames() -> None:
-    tracker = _tracker(max_rechecks_per_frame=2)
-    boxes = [(100 * i, 0, 100 * i + 60, 70) for i in range(5)]
-    for _ in range(SETTINGS.recheck_frames):
-        tracker.update(_faces(*boxes), _quality(5))
-    counts = [int(tracker.update(_faces(*boxes), _quality(5)).recognize.sum()) for _ in range(4)]
-    assert counts == [2, 2, 1, 0]
+def test_recognitions_are_spread_over_frames() -> None:
+    tracker = _tracker(max_recognitions_per_frame=4)
+    boxes = [(100 * i, 0, 100 * i + 60, 70) for i in range(6)]
+    quality = np.linspace(0.9, 0.4, 6).astype(np.float32)
+    first = tracker.update(_faces(*boxes), quality)
+    assert first.recognize.tolist() == [True] * 4 + [False] * 2  # the best views first
+    second = tracker.update(_faces(*boxes), quality)
+    assert second.recognize.tolist() == [False] * 4 + [True] * 2  # the rest, next frame
+    for _ in range(SETTINGS.recheck_frames - 2):
+        tracker.update(_faces(*boxes), quality)
+    counts = [int(tracker.update(_faces(*boxes), quality).recognize.sum()) for _ in range(4)]
+    assert counts == [4, 2, 0, 0]
 
 
 def test_without_tracking_every_face_is_recognised_every_frame() -> None:

@@ -27,13 +27,16 @@ from facecore.config import Settings, load_settings
 from facecore.detector import Detector
 from facecore.download import sha256_file
 from facecore.embedder import Embedder
+from facecore.errors import BundleError
 from facecore.publish import current_bundle_dir, versions
 from facecore.registry import model_cache_dir, model_path
 from trainer.augment import Augmentation
 from trainer.backbone import Backbone
+from trainer.embeddings import embedding_key
+from trainer.fit import CosineHead
 from trainer.onnx_export import prepare_dlib_resnet
 from trainer.report import REPORT_FILES
-from trainer.service import TrainerService, bundles_dir, enrollment_dir
+from trainer.service import TrainerService, bundles_dir, check_export, enrollment_dir
 from trainer.train_cli import PUBLISH_PAUSE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,9 +147,15 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         assert current.path.name == "v000001"
         assert all((current.path / name).is_file() for name in REPORT_FILES)
 
+        # the exported head.npz scores as the torch head did; another head is refused
+        faces = _faces(detector, backbone, shared_dir / "media" / "two_people.jpg")
+        rows = current.gallery.weights
+        assert check_export(current, CosineHead(rows), faces) < 1e-5
+        with pytest.raises(BundleError, match="differs from the torch head"):
+            check_export(current, CosineHead(rows[::-1].copy()), faces)
+
         # a photo that was not enrolled: Obama on the left, Biden on the right
-        index, _ = current.gallery.match(_faces(detector, backbone, shared_dir / "media" /
-                                                "two_people.jpg"))
+        index, _ = current.gallery.match(faces)
         assert [manifest.labels[i] for i in index] == ["Barack Obama", "Joe Biden"]
 
         counting.chips = 0
@@ -164,14 +173,27 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         with EnrollmentStore(enrollment_dir(settings)) as store:
             hugo = store.find_person("Hugo Chavez")
             hugo_samples = store.samples(hugo.id)
+            cached = store.cached_embeddings(embedding_key(backbone), hugo_samples)
+            assert len(cached) == len(hugo_samples) == added
             store.remove_person(hugo.id)
-            assert store.cached_embeddings(backbone.sha256, hugo_samples) == {}
+            assert store.cached_embeddings(embedding_key(backbone), hugo_samples) == {}
         bundle = service.run_once()
         assert bundle is not None
         assert set(bundle.manifest.labels) == names
         assert hugo.id not in bundle.manifest.person_ids
         assert counting.chips == added * (1 + copies)  # nothing new to embed
         assert versions(bundles_dir(settings)) == [1, 2, 3]
+
+    # another alignment template makes other chips: nothing cached is reused
+    moved = replace(backbone, template=backbone.template + np.float32(1.0))
+    counting.chips = 0
+    with TrainerService(settings, backbone=moved, recipe=Augmentation(copies=copies),
+                        progress=False) as service:
+        bundle = service.run_once()
+        assert bundle is not None and bundle.manifest.template[0][0] == moved.template[0][0]
+        assert counting.chips == first * (1 + copies)
+        assert service.run_once() is None
+    assert versions(bundles_dir(settings)) == [2, 3, 4]  # keep_versions = 3
     service.close()  # a second close does nothing
 
 

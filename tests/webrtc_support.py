@@ -30,34 +30,30 @@ TOKEN = "test-token-0123456789abcdef"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def recognizer_settings(
+def server_settings(
     shared_dir: Path, state_dir: Path, cache_dir: Path, **server: object
 ) -> Settings:
-    """Settings that find YuNet in the shared models folder and the dlib ResNet
-    converted (once per cache_dir) into ``cache_dir``; ``server`` sets
+    """Settings that find YuNet in the shared models folder; ``server`` sets
     ``server.*`` keys (e.g. ``max_sessions=1``)."""
-    from trainer.onnx_export import prepare_dlib_resnet
-
-    spec = MODELS["dlib_resnet_v1"]
     cli: dict[str, object] = {
         "state_dir": str(state_dir),
         "cache_dir": str(cache_dir),
         "models_dir": str(shared_dir / "models"),
         **{f"server.{k}": v for k, v in server.items()},
     }
-    settings = load_settings(cli, {})
-    target = model_cache_dir(settings) / spec.filename
-    if not target.is_file():
-        dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
-        prepare_dlib_resnet(dat, model_cache_dir(settings))
-    return settings
+    return load_settings(cli, {})
 
 
 def build_people_bundle(settings: Settings, shared_dir: Path) -> None:
-    """Publish a bundle of the shared people (Lin-Manuel Miranda, Alex Lacamoire,
-    Barack Obama, Joe Biden) into ``state_dir/bundles``."""
+    """Convert the dlib ResNet into the settings' cache (once per cache) and publish a
+    bundle of the shared people (Lin-Manuel Miranda, Alex Lacamoire, Barack Obama,
+    Joe Biden) into ``state_dir/bundles``."""
     from trainer.gallery import build_folder_bundle
+    from trainer.onnx_export import prepare_dlib_resnet
 
+    if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
+        dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
+        prepare_dlib_resnet(dat, model_cache_dir(settings))
     build_folder_bundle(shared_dir / "people", settings.state_dir / "bundles", settings)
 
 

@@ -1,17 +1,21 @@
 """Embeddings of enrollment samples, clean and augmented, through the store's cache.
 
 The store caches one vector per (sample content hash, key). Clean embeddings are
-kept under the backbone's sha256; the ``copies`` augmented embeddings of a sample
-are kept as one flattened [copies * D] vector under ``"<backbone sha256>+<recipe
-key>"``, so a change of backbone or of augmentation recipe never reuses stale vectors.
+kept under ``embedding_key(backbone)``: the backbone's sha256 and a fingerprint of
+its alignment template and preprocessing (a chip, hence its embedding, depends on
+all three); the ``copies`` augmented embeddings of a sample are kept as one
+flattened [copies * D] vector under ``"<embedding key>+<recipe key>"``. A change of
+backbone, alignment or augmentation recipe therefore never reuses stale vectors.
 Only samples missing either vector are aligned, augmented and embedded, and their
 vectors are cached batch by batch, so an interrupted pass keeps what it did.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +26,7 @@ from facecore.alignment import align_faces
 from trainer.augment import Augmentation, augment_chips, seed_of
 from trainer.backbone import Backbone
 
-__all__ = ["SampleEmbeddings", "augmented_cache_key", "embed_samples"]
+__all__ = ["SampleEmbeddings", "embed_samples", "embedding_key"]
 
 BATCH_SIZE = 32  # samples per ONNX call (each brings its augmented copies along)
 
@@ -34,8 +38,14 @@ class SampleEmbeddings:
     computed: int  # samples embedded by this call (the others came from the cache)
 
 
-def augmented_cache_key(backbone_sha256: str, recipe: Augmentation) -> str:
-    return f"{backbone_sha256}+{recipe.key}"
+def embedding_key(backbone: Backbone) -> str:
+    """The cache key of a backbone's clean embeddings: ``<sha256>/<fingerprint of the
+    template and preprocessing>``."""
+    chips = json.dumps(
+        [np.asarray(backbone.template, np.float64).round(6).tolist(),
+         asdict(backbone.embedder.preprocessing)],
+    )
+    return f"{backbone.sha256}/{hashlib.sha256(chips.encode()).hexdigest()[:16]}"
 
 
 def embed_samples(
@@ -49,8 +59,9 @@ def embed_samples(
     """Clean and augmented embeddings of ``samples``, from the cache where possible."""
     dimension = backbone.embedder.dimension
     copies = recipe.copies
-    aug_key = augmented_cache_key(backbone.sha256, recipe)
-    clean = store.cached_embeddings(backbone.sha256, samples)
+    key = embedding_key(backbone)
+    aug_key = f"{key}+{recipe.key}"
+    clean = store.cached_embeddings(key, samples)
     augmented = {
         digest: vector.reshape(copies, dimension)
         for digest, vector in store.cached_embeddings(aug_key, samples).items()
@@ -63,7 +74,7 @@ def embed_samples(
         for start in range(0, len(missing), BATCH_SIZE):
             batch = missing[start : start + BATCH_SIZE]
             fresh_clean, fresh_augmented = _embed_batch(store, backbone, batch, recipe)
-            store.cache_embeddings(backbone.sha256, fresh_clean)
+            store.cache_embeddings(key, fresh_clean)
             store.cache_embeddings(
                 aug_key, {k: v.reshape(-1) for k, v in fresh_augmented.items()}
             )

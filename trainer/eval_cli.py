@@ -247,17 +247,9 @@ def _embed_facestream(settings: Settings, paths: Sequence[Path]) -> _Embedded:
 
     from facecore.alignment import align_faces
     from facecore.detector import Detector
-    from facecore.registry import DETECTOR, model_path
     from trainer.backbone import Backbone
 
-    detection = settings.detection
-    detector = Detector(
-        model_path(settings, DETECTOR),
-        size=detection.size,
-        score_threshold=detection.score_threshold,
-        nms_threshold=detection.nms_threshold,
-        min_face_px=detection.min_face_px,
-    )
+    detector = Detector.from_settings(settings)
     backbone = Backbone.from_settings(settings)
     width, height = size = backbone.embedder.size
     found = np.zeros(len(paths), bool)

@@ -21,8 +21,8 @@ cosine head, judged on a held-out split.
    the epoch count early stopping chose), and keep the threshold calibrated in 3.
 
 With nothing to hold out (every person has one sample) no fitted head can be judged:
-the baseline is published, calibrated on all samples (a probe never contributes to
-the *other* people's prototypes, so its open-set scores are fair impostor scores).
+the baseline is published, calibrated on strangers as in 3; its reported accuracy is
+then measured on the samples it was built from, and says little.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Split:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One head, scored on the probes that calibrated its threshold."""
+    """One head: its threshold calibrated on strangers, its figures on held-out probes."""
 
     kind: str  # "prototypes" or "cosine"
     scores: OpenSetScores

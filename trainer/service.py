@@ -3,7 +3,8 @@
 One run (``TrainerService.run_once``):
 
 1. read the store's revision; when the current bundle was built from that revision
-   with the same backbone, there is nothing to do;
+   with the same backbone (file, alignment template, preprocessing), there is
+   nothing to do;
 2. embed every sample, clean and augmented (``trainer.embeddings``; cached, so only
    new samples cost anything);
 3. choose the head, the prototype baseline or the fitted cosine head, and calibrate
@@ -36,11 +37,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from enrollment.store import EnrollmentStore, Person, Sample
+from facecore import systemd
 from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, write_bundle
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
 from facecore.publish import current_bundle_dir, publish
-from trainer import sd_notify
 from trainer.augment import Augmentation
 from trainer.backbone import Backbone
 from trainer.embeddings import embed_samples
@@ -110,7 +111,7 @@ class TrainerService:
         config: FitConfig | None = None,
         progress: bool = True,
         publish_pause: float = 0.0,
-        notify: Callable[[str], object] = sd_notify.notify,
+        notify: Callable[[str], object] = systemd.notify,
     ) -> None:
         self.settings = settings
         self.bundles_dir = bundles_dir(settings)
@@ -158,12 +159,19 @@ class TrainerService:
             return None
 
     def up_to_date(self, revision: int) -> bool:
+        """The current bundle was fitted on store ``revision`` with this backbone,
+        alignment template and preprocessing."""
         manifest = self.current_manifest()
         return (
             manifest is not None
             and manifest.store_revision == revision
             and manifest.backbone_sha256 == self.backbone.sha256
+            and manifest.template == self._template()
+            and manifest.preprocessing == self.backbone.embedder.preprocessing
         )
+
+    def _template(self) -> tuple[tuple[float, float], ...]:
+        return tuple((float(x), float(y)) for x, y in self.backbone.template)
 
     def run_once(self) -> Bundle | None:
         """Re-fit and publish if the store changed since the current bundle; returns the
@@ -230,7 +238,7 @@ class TrainerService:
             backbone_name=self.backbone.name,
             backbone_sha256=self.backbone.sha256,
             preprocessing=self.backbone.embedder.preprocessing,
-            template=tuple((float(x), float(y)) for x, y in self.backbone.template),
+            template=self._template(),
             head_kind=selection.kind if selection else "prototypes",
             head_sha256="",
             labels=tuple(p.name for p in fitted.people),

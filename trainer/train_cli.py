@@ -71,7 +71,7 @@ def _trainer(settings: Settings, args: argparse.Namespace) -> int:
     except StopRequested as exc:
         if service is not None:
             service.notify("STOPPING=1")
-        log.info("trainer %s; a bundle in the making is dropped", exc)
+        log.info("trainer %s (a bundle in the making, if any, is dropped)", exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if service is not None:

@@ -7,6 +7,7 @@
 
 (() => {
   const SEEN_FOR_MS = 4000; // a name leaves the list this long after its last event
+  const UNKNOWN_SEEN_FOR_MS = 1500; // unknown faces: only those of the latest restatement
   const GATHER_TIMEOUT_MS = 3000;
   const STATS_EVERY_MS = 1000;
   const UNSTABLE_AFTER_MS = 4000; // "disconnected" this long counts as lost
@@ -327,7 +328,7 @@
     return h;
   }
 
-  function personItem(name, detail, unknown) {
+  function personItem(name, unknown) {
     const item = document.createElement("li");
     item.className = unknown ? "person unknown" : "person";
     const avatar = document.createElement("span");
@@ -339,17 +340,19 @@
     label.textContent = name;
     const meter = document.createElement("span");
     meter.className = "confidence";
-    meter.textContent = detail;
     item.append(avatar, label, meter);
     return item;
   }
+
+  // Items are kept per name (their entrance animation plays once, not at each render).
+  const items = new Map(); // name, or UNKNOWN -> <li>
 
   function renderPeople() {
     const now = performance.now();
     const known = new Map(); // name -> best confidence
     let unknown = 0;
     for (const [key, entry] of app.people) {
-      if (now - entry.seen > SEEN_FOR_MS) {
+      if (now - entry.seen > (entry.name === UNKNOWN ? UNKNOWN_SEEN_FOR_MS : SEEN_FOR_MS)) {
         app.people.delete(key);
       } else if (entry.name === UNKNOWN) {
         unknown += 1;
@@ -358,13 +361,28 @@
       }
     }
     const names = [...known.keys()].sort((a, b) => a.localeCompare(b));
-    const items = names.map((name) => personItem(name, `${Math.round(known.get(name) * 100)}%`, false));
-    if (unknown) {
-      items.push(personItem(unknown === 1 ? "Unknown face" : `${unknown} unknown faces`, "", true));
+    const shown = [];
+    for (const name of names) {
+      if (!items.has(name)) items.set(name, personItem(name, false));
+      items.get(name).lastChild.textContent = `${Math.round(known.get(name) * 100)}%`;
+      shown.push(items.get(name));
     }
-    $("people").replaceChildren(...items);
+    if (unknown) {
+      if (!items.has(UNKNOWN)) items.set(UNKNOWN, personItem("", true));
+      const item = items.get(UNKNOWN);
+      item.querySelector(".person-name").textContent = unknown === 1 ? "Unknown face" : `${unknown} unknown faces`;
+      shown.push(item);
+    }
+    for (const [key, item] of items) {
+      if (!shown.includes(item)) items.delete(key);
+    }
+    const list = $("people");
+    shown.forEach((item, index) => {
+      if (list.children[index] !== item) list.insertBefore(item, list.children[index] || null);
+    });
+    while (list.children.length > shown.length) list.lastChild.remove();
     $("people-count").textContent = String(names.length);
-    $("people-empty").hidden = items.length > 0;
+    $("people-empty").hidden = shown.length > 0;
   }
 
   // ---- figures ---------------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""Live pipeline speed: the shared clip end to end, with tracking and without.
+
+For each frame size (the clip itself at 640x360, else re-encoded to that size in a
+temporary file; decoding is part of the cost) and each tracking mode, two feeds:
+
+* ``max``: the file read as fast as the pipeline takes it (lossless): frames per
+  second end to end, decoding to annotated frame;
+* ``paced``: the file read at ``--rate`` frames per second, newest frame wins (as a
+  camera): per-frame latency from the frame's arrival to its annotated result,
+  p50 and p99, and how many frames were skipped.
+
+Recognition uses a bundle of ``../shared/people`` (one prototype per person) built
+into a temporary state folder; "named" is the share of face detections that carried
+a name, and the names seen. Tracking off recognises every face in every frame (the
+baseline). All rows come from one run; the load average says how busy the machine was.
+
+    FACESTREAM_SHARED=../shared python bench/pipeline.py --size 640x360 --size 1280x720
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Run as `python bench/pipeline.py`, Python puts bench/ first on sys.path, where
+# bench/facecore.py would shadow the facecore package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from facecore.config import Settings, load_settings
+from facecore.registry import MODELS, model_cache_dir, model_path
+from streamer.engine import Engine
+from streamer.pipeline import FrameResult
+from streamer.runner import run_source
+from streamer.sources import CaptureSource, SourceFrame, parse_source
+from trainer.gallery import build_folder_bundle
+from trainer.onnx_export import prepare_dlib_resnet
+
+STAGES = ("detect", "recognize", "annotate", "total")
+
+
+@dataclass
+class Row:
+    size: str
+    tracking: bool
+    feed: str
+    frames: int = 0
+    seconds: float = 0.0
+    dropped: int = 0
+    faces: int = 0
+    named: int = 0
+    names: set[str] = field(default_factory=set)
+    stage_ms: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    latency_ms: list[float] = field(default_factory=list)
+    recognitions: int = 0
+
+    def markdown(self) -> str:
+        fps = self.frames / self.seconds if self.seconds else 0.0
+        stages = " | ".join(f"{np.mean(self.stage_ms[s]):.1f}" for s in STAGES)
+        p50, p99 = np.percentile(self.latency_ms, [50, 99])
+        share = self.named / self.faces if self.faces else 0.0
+        names = ", ".join(sorted(self.names)) or "none"
+        return (
+            f"| {self.size} | {'on' if self.tracking else 'off'} | {self.feed} | {self.frames} "
+            f"| {fps:.1f} | {stages} | {p50:.1f} | {p99:.1f} | {self.dropped} "
+            f"| {self.recognitions} | {share:.0%} ({names}) |"
+        )
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def _cpu() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
+    info = dict(line.split(":", 1) for line in lines.splitlines() if ":" in line)
+    return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs"
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    try:
+        return int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+
+
+def _video(clip: Path, size: tuple[int, int], repeat: int, into: Path) -> Path:
+    """The clip itself at its own size, else re-encoded (MPEG-4) at ``size``,
+    ``repeat`` times over."""
+    capture = cv2.VideoCapture(str(clip))
+    native = (
+        int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    )
+    if native == size and repeat == 1:
+        capture.release()
+        return clip
+    path = into / f"clip-{size[0]}x{size[1]}.mp4"
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame if frame.shape[1::-1] == size else cv2.resize(frame, size))
+    capture.release()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    for _ in range(repeat):
+        for frame in frames:
+            writer.write(frame)
+    writer.release()
+    return path
+
+
+def _settings(args: argparse.Namespace, state: Path, tracking: bool) -> Settings:
+    cli = {
+        "state_dir": str(state),
+        "models_dir": str(args.shared / "models"),
+        "tracking.enabled": tracking,
+        "recognition.device": args.device,
+    }
+    if args.cache_dir is not None:
+        cli["cache_dir"] = str(args.cache_dir)
+    return load_settings(cli, {})
+
+
+async def _measure(engine: Engine, video: Path, row: Row, rate: float | None) -> None:
+    spec = parse_source(str(video))
+    warm = engine.pipeline("warm-up")
+    source = CaptureSource(spec)
+    for _ in range(8):
+        frame = source.read()
+        if frame is not None:
+            await warm.process(frame.image)
+    source.close()
+    warm.close()
+    faces_before = engine.recognizer.faces
+
+    def collect(frame: SourceFrame, result: FrameResult, done: float) -> None:
+        row.latency_ms.append((done - frame.captured) * 1000.0)
+        for stage in STAGES:
+            row.stage_ms[stage].append(result.timings_ms[stage])
+        row.faces += len(result.tracks)
+        for view in result.tracks:
+            if view.name is not None:
+                row.named += 1
+                row.names.add(view.name)
+
+    source = CaptureSource(spec, pace=rate) if rate else CaptureSource(spec)
+    pipeline = engine.pipeline(f"{row.size} {row.feed}")
+    try:
+        summary = await run_source(source, pipeline, collect)
+    finally:
+        source.close()
+        pipeline.close()
+    row.frames, row.seconds, row.dropped = summary.frames, summary.seconds, summary.dropped
+    row.recognitions = engine.recognizer.faces - faces_before
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--size",
+        type=_size,
+        action="append",
+        metavar="WxH",
+        help="frame size (repeatable; default 640x360 and 1280x720)",
+    )
+    parser.add_argument("--rate", type=float, default=30.0, help="paced feed, frames/s")
+    parser.add_argument(
+        "--no-tracking",
+        dest="modes",
+        action="store_const",
+        const=(False,),
+        default=(True, False),
+        help="only the baseline (recognise every face)",
+    )
+    parser.add_argument(
+        "--tracking-only",
+        dest="modes",
+        action="store_const",
+        const=(True,),
+        help="only the rows with tracking",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="clip passes per row")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--cache-dir", type=Path, help="where the converted ONNX is kept")
+    parser.add_argument("--shared", type=Path, default=_shared(), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sizes = args.size or [(640, 360), (1280, 720)]
+
+    with tempfile.TemporaryDirectory(prefix="facestream-bench-") as temp:
+        root = Path(temp)
+        settings = _settings(args, root / "state", True)
+        spec = MODELS[settings.recognition.model]
+        if not (model_cache_dir(settings) / spec.filename).is_file():
+            source = model_path(settings, "dlib_resnet_v1_dat")
+            prepare_dlib_resnet(source, model_cache_dir(settings))
+        bundle = build_folder_bundle(
+            args.shared / "people", settings.state_dir / "bundles", settings
+        )
+        clip = args.shared / "media" / "short_hamilton_clip.mp4"
+        load_before = os.getloadavg()
+        rows = []
+        for size in sizes:
+            video = _video(clip, size, args.repeat, root)
+            for tracking in args.modes:
+                with Engine.from_settings(
+                    _settings(args, settings.state_dir, tracking), watch=False
+                ) as engine:
+                    for feed, rate in (("max", None), (f"paced {args.rate:g}/s", args.rate)):
+                        row = Row(f"{size[0]}x{size[1]}", tracking, feed)
+                        asyncio.run(_measure(engine, video, row, rate))
+                        rows.append(row)
+                        print(
+                            f"measured {row.size} tracking {'on' if tracking else 'off'} {feed}",
+                            file=sys.stderr,
+                        )
+        load_after = os.getloadavg()
+
+    print(
+        f"machine: {_cpu()} ({os.cpu_count()} usable); {platform.system()} {platform.release()}; "
+        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+    )
+    print(
+        f"python {platform.python_version()}, onnxruntime {ort.__version__} "
+        f"({args.device}), opencv {cv2.__version__}; bundle: {len(bundle.manifest.labels)} people, "
+        f"threshold {bundle.manifest.threshold}; clip x{args.repeat} per row\n"
+    )
+    print(
+        "| size | tracking | feed | frames | fps | detect ms | recognize ms | annotate ms "
+        "| total ms | latency p50 ms | latency p99 ms | skipped | faces embedded | named |"
+    )
+    print("| --- | --- | --- |" + " ---: |" * 10 + " --- |")
+    for row in rows:
+        print(row.markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The web server's edges: token, certificate, announcement, login, and every kind
+of bad offer, against the real application on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import selectors
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+from aiortc.mediastreams import AudioStreamTrack
+from cryptography import x509
+from webrtc_support import TOKEN, LiveServer, connect, live_server, post_offer, server_settings
+
+from facecore.config import Settings, load_settings
+from facecore.errors import ConfigError
+from streamer.announce import lan_addresses, qr_text, server_urls
+from streamer.auth import COOKIE_NAME, load_or_create_token, token_path
+from streamer.engine import Engine
+from streamer.signalling import parse_ice_servers
+from streamer.tls import CertificatePair, ensure_certificate, fingerprint, server_ssl_context
+
+
+def _settings(tmp_path: Path, environ: dict[str, str] | None = None, **cli: object) -> Settings:
+    return load_settings(
+        {"state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"), **cli},
+        environ or {},
+    )
+
+
+# ---- token ------------------------------------------------------------------------------
+
+
+def test_token_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    token, created = load_or_create_token(settings)
+    assert created and len(token) >= 32
+    path = token_path(settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert load_or_create_token(settings) == (token, False)
+
+
+def test_a_given_token_wins_and_is_never_written(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {"FACESTREAM_TOKEN": "from-the-environment-123"})
+    assert load_or_create_token(settings) == ("from-the-environment-123", False)
+    assert not token_path(settings).exists()
+    with pytest.raises(ConfigError, match=r"server\.token"):
+        load_or_create_token(_settings(tmp_path, **{"server.token": "short"}))
+
+
+# ---- certificate --------------------------------------------------------------------------
+
+
+def test_self_signed_certificate_is_made_once(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    pair = ensure_certificate(settings, ["192.0.2.7"])
+    assert pair.self_signed
+    assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    ips = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    assert {"127.0.0.1", "192.0.2.7"} <= ips
+    first = fingerprint(pair.cert)
+    assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", first)
+    assert fingerprint(ensure_certificate(settings).cert) == first  # reused, not remade
+    server_ssl_context(pair)
+
+
+def test_user_certificate_must_come_with_its_own_key(tmp_path: Path) -> None:
+    made = ensure_certificate(_settings(tmp_path / "a"))
+    other = ensure_certificate(_settings(tmp_path / "b"))
+    with pytest.raises(ConfigError, match="both --cert and --key"):
+        ensure_certificate(_settings(tmp_path, **{"server.cert_file": str(made.cert)}))
+    given = ensure_certificate(
+        _settings(
+            tmp_path, **{"server.cert_file": str(made.cert), "server.key_file": str(made.key)}
+        )
+    )
+    assert given == CertificatePair(made.cert, made.key, self_signed=False)
+    with pytest.raises(ConfigError, match="cannot use the certificate"):
+        server_ssl_context(CertificatePair(made.cert, other.key, self_signed=False))
+
+
+# ---- ICE servers and the start-up announcement -------------------------------------------
+
+
+def test_ice_servers_from_settings() -> None:
+    stun, turn = parse_ice_servers(["stun:stun.example.org:3478", "turn:ann:s3cret@10.0.0.2:3478"])
+    assert (stun.urls, stun.username) == ("stun:stun.example.org:3478", None)
+    assert (turn.urls, turn.username, turn.credential) == ("turn:10.0.0.2:3478", "ann", "s3cret")
+    tcp = parse_ice_servers(["turns:u:p@relay.example.org:5349?transport=tcp"])[0]
+    assert tcp.urls == "turns:relay.example.org:5349?transport=tcp"
+    for bad in ("stun.example.org", "turn:relay.example.org:3478", "stun:u:p@host:1", "http://x"):
+        with pytest.raises(ConfigError, match=r"server\.ice_servers"):
+            parse_ice_servers([bad])
+
+
+def _qr_image(text: str) -> np.ndarray:
+    """Render terminal half-block QR text (light modules drawn) back to pixels."""
+    rows = []
+    for line in text.splitlines():
+        if line:
+            rows.append([255 if ch in "█▀" else 0 for ch in line])
+            rows.append([255 if ch in "█▄" else 0 for ch in line])
+    image = cv2.resize(np.array(rows, np.uint8), None, fx=8, fy=8, interpolation=cv2.INTER_NEAREST)
+    return cv2.copyMakeBorder(image, 32, 32, 32, 32, cv2.BORDER_CONSTANT, value=255)
+
+
+def test_announcement_urls_and_a_qr_code_a_camera_can_read() -> None:
+    addresses = lan_addresses()
+    assert addresses and not any(a.startswith("127.") for a in addresses)
+    assert lan_addresses("192.0.2.9") == ["192.0.2.9"]
+    assert server_urls("https", ["192.168.1.20", "fd00::2"], 8443) == [
+        "https://192.168.1.20:8443/",
+        "https://[fd00::2]:8443/",
+    ]
+    url = f"https://192.168.1.20:8443/login#token={TOKEN}"
+    decoded, _, _ = cv2.QRCodeDetector().detectAndDecode(_qr_image(qr_text(url)))
+    assert decoded == url
+
+
+# ---- the application -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def settings(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("server")
+    return server_settings(shared_dir, root / "state", root / "cache", max_sessions=1)
+
+
+@pytest.fixture(scope="module")
+def engine(settings: Settings) -> Iterator[Engine]:
+    with Engine.from_settings(settings, watch=False) as engine:
+        yield engine
+
+
+async def test_without_the_token_only_the_login_page_is_served(
+    settings: Settings, engine: Engine
+) -> None:
+    async with (
+        live_server(settings, engine) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        for path in ("/", "/static/app.js", "/api/nothing-here"):
+            async with http.get(server.url + path, allow_redirects=False) as r:
+                if path.startswith("/api/"):
+                    assert r.status == 401
+                else:
+                    assert (r.status, r.headers["Location"]) == (303, "/login")
+        async with http.get(server.url + "/api/config") as r:
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            assert (await r.json())["error"] == "Unauthorized"
+        async with http.get(server.url + "/login") as r:
+            page = await r.text()
+            assert r.status == 200 and 'name="token"' in page
+            assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+        for public in ("/static/style.css", "/static/login.js", "/static/icon.svg"):
+            async with http.get(server.url + public) as r:
+                assert r.status == 200, public
+        for token in (None, "wrong-token-wrong-token"):
+            status, body = await post_offer(server, {"sdp": "v=0", "type": "offer"}, token=token)
+            assert status == 401, body
+
+
+async def test_login_sets_a_strict_http_only_cookie(settings: Settings, engine: Engine) -> None:
+    async with (
+        live_server(settings, engine) as server,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        async with http.post(server.url + "/login", data={"token": "not-it"}) as r:
+            assert r.status == 401
+            assert 'id="login-error" hidden' not in await r.text()
+        async with http.post(
+            server.url + "/login", data={"token": TOKEN}, allow_redirects=False
+        ) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/")
+            cookie = r.headers["Set-Cookie"]
+        assert cookie.startswith(COOKIE_NAME + "=") and TOKEN not in cookie
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert "Secure" not in cookie  # plain HTTP here; the HTTPS test checks Secure
+        async with http.get(server.url + "/") as r:
+            assert r.status == 200 and 'id="remote"' in await r.text()
+        async with http.get(server.url + "/api/config") as r:
+            config = await r.json()
+            assert config == {
+                "ice_servers": [],
+                "sessions": 0,
+                "max_sessions": 1,
+                "bundle_version": None,
+            }
+        async with http.post(server.url + "/logout", allow_redirects=False) as r:
+            assert r.status == 303
+        async with http.get(server.url + "/", allow_redirects=False) as r:
+            assert r.status == 303
+
+
+async def _offer_sdp(*tracks: object) -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for track in tracks:
+        pc.addTrack(track)  # type: ignore[arg-type]
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def _expect(server: LiveServer, body: object, status: int, reason: str, **kw: object) -> None:
+    got, answer = await post_offer(server, body, **kw)  # type: ignore[arg-type]
+    assert got == status, answer
+    assert re.search(reason, str(answer["reason"])), answer
+    assert "Traceback" not in str(answer)
+
+
+async def test_bad_offers_get_clear_errors(settings: Settings, engine: Engine) -> None:
+    video = await _offer_sdp(VideoStreamTrack())
+    audio_only = await _offer_sdp(AudioStreamTrack())
+    vp9_only = re.sub(r"(VP8|H264)/90000", "VP9/90000", video)
+    high_profile_only = re.sub(r"VP8/90000", "VP9/90000", video).replace(
+        "profile-level-id=42", "profile-level-id=64"
+    )
+    async with live_server(settings, engine) as server:
+        peers = server.app
+        await _expect(server, None, 400, "not JSON", raw=b"{not json")
+        await _expect(server, ["sdp"], 400, "JSON object")
+        await _expect(server, {"sdp": video}, 400, "JSON object")
+        await _expect(server, {"sdp": video, "type": "answer"}, 400, '"type": "offer"')
+        await _expect(server, {"sdp": video, "type": "bogus"}, 400, '"type": "offer"')
+        await _expect(server, {"sdp": "hello", "type": "offer"}, 400, "no media")
+        await _expect(
+            server, {"sdp": "v=0\r\nm=video x y\r\n", "type": "offer"}, 400, "cannot be parsed"
+        )
+        await _expect(server, {"sdp": audio_only, "type": "offer"}, 400, "sends no video")
+        recvonly = video.replace("a=sendrecv", "a=recvonly")
+        await _expect(server, {"sdp": recvonly, "type": "offer"}, 400, "sends no video")
+        await _expect(server, {"sdp": vp9_only, "type": "offer"}, 415, "VP8 or H264")
+        await _expect(
+            server, {"sdp": high_profile_only, "type": "offer"}, 415, "no codec in common"
+        )
+        no_ice = re.sub(r"a=ice-(ufrag|pwd):.*\r\n", "", video)
+        await _expect(server, {"sdp": no_ice, "type": "offer"}, 400, "not usable")
+        from streamer.server import PEERS
+
+        assert len(peers[PEERS]) == 0  # nothing was left half-made
+
+
+async def test_past_the_session_limit_is_503_until_a_slot_frees(
+    settings: Settings, engine: Engine
+) -> None:
+    from streamer.server import PEERS
+
+    async with live_server(settings, engine) as server:
+        first = await connect(server, VideoStreamTrack())
+        assert await first.wait_for(lambda: len(first.frames) > 0, timeout=10)
+        body = {"sdp": await _offer_sdp(VideoStreamTrack()), "type": "offer"}
+        status, answer = await post_offer(server, body)
+        assert status == 503 and "1 sessions are in use" in str(answer["reason"])
+        await first.close()
+        peers = server.app[PEERS]
+        assert await first.wait_for(lambda: len(peers) == 0, timeout=5)
+        second = await connect(server, VideoStreamTrack())
+        assert await second.wait_for(lambda: len(second.frames) > 0, timeout=10)
+        await second.close()
+
+
+async def test_a_dead_stun_server_delays_the_answer_but_never_hangs_it(
+    shared_dir: Path, tmp_path: Path, engine: Engine
+) -> None:
+    """A STUN server that never answers: the answer still comes (host candidates
+    only, which is what a LAN needs) within aiortc's 5 s gathering bound."""
+    silent = await asyncio.get_running_loop().create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    port = silent[0].get_extra_info("sockname")[1]
+    try:
+        settings = load_settings(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "cache_dir": str(tmp_path / "cache"),
+                "server.ice_servers": f"stun:127.0.0.1:{port}",
+            },
+            {},
+        )
+        async with live_server(settings, engine) as server:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            body = {"sdp": await _offer_sdp(VideoStreamTrack()), "type": "offer"}
+            status, answer = await post_offer(server, body)
+            assert status == 200 and "typ host" in str(answer["sdp"])
+            assert loop.time() - start < 8.0
+            from streamer.server import PEERS
+
+            await server.app[PEERS].close()
+    finally:
+        silent[0].close()
+
+
+# ---- `facestream serve`, as a user runs it -----------------------------------------------------
+
+
+def _read_until_qr(process: subprocess.Popen[str], timeout: float) -> str:
+    """What the server printed up to the first line of its QR code."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
+            line = process.stdout.readline()
+            lines.append(line)
+            if not line or "█" in line:
+                break
+    return "".join(lines)
+
+
+def test_serve_command_prints_what_a_user_needs_and_stops_on_sigterm(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "FACESTREAM_STATE_DIR": str(tmp_path / "state"),
+        "FACESTREAM_CACHE_DIR": str(settings.cache_dir),
+        "FACESTREAM_MODELS_DIR": str(settings.models_dir),
+    }
+    env.pop("FACESTREAM_TOKEN", None)
+    command = [sys.executable, "-m", "facestream", "serve", "--host", "127.0.0.1", "--port", "0"]
+    with subprocess.Popen(
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        try:
+            text = _read_until_qr(process, timeout=60)
+            url = re.search(r"(https://127\.0\.0\.1:\d+/)", text)
+            assert url, text
+            cert = tmp_path / "state" / "tls" / "cert.pem"
+            assert f"SHA-256 fingerprint: {fingerprint(cert)}" in text
+            stored = (tmp_path / "state" / "server" / "token").read_text().strip()
+            assert f": {stored}" in text
+            context = ssl.create_default_context(cafile=str(cert))
+            with urllib.request.urlopen(url.group(1) + "login", context=context, timeout=10) as r:
+                assert r.status == 200
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
