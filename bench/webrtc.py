@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 import cv2
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 from numpy.typing import NDArray
@@ -80,6 +80,8 @@ def clip_frames(clip: Path, count: int = 150) -> list[NDArray[np.uint8]]:
             break
         frames.append(cv2.resize(frame, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA))
     capture.release()
+    if not frames:
+        raise SystemExit(f"no video frames in {clip} (set --shared or FACESTREAM_SHARED)")
     return frames
 
 
@@ -125,7 +127,9 @@ class Session:
     reader: asyncio.Task[None] | None = None
 
 
-async def open_session(url: str, frames: list[NDArray[np.uint8]], fps: float) -> Session:
+async def open_session(
+    url: str, frames: list[NDArray[np.uint8]], fps: float, codec: str
+) -> Session:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     track = StampedTrack(frames, fps)
     session = Session(pc, track)
@@ -152,7 +156,9 @@ async def open_session(url: str, frames: list[NDArray[np.uint8]], fps: float) ->
                 use_marker_jitter_buffer(receiver)
         session.reader = asyncio.ensure_future(read(remote))
 
-    pc.addTrack(track)
+    transceiver = pc.addTransceiver(track, direction="sendrecv")
+    wanted = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == codec]
+    transceiver.setCodecPreferences(wanted)
     await pc.setLocalDescription(await pc.createOffer())
     async with (
         aiohttp.ClientSession() as http,
@@ -198,8 +204,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(url: str, server_pid: int, n: int, frames: list[NDArray[np.uint8]],
-                  fps: float, warmup: float, seconds: float) -> Row:
-    sessions = [await open_session(url, frames, fps) for _ in range(n)]
+                  args: argparse.Namespace) -> Row:
+    fps, warmup, seconds = args.fps, args.warmup, args.seconds
+    sessions = [await open_session(url, frames, fps, args.codec) for _ in range(n)]
     await asyncio.sleep(warmup)
     start = time.perf_counter()
     sent0 = [s.track.count for s in sessions]
@@ -309,7 +316,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             rows = []
             for n in args.sessions:
                 rows.append(
-                    await measure(url, child.pid, n, frames, args.fps, args.warmup, args.seconds)
+                    await measure(url, child.pid, n, frames, args)
                 )
                 print(f"N={n}: done", file=sys.stderr, flush=True)
                 await wait_idle(url)
@@ -339,6 +346,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 2, 4, 8], help="comma-separated N values (default 1,2,4,8)")
     parser.add_argument("--fps", type=float, default=15.0)
+    parser.add_argument("--codec", choices=["video/VP8", "video/H264"], default="video/VP8",
+                        help="the codec the clients offer (Chrome: VP8; Safari: H264)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per N")
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring")
     parser.add_argument("--shared", type=Path,
@@ -352,7 +361,8 @@ def main() -> None:
         return
     rows = asyncio.run(run(args))
     print(f"\n{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the end), "
-          f"{WIDTH}x{HEIGHT} at {args.fps:g} fps, {args.seconds:g} s measured per row\n")
+          f"{WIDTH}x{HEIGHT} {args.codec} at {args.fps:g} fps, "
+          f"{args.seconds:g} s measured per row\n")
     print(table(rows, args.fps))
 
 

@@ -11,12 +11,19 @@ The backbone and the head stay separate files: a new bundle that only adds a
 person keeps the same backbone hash, so a running server swaps in the new [K, D]
 head without building a new ONNX Runtime session (reload in milliseconds).
 Scoring is one matrix product, ``similarity = embeddings @ weights.T``.
+
+Every bundle holds its own ``backbone.onnx``, but not its own copy of the bytes: when
+the writer knows the backbone's hash, the file is a hard link to the previous
+bundle's or to the model file (``write_bundle``), so publishing costs no 22 MB write.
+Model files and bundles are only ever replaced by rename, never rewritten in place,
+so a link never sees its content change; ``load_bundle`` checks every hash anyway.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -159,6 +166,45 @@ def load_bundle(path: Path) -> Bundle:
             weights = np.asarray(head["weights"], np.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise BundleError(f"bundle {path}: cannot read {HEAD_FILE}: {exc}") from exc
+    return _assemble(path, manifest, weights)
+
+
+def write_bundle(
+    path: Path,
+    *,
+    backbone: Path,
+    weights: NDArray[np.float32],
+    manifest: BundleManifest,
+    backbone_sha256: str | None = None,
+    link_from: Path | None = None,
+) -> Bundle:
+    """Write a complete bundle into the new directory ``path`` (hashes filled in)
+    and fsync it. Publishing it (the pointer switch) is ``facecore.publish``'s job.
+
+    ``backbone_sha256``, when given, is what ``backbone`` hashes to (the caller hashed
+    it when it loaded the model). The backbone is then hard-linked, not copied or
+    hashed again: from ``backbone`` itself, or, when that is on another file system
+    (a model cache on another mount), from the bundle ``link_from`` (the previous
+    one, beside ``path``) if its manifest names the same hash. Otherwise it is copied
+    and hashed as it is copied; a copy that does not hash to ``backbone_sha256`` is
+    a ``BundleError``."""
+    path = Path(path)
+    path.mkdir(mode=0o700)
+    digest = _place_backbone(backbone, path / BACKBONE_FILE, backbone_sha256, link_from)
+    weights = np.asarray(weights, np.float32)
+    np.savez(path / HEAD_FILE, weights=weights)
+    manifest = replace(
+        manifest, backbone_sha256=digest, head_sha256=sha256_file(path / HEAD_FILE)
+    )
+    (path / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    for name in (BACKBONE_FILE, HEAD_FILE, MANIFEST_FILE):
+        fsync_path(path / name)
+    fsync_path(path)
+    return _assemble(path, manifest, weights)
+
+
+def _assemble(path: Path, manifest: BundleManifest, weights: NDArray[np.float32]) -> Bundle:
+    """The bundle, once its head is known to fit its manifest."""
     try:
         gallery = Gallery(manifest.labels, weights, manifest.threshold)
     except ValueError as exc:
@@ -170,27 +216,40 @@ def load_bundle(path: Path) -> Bundle:
     return Bundle(path, manifest, gallery)
 
 
-def write_bundle(
-    path: Path,
-    *,
-    backbone: Path,
-    weights: NDArray[np.float32],
-    manifest: BundleManifest,
-) -> Bundle:
-    """Write a complete bundle into the new directory ``path`` (hashes filled in)
-    and fsync it. Publishing it (the pointer switch) is ``facecore.publish``'s job."""
-    path = Path(path)
-    path.mkdir(mode=0o700)
-    data = backbone.read_bytes()
-    (path / BACKBONE_FILE).write_bytes(data)
-    np.savez(path / HEAD_FILE, weights=np.asarray(weights, np.float32))
-    manifest = replace(
-        manifest,
-        backbone_sha256=hashlib.sha256(data).hexdigest(),
-        head_sha256=sha256_file(path / HEAD_FILE),
-    )
-    (path / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-    for name in (BACKBONE_FILE, HEAD_FILE, MANIFEST_FILE):
-        fsync_path(path / name)
-    fsync_path(path)
-    return load_bundle(path)
+def _place_backbone(
+    source: Path, target: Path, sha256: str | None, link_from: Path | None
+) -> str:
+    """Put the backbone at ``target`` (see ``write_bundle``); returns its sha256."""
+    if sha256:
+        candidates = [source]
+        if link_from is not None and _backbone_hash(link_from) == sha256:
+            candidates.append(link_from / BACKBONE_FILE)
+        for candidate in candidates:
+            try:
+                os.link(candidate, target)
+            except OSError:  # another file system (EXDEV), or gone since
+                continue
+            return sha256
+    digest = hashlib.sha256()
+    try:
+        with source.open("rb") as src, target.open("xb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+    except OSError as exc:
+        raise BundleError(f"cannot copy the backbone {source} into {target}: {exc}") from exc
+    if sha256 and digest.hexdigest() != sha256:
+        raise BundleError(
+            f"the backbone {source} has sha256 {digest.hexdigest()}, expected {sha256}: "
+            "it changed since it was loaded"
+        )
+    return digest.hexdigest()
+
+
+def _backbone_hash(bundle: Path) -> str | None:
+    """The backbone hash a bundle's manifest names; None when it cannot be read."""
+    try:
+        text = (bundle / MANIFEST_FILE).read_text(encoding="utf-8")
+        return BundleManifest.from_json(text).backbone_sha256
+    except (OSError, ValueError, KeyError, TypeError, BundleError):
+        return None

@@ -7,7 +7,11 @@ Layout under a bundles directory::
 
 A writer builds the next bundle in a hidden temporary directory, renames it to its
 version name, then replaces ``current``. A crash at any step leaves ``current``
-pointing at a complete bundle; leftovers are removed by the next publish.
+pointing at a complete bundle; leftovers (any hidden entry) are removed by the next
+publish. The model files of a published bundle are never modified; only the
+trainer's training report beside them may be completed later, file by file with a
+rename (see ``trainer.service``). One writer at a time: the trainer holds
+``state_dir/trainer.lock`` (``trainer.lock``).
 """
 
 from __future__ import annotations
@@ -17,15 +21,30 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from facecore.bundle import Bundle, load_bundle
+from facecore.bundle import Bundle
+from facecore.config import Settings
 from facecore.files import fsync_path
 
-__all__ = ["CURRENT", "current_bundle_dir", "next_version", "publish", "versions"]
+__all__ = [
+    "CURRENT",
+    "bundles_dir",
+    "current_bundle_dir",
+    "next_version",
+    "publish",
+    "versions",
+]
 
 CURRENT = "current"
 _VERSION = re.compile(r"^v(\d{6})$")
+
+
+def bundles_dir(settings: Settings) -> Path:
+    """Where the trainer publishes and the streamer follows ``current``:
+    ``state_dir/bundles``."""
+    return settings.state_dir / "bundles"
 
 
 def versions(bundles_dir: Path) -> list[int]:
@@ -50,15 +69,17 @@ def current_bundle_dir(bundles_dir: Path) -> Path | None:
 
 def publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int = 3) -> Bundle:
     """Publish a new version: ``build(directory, version)`` must write a complete
-    bundle into the (not yet existing) ``directory``; it is then renamed into place
-    and ``current`` switched to it. The newest ``keep`` versions are kept."""
+    bundle into the (not yet existing) ``directory`` and return it (as
+    ``facecore.bundle.write_bundle`` does: checked, without reading it back); it is
+    then renamed into place and ``current`` switched to it. The newest ``keep``
+    versions are kept. Returns the published bundle, at its final path."""
     bundles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _remove_leftovers(bundles_dir)
     version = next_version(bundles_dir)
     name = f"v{version:06d}"
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=bundles_dir))
     staging.rmdir()  # build() creates it, so a half-built bundle is never named vNNNNNN
-    build(staging, version)
+    bundle = build(staging, version)
     os.rename(staging, bundles_dir / name)
     link = bundles_dir / f".{CURRENT}-{version}"
     os.symlink(name, link)
@@ -66,7 +87,7 @@ def publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int =
     fsync_path(bundles_dir)
     for old in versions(bundles_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(bundles_dir / f"v{old:06d}", ignore_errors=True)
-    return load_bundle(bundles_dir / name)
+    return replace(bundle, path=bundles_dir / name)
 
 
 def _remove_leftovers(bundles_dir: Path) -> None:

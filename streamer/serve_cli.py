@@ -19,6 +19,8 @@ from facecore.config import Settings
 from facecore.errors import ConfigError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from streamer.tls import CertificatePair
 
 __all__ = ["register_serve", "serve"]
@@ -154,9 +156,9 @@ async def _serve(settings: Settings, out: TextIO) -> None:
         engine.close()
 
 
-def _bound_port(runner: object, asked: int) -> int:
-    addresses = getattr(runner, "addresses", [])
-    for address in addresses:
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    """The port the server listens on (``asked``, unless that was 0: any free one)."""
+    for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return asked
@@ -183,7 +185,8 @@ def _startup_text(
     if new_token is not None:
         lines.append(f"access token (new, stored in {new_token[1]}): {new_token[0]}")
     if urls:
-        lines.append("open on a phone on the same network:")
+        local = all("://127." in url or "://[::1]" in url for url in urls)
+        lines.append("open in a browser:" if local else "open on a phone on the same network:")
         lines.extend(f"  {url}" for url in urls)
     else:
         lines.append("no network address found; open it on this machine (localhost)")

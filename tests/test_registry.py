@@ -75,9 +75,10 @@ def test_registry_entries_are_consistent() -> None:
             assert spec.filename == f"{name}-{source.sha256[:16]}.onnx"
         if spec.kind == "recognizer":
             assert spec.template is not None and len(spec.template) == 5
-            # the eyes are level and the subject's right eye is on the image's left
+            # the eyes are about level (dlib's chip tilts them by 1 degree, see
+            # docs/alignment.md) and the subject's right eye is on the image's left
             (rx, ry), (lx, ly) = spec.template[0], spec.template[1]
-            assert rx < lx and ry == pytest.approx(ly, abs=1.0)
+            assert rx < lx and ry == pytest.approx(ly, abs=1.5)
     dlib = MODELS["dlib_resnet_v1"]
     assert (dlib.input_size, dlib.colour, dlib.embedding_size) == ((150, 150), "rgb", 128)
     assert dlib.scale == pytest.approx(1 / 256)

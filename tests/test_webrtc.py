@@ -16,9 +16,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from aiortc import VideoStreamTrack
+from aiortc import RTCPeerConnection, VideoStreamTrack
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamTrack, convert_timebase
+from aiortc.rtp import RtpPacket
 from av import VideoFrame
 from webrtc_support import (
     TOKEN,
@@ -33,6 +34,7 @@ from webrtc_support import (
 from facecore.config import Settings
 from streamer.annotate import KNOWN, UNKNOWN
 from streamer.engine import Engine
+from streamer.jitter import MarkerJitterBuffer, use_marker_jitter_buffer
 from streamer.server import PEERS
 
 CLIP = "media/short_hamilton_clip.mp4"
@@ -135,6 +137,33 @@ async def test_clip_comes_back_annotated_with_lin_manuel_miranda_named(
     assert 0.0 < float(event["confidence"]) <= 1.0
 
 
+def _packet(sequence: int, timestamp: int, marker: bool) -> RtpPacket:
+    packet = RtpPacket(sequence_number=sequence, timestamp=timestamp, marker=int(marker))
+    packet._data = bytes([sequence])  # type: ignore[attr-defined] - what the depayloader sets
+    return packet
+
+
+def test_marker_jitter_buffer_emits_a_frame_with_its_last_packet() -> None:
+    buffer = MarkerJitterBuffer(capacity=64, is_video=True)
+    assert buffer.add(_packet(10, 3000, False)) == (False, None)
+    _, frame = buffer.add(_packet(11, 3000, True))  # aiortc's own would wait for packet 12
+    assert frame is not None and (frame.data, frame.timestamp) == (bytes([10, 11]), 3000)
+    # out of order: the marked packet first, the frame once the gap is filled
+    assert buffer.add(_packet(14, 6000, True))[1] is None
+    assert buffer.add(_packet(12, 6000, False))[1] is None
+    _, frame = buffer.add(_packet(13, 6000, False))
+    assert frame is not None and frame.data == bytes([12, 13, 14])
+
+
+async def test_the_marker_buffer_fits_this_aiortc() -> None:
+    pc = RTCPeerConnection()
+    transceiver = pc.addTransceiver("video", direction="recvonly")
+    try:
+        assert use_marker_jitter_buffer(transceiver.receiver)
+    finally:
+        await pc.close()
+
+
 async def test_https_with_the_self_signed_certificate(settings: Settings, engine: Engine) -> None:
     async with live_server(settings, engine, https=True) as server:
         async with (
@@ -151,6 +180,22 @@ async def test_https_with_the_self_signed_certificate(settings: Settings, engine
         client = await connect(server, VideoStreamTrack())
         try:
             assert await client.wait_for(lambda: len(client.frames) >= 5, timeout=15)
+        finally:
+            await client.close()
+
+
+async def test_h264_as_safari_sends_it(settings: Settings, engine: Engine) -> None:
+    """An offer with H.264 only (what mobile Safari prefers) is answered in H.264 and
+    the video comes back."""
+    async with live_server(settings, engine) as server:
+        client = await connect(server, VideoStreamTrack(), codec="video/H264")
+        try:
+            assert await client.wait_for(lambda: len(client.frames) >= 10, timeout=20)
+            (transceiver,) = client.pc.getTransceivers()
+            assert transceiver.receiver.track is not None
+            answer = client.pc.remoteDescription.sdp
+            video = answer[answer.index("m=video") :]
+            assert "H264/90000" in video and "VP8/90000" not in video
         finally:
             await client.close()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
@@ -152,8 +152,11 @@ async def post_offer(
         return response.status, await response.json()
 
 
-async def connect(server: LiveServer, track: MediaStreamTrack, *, keep_frames: int = 400) -> Client:
-    """Offer ``track`` with an ``events`` data channel; collect what comes back."""
+async def connect(
+    server: LiveServer, track: MediaStreamTrack, *, keep_frames: int = 400, codec: str | None = None
+) -> Client:
+    """Offer ``track`` with an ``events`` data channel (and only ``codec``, e.g.
+    ``"video/H264"``, when given); collect what comes back."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     client = Client(pc)
     channel = pc.createDataChannel("events")
@@ -174,7 +177,10 @@ async def connect(server: LiveServer, track: MediaStreamTrack, *, keep_frames: i
         if remote.kind == "video":
             client._reader = asyncio.ensure_future(read(remote))
 
-    pc.addTrack(track)
+    transceiver = pc.addTransceiver(track, direction="sendrecv")
+    if codec is not None:
+        capabilities = RTCRtpSender.getCapabilities("video").codecs
+        transceiver.setCodecPreferences([c for c in capabilities if c.mimeType == codec])
     await pc.setLocalDescription(await pc.createOffer())
     status, answer = await post_offer(
         server, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}

@@ -63,20 +63,23 @@
     body.dataset.state = state;
     $("status-text").textContent = STATUS[state];
     const running = state === "camera" || state === "connecting" || state === "live" || state === "unstable";
-    $("start-label").textContent = running ? "Stop" : "Start camera";
+    let label = "Start camera";
+    if (running) label = "Stop";
+    else if (state === "error") label = overlay?.action || "Try again";
+    $("start-label").textContent = label;
     $("start").classList.toggle("danger", running);
     $("flip").disabled = !app.stream;
     $("figures").hidden = !(state === "live" || state === "unstable");
     if (overlay) {
       $("overlay-title").textContent = overlay.title;
       $("overlay-text").textContent = overlay.text;
-      $("overlay-action").textContent = overlay.action || "";
-      $("overlay-action").hidden = !overlay.action;
     }
   }
 
+  // Something went wrong: the camera goes off too (its light should not stay on
+  // while nothing is sent); the start button offers `action`.
   function fail(title, text, action = "Try again") {
-    teardown(false);
+    teardown(true);
     setState("error", { title, text, action });
   }
 
@@ -294,7 +297,6 @@
     setState("idle", {
       title: "See who is in view",
       text: "Start the camera and point it at people. Their names appear on their faces, live.",
-      action: "Start camera",
     });
   }
 
@@ -420,7 +422,6 @@
 
   // ---- wiring ------------------------------------------------------------------------
   $("start").addEventListener("click", toggle);
-  $("overlay-action").addEventListener("click", () => start());
   $("flip").addEventListener("click", flipCamera);
   for (const tab of document.querySelectorAll(".modes [data-mode]")) {
     tab.addEventListener("click", () => setMode(tab.dataset.mode));

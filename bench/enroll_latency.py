@@ -1,0 +1,196 @@
+"""Enrollment to recognition: from the commit of a new person's samples to the first
+frame of a running stream that names them.
+
+Real processes on a temporary state folder: `facestream trainer` and `facestream
+serve --http`, and a real aiortc client streaming the part of the shared clip where
+Lin-Manuel Miranda faces the camera. The four shared people are imported first. Each
+trial removes Lin over the HTTP API, waits until the server serves a bundle without
+him (his face is then reported as unknown), waits a random 1-3 s (so the trainer's
+polling phase is sampled), and enrolls him again over the HTTP API (his photo and two
+stills of the clip, committed one sample at a time). Timed from the commit of his
+last sample (and, in brackets, his first) to:
+
+* published: ``bundles/current`` names him (watched from this process);
+* served: the server reports that bundle's version (``/api/config``);
+* named: the first recognition event naming him on the stream's ``events`` channel.
+
+    FACESTREAM_SHARED=../shared .venv/bin/python bench/enroll_latency.py [--trials 5]
+    .venv/bin/python bench/enroll_latency.py --code /tmp/older-checkout   # before/after
+
+``--code`` runs the trainer and the server from another source tree (the client side
+stays this one's), for before/after numbers on the same machine. Prints a markdown
+table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
+# bench/facecore.py would shadow the facecore package; the helpers live in tests/.
+if sys.path and Path(sys.path[0]).resolve() == REPO / "bench":
+    sys.path.pop(0)
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import aiohttp  # noqa: E402 - after the path set-up
+from e2e_support import (  # noqa: E402
+    Installation,
+    Process,
+    commit_times,
+    enroll_over_http,
+    enrollment_photos,
+    served_version,
+    until,
+)
+from enroll_support import LIN_FACING, FramesTrack, Phone, clip_frames, connect_phone  # noqa: E402
+
+TOKEN = "bench-token-0123456789abcdef"
+FOLDER_LIN = "Lin Manuel Miranda"  # as `enroll import` names lin_manuel_miranda/
+LIN = "Lin-Manuel Miranda"
+GOAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Trial:
+    first_commit: float  # unix times
+    last_commit: float
+    published: float
+    served: float
+    named: float
+
+
+class Timeline:
+    """When each bundle version was first seen published (``current``) and served."""
+
+    def __init__(self, setup: Installation, http: aiohttp.ClientSession, url: str) -> None:
+        self.setup, self.http, self.url = setup, http, url
+        self.published: dict[int, tuple[float, tuple[str, ...]]] = {}  # version -> (at, labels)
+        self.served: dict[int, float] = {}
+        self.serving: int | None = None
+
+    async def follow(self) -> None:
+        while True:
+            manifest = self.setup.current_manifest()
+            if manifest is not None and manifest.version not in self.published:
+                self.published[manifest.version] = (time.time(), manifest.labels)
+            try:
+                self.serving = await served_version(self.http, self.url)
+            except aiohttp.ClientConnectionError:
+                self.serving = None
+            if self.serving is not None:
+                self.served.setdefault(self.serving, time.time())
+            await asyncio.sleep(0.05)
+
+    def first_naming(self, name: str, after: float) -> tuple[int, float] | None:
+        """(version, time published) of the first bundle published after ``after``
+        that names ``name``."""
+        found = sorted((at, v) for v, (at, labels) in self.published.items()
+                       if at > after and name in labels)
+        return (found[0][1], found[0][0]) if found else None
+
+
+async def trial(setup: Installation, http: aiohttp.ClientSession, url: str, phone: Phone,
+                timeline: Timeline, frames: list, photo: Path, remove: str,
+                processes: tuple[Process, ...]) -> Trial:
+    async with http.delete(f"{url}/api/people/{remove}") as response:
+        assert response.status == 204, await response.text()
+    removed = time.time()
+    await until(lambda: any(at > removed and remove not in labels
+                            for at, labels in timeline.published.values()), 90,
+                f"a bundle without {remove}", *processes)
+    await until(lambda: (timeline.serving is not None
+                         and remove not in timeline.published[timeline.serving][1]), 30,
+                "the server to serve it", *processes)
+    await asyncio.sleep(random.uniform(1.0, 3.0))
+    await enroll_over_http(http, url, LIN, enrollment_photos(photo, frames))
+    first, last = commit_times(setup.state_dir, LIN)
+    await until(lambda: phone.first_named(LIN, after=last), 90, f"an event naming {LIN}",
+                *processes)
+    naming = timeline.first_naming(LIN, after=first)
+    await until(lambda: naming is not None and naming[0] in timeline.served, 10,
+                "the served time")
+    assert naming is not None
+    named = phone.first_named(LIN, after=last)
+    assert named is not None
+    return Trial(first, last, naming[1], timeline.served[naming[0]], named)
+
+
+async def run(shared: Path, code: Path, trials: int, root: Path) -> list[Trial]:
+    setup = Installation.create(shared, root, code)
+    try:
+        setup.run("enroll", "import", str(shared / "people"))
+        trainer = setup.start("trainer", "trainer")
+        server, url = setup.serve(TOKEN)
+        frames = clip_frames(shared / "media" / "short_hamilton_clip.mp4", LIN_FACING)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            timeline = Timeline(setup, http, url)
+            follower = asyncio.ensure_future(timeline.follow())
+            phone = None
+            try:
+                await until(lambda: timeline.serving is not None, 120,
+                            "the first bundle to be served", trainer, server)
+                phone = await connect_phone(url, TOKEN, FramesTrack(frames))
+                await until(lambda: phone.first_named(FOLDER_LIN), 60,
+                            f"an event naming {FOLDER_LIN}", server)
+                results = []
+                for number in range(trials):
+                    done = await trial(setup, http, url, phone, timeline, frames,
+                                       shared / "media" / "lin-manuel-miranda.png",
+                                       FOLDER_LIN if number == 0 else LIN, (trainer, server))
+                    results.append(done)
+                    print(f"  trial {number + 1}: {done.named - done.last_commit:.2f} s",
+                          file=sys.stderr)
+                return results
+            finally:
+                follower.cancel()
+                if phone is not None:
+                    await phone.close()
+    finally:
+        setup.stop_all()
+
+
+def table(label: str, results: list[Trial]) -> str:
+    rows = [
+        f"| {label} | {n} | {t.published - t.last_commit:.2f} | {t.served - t.last_commit:.2f} "
+        f"| {t.named - t.last_commit:.2f} ({t.named - t.first_commit:.2f}) |"
+        for n, t in enumerate(results, 1)
+    ]
+    named = [t.named - t.last_commit for t in results]
+    from_first = [t.named - t.first_commit for t in results]
+    rows.append(
+        f"| {label} | median | | | **{statistics.median(named):.2f}** "
+        f"({statistics.median(from_first):.2f}) |"
+    )
+    rows.append(f"| {label} | max | | | **{max(named):.2f}** ({max(from_first):.2f}) |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--code", type=Path, default=REPO,
+                        help="source tree the trainer and the server run from (default: this)")
+    parser.add_argument("--label", help="row label (default: the --code folder's name)")
+    args = parser.parse_args()
+    shared = Path(os.environ.get("FACESTREAM_SHARED", REPO.parent / "shared")).resolve()
+    with tempfile.TemporaryDirectory() as scratch:
+        results = asyncio.run(run(shared, args.code.resolve(), args.trials, Path(scratch)))
+    print(f"\nseconds after the commit of the last sample (of the first), goal {GOAL_S:g} s\n")
+    print("| code | trial | published | served | named |")
+    print("| --- | --- | --- | --- | --- |")
+    print(table(args.label or args.code.resolve().name, results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
