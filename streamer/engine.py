@@ -33,7 +33,7 @@ from facecore.detector import Detector
 from facecore.embedder import Embedder
 from facecore.errors import BundleError, ModelError
 from facecore.faces import Faces
-from facecore.publish import current_bundle_dir
+from facecore.publish import bundles_dir, current_bundle_dir
 from facecore.registry import DETECTOR, model_path
 from facecore.sessions import create_session
 from streamer.annotate import Overlay
@@ -41,7 +41,7 @@ from streamer.errors import BundleRefusedError, ClosedError
 from streamer.fonts import FontSet
 from streamer.pipeline import StreamPipeline
 from streamer.recognizer import ActiveModel, BatchRecognizer
-from streamer.reload import BundleWatcher
+from streamer.reload import POLL_SECONDS, BundleWatcher
 from streamer.tracker import scene_signature, view_quality
 
 __all__ = ["Engine"]
@@ -106,9 +106,9 @@ class Engine:
             nms_threshold=detection.nms_threshold,
             min_face_px=detection.min_face_px,
         )
-        bundles_dir = settings.state_dir / "bundles"
+        published = bundles_dir(settings)
         bundle = None
-        current = current_bundle_dir(bundles_dir)
+        current = current_bundle_dir(published)
         if current is not None:
             try:
                 bundle = load_bundle(current)
@@ -129,7 +129,7 @@ class Engine:
                 detector, fonts=fonts, recognition=settings.recognition, tracking=settings.tracking
             )
         if watch:
-            engine.watch(bundles_dir)
+            engine.watch(published)
         return engine
 
     def __enter__(self) -> Engine:
@@ -197,7 +197,7 @@ class Engine:
         off the event loop."""
         self.install(self.prepare(bundle) if bundle is not None else None)
 
-    def watch(self, bundles_dir: Path, *, interval: float = 0.5) -> BundleWatcher:
+    def watch(self, bundles_dir: Path, *, interval: float = POLL_SECONDS) -> BundleWatcher:
         """Start following ``bundles_dir/current`` (closed with the engine)."""
         if self._watcher is None:
             loaded = self.bundle.path if self.bundle is not None else None

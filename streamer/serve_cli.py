@@ -70,13 +70,21 @@ def register_serve(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPa
         help="plain HTTP, for local testing only (phones open the camera only over HTTPS)",
     )
     add(
+        "--cert-file",
         "--cert",
         dest="server.cert_file",
         default=None,
         metavar="PEM",
         help="TLS certificate chain (with --key); default: a self-signed one",
     )
-    add("--key", dest="server.key_file", default=None, metavar="PEM", help="TLS private key")
+    add(
+        "--key-file",
+        "--key",
+        dest="server.key_file",
+        default=None,
+        metavar="PEM",
+        help="TLS private key",
+    )
     add(
         "--token",
         dest="server.token",
@@ -92,6 +100,7 @@ def register_serve(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPa
         help="phones served at once; more get 503 (default 4)",
     )
     add(
+        "--ice-servers",
         "--ice-server",
         dest="server.ice_servers",
         default=None,
@@ -115,15 +124,17 @@ async def _serve(settings: Settings, out: TextIO) -> None:
     from streamer.enroll_api import add_enrollment_routes
     from streamer.live_enroll import attach_live_enrollment
     from streamer.server import create_app
+    from streamer.signalling import parse_ice_servers
 
     server = settings.server
-    token, created = load_or_create_token(settings)
+    parse_ice_servers(server.ice_servers, settings.origins.get("server.ice_servers"))
     addresses = announce.lan_addresses(server.host)
     ssl_context = None
     pair = None
     if not server.http:
         pair = tls.ensure_certificate(settings, addresses)
         ssl_context = tls.server_ssl_context(pair)
+    token, created = load_or_create_token(settings)
     engine = Engine.from_settings(settings)
     try:
         app = create_app(settings, engine, token, secure=not server.http)

@@ -70,7 +70,9 @@ def create_app(
     """The web application for ``engine``, guarded by ``token``. ``secure``: it is
     served over HTTPS (the session cookie is then marked ``Secure``). A peer that
     sends no video for ``stall_timeout`` seconds is released."""
-    ice_servers = parse_ice_servers(settings.server.ice_servers)
+    ice_servers = parse_ice_servers(
+        settings.server.ice_servers, settings.origins.get("server.ice_servers")
+    )
     auth = Auth(token, secure=secure)
     app = web.Application(middlewares=[_security_headers, auth_middleware(auth)])
     app[AUTH] = auth

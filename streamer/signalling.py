@@ -34,9 +34,10 @@ class OfferError(Exception):
         self.reason = reason
 
 
-def parse_ice_servers(entries: Iterable[str]) -> list[RTCIceServer]:
+def parse_ice_servers(entries: Iterable[str], origin: str | None = None) -> list[RTCIceServer]:
     """``stun:host:port`` and ``turn:user:password@host:port[?transport=tcp]``
-    strings (``settings.server.ice_servers``) as ``RTCIceServer`` records."""
+    strings (``settings.server.ice_servers``, given by ``origin``) as
+    ``RTCIceServer`` records."""
     servers = []
     for entry in entries:
         match = _ICE_SERVER.fullmatch(entry.strip())
@@ -45,6 +46,7 @@ def parse_ice_servers(entries: Iterable[str]) -> list[RTCIceServer]:
                 "expected stun:HOST[:PORT] or turn:USER:PASSWORD@HOST[:PORT][?transport=udp|tcp]",
                 key="server.ice_servers",
                 value=entry,
+                origin=origin,
             )
         scheme, user = match["scheme"], match["user"]
         if scheme.startswith("turn") != (user is not None):
@@ -53,7 +55,7 @@ def parse_ice_servers(entries: Iterable[str]) -> list[RTCIceServer]:
                 if user is None
                 else "STUN takes no credentials"
             )
-            raise ConfigError(reason, key="server.ice_servers", value=entry)
+            raise ConfigError(reason, key="server.ice_servers", value=entry, origin=origin)
         url = f"{scheme}:{match['host']}" + (f":{match['port']}" if match["port"] else "")
         if match["transport"]:
             url += f"?transport={match['transport']}"

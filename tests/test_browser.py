@@ -21,6 +21,7 @@ from webrtc_support import TOKEN, build_people_bundle, live_server, server_setti
 
 from facecore.config import Settings
 from streamer.engine import Engine
+from streamer.server import PEERS
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -200,6 +201,20 @@ async def test_phone_page_shows_the_annotated_video_and_who_is_in_view(
             shot = await page.send("Page.captureScreenshot", format="png")
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / "phone-page.png").write_bytes(base64.b64decode(shot["data"]))
+
+            # the server drops the phone: the page says so and reconnects on request
+            for session in server.app[PEERS].sessions:
+                await session.close()
+            assert await page.until("document.body.dataset.state === 'error'", 15)
+            title = await page.evaluate("document.getElementById('overlay-title').textContent")
+            assert title == "Connection lost"
+            assert await page.evaluate("document.getElementById('start-label').textContent") == (
+                "Reconnect"
+            )
+            await page.evaluate("document.getElementById('start').click()")
+            assert await page.until("document.body.dataset.state === 'live'", 30)
+
             await page.evaluate("document.getElementById('start').click()")  # stop
             assert await page.until("document.body.dataset.state === 'idle'", 5)
             assert await page.evaluate("document.querySelectorAll('#people li').length") == 0
+            assert await page.until("!document.getElementById('local').srcObject", 5)

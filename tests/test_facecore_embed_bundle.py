@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from facecore.bundle import BundleManifest, Gallery, load_bundle, write_bundle
+from facecore.bundle import Bundle, BundleManifest, Gallery, load_bundle, write_bundle
+from facecore.download import sha256_file
 from facecore.embedder import Embedder, Preprocessing
 from facecore.errors import BundleError, ModelLoadError
 from facecore.publish import current_bundle_dir, publish, versions
@@ -155,6 +159,64 @@ def test_publish_keeps_versions_and_switches_pointer(model: Path, tmp_path: Path
     assert versions(bundles) == [3, 4]
     assert current_bundle_dir(bundles) == bundles / "v000004"
     assert published.manifest.version == 4
+    assert published.path == bundles / "v000004"  # where it was renamed to
+    assert load_bundle(published.path).manifest == published.manifest
+
+
+def test_a_known_backbone_is_linked_not_copied(model: Path, tmp_path: Path) -> None:
+    digest = sha256_file(model)
+    linked = write_bundle(tmp_path / "a", backbone=model, weights=_weights(),
+                          manifest=_manifest(), backbone_sha256=digest)
+    assert os.stat(linked.backbone_path).st_ino == os.stat(model).st_ino
+    assert linked.manifest.backbone_sha256 == digest
+    assert load_bundle(linked.path).manifest == linked.manifest
+    # with no hash given the file is copied, and hashed as it is copied
+    copied = write_bundle(tmp_path / "b", backbone=model, weights=_weights(),
+                          manifest=_manifest())
+    assert os.stat(copied.backbone_path).st_ino != os.stat(model).st_ino
+    assert copied.manifest.backbone_sha256 == digest
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than ``tmp_path`` (tmpfs), where no link reaches."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no /dev/shm on another file system than the temporary folder")
+    with tempfile.TemporaryDirectory(dir=shm) as folder:
+        yield Path(folder)
+
+
+def test_a_backbone_on_another_file_system_is_linked_from_the_previous_bundle(
+    model: Path, tmp_path: Path, other_file_system: Path
+) -> None:
+    source = other_file_system / "mean.onnx"  # a model cache on another mount
+    shutil.copyfile(model, source)
+    digest = sha256_file(source)
+
+    def write(name: str, **options: object) -> Bundle:
+        return write_bundle(tmp_path / name, backbone=source, weights=_weights(),
+                            manifest=_manifest(), backbone_sha256=digest, **options)
+
+    first = write("v1")  # no link reaches the source: a checked copy
+    assert os.stat(first.backbone_path).st_nlink == 1
+    second = write("v2", link_from=first.path)
+    assert os.stat(second.backbone_path).st_ino == os.stat(first.backbone_path).st_ino
+    # a previous bundle with another backbone is not linked from
+    other = write_bundle(tmp_path / "other", backbone=_mean_colour_model(tmp_path / "m.onnx", 4),
+                         weights=_weights(), manifest=_manifest())
+    third = write("v3", link_from=other.path)
+    assert os.stat(third.backbone_path).st_ino != os.stat(other.backbone_path).st_ino
+    assert load_bundle(third.path).manifest.backbone_sha256 == digest
+    # a model file that changed since it was hashed is not published
+    source.write_bytes(source.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="changed since it was loaded"):
+        write("v4")
+    # a linked backbone is still checked when it loads: both links are refused
+    first.backbone_path.write_bytes(b"corrupt")
+    for bundle in (first, second):
+        with pytest.raises(BundleError, match=r"backbone\.onnx has sha256"):
+            load_bundle(bundle.path)
 
 
 def test_crash_during_publish_keeps_the_old_bundle(model: Path, tmp_path: Path) -> None:

@@ -1,19 +1,24 @@
 """The trainer service on real data: a real enrollment store filled from the shared
 photos, the real dlib ResNet, real bundles, and the real `facestream trainer` process
-(killed mid-publish, and run under a fake systemd notify socket)."""
+(killed mid-publish, run under a fake systemd notify socket, refused while another
+trainer runs). Both publishing phases (the prototypes at once, then a fitted head
+that beats them), a fit abandoned when the store changes, and the trainer lock."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,21 +27,23 @@ from numpy.typing import NDArray
 
 from enrollment.ingest import import_folder
 from enrollment.store import EnrollmentStore
-from facecore.bundle import load_bundle
+from facecore.bundle import Bundle, load_bundle
 from facecore.config import Settings, load_settings
 from facecore.detector import Detector
 from facecore.download import sha256_file
 from facecore.embedder import Embedder
 from facecore.errors import BundleError
-from facecore.publish import current_bundle_dir, versions
+from facecore.publish import bundles_dir, current_bundle_dir, versions
 from facecore.registry import model_cache_dir, model_path
 from trainer.augment import Augmentation
 from trainer.backbone import Backbone
+from trainer.building import PHASE_BASELINE, PHASE_FITTED, check_export
 from trainer.embeddings import embedding_key
-from trainer.fit import CosineHead
+from trainer.errors import TrainerBusyError
+from trainer.fit import CosineHead, FitConfig
 from trainer.onnx_export import prepare_dlib_resnet
 from trainer.report import REPORT_FILES
-from trainer.service import TrainerService, bundles_dir, check_export, enrollment_dir
+from trainer.service import TrainerService, describe, enrollment_dir
 from trainer.train_cli import PUBLISH_PAUSE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,9 +75,10 @@ def enroll(
     settings: Settings, detector: Detector, shared_dir: Path, tmp_path: Path
 ) -> Callable[..., int]:
     """``enroll(folder)`` imports a folder of people; ``enroll(lfw_person=n)`` imports
-    the first n photos of an LFW person (linked into a temporary folder)."""
+    the first n photos of an LFW person (linked into a temporary folder). Every photo
+    must be accepted, but ``rejected`` of them; returns how many were."""
 
-    def run(folder: Path | None = None, **lfw: int) -> int:
+    def run(folder: Path | None = None, *, rejected: int = 0, **lfw: int) -> int:
         if folder is None:
             folder = tmp_path / "photos" / "-".join(lfw)
             for name, count in lfw.items():
@@ -79,8 +87,9 @@ def enroll(
                     (folder / name / photo.name).symlink_to(photo)
         with EnrollmentStore(enrollment_dir(settings)) as store:
             results = import_folder(store, detector, folder, progress=False)
-        assert all(r.accepted for r in results), [r.reason for r in results if not r.accepted]
-        return len(results)
+        refused = [r.reason for r in results if not r.accepted]
+        assert len(refused) == rejected, refused
+        return len(results) - rejected
 
     return run
 
@@ -117,6 +126,10 @@ def _faces(detector: Detector, backbone: Backbone, photo: Path) -> NDArray[np.fl
     return backbone.embed_faces(image, faces.landmarks[order])
 
 
+def _report(bundle: Bundle) -> dict[str, Any]:
+    return json.loads((bundle.path / "report.json").read_text(encoding="utf-8"))
+
+
 def test_refit_caches_embeddings_and_forgets_removed_people(
     settings: Settings, enroll: Callable[..., int], detector: Detector, shared_dir: Path
 ) -> None:
@@ -124,10 +137,12 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
     counting = CountingEmbedder(Backbone.from_settings(settings).embedder)
     backbone = replace(Backbone.from_settings(settings), embedder=counting)
     copies = 2
+    bundles = bundles_dir(settings)
     with TrainerService(settings, backbone=backbone, recipe=Augmentation(copies=copies),
                         progress=False) as service:
         bundle = service.run_once()
         assert bundle is not None
+        # each sample embedded once clean (for the prototypes) and once augmented
         assert counting.chips == first * (1 + copies)
         names = {"Alex Lacamoire", "Barack Obama", "Joe Biden", "Lin Manuel Miranda",
                  "Colin Powell", "Jacques Chirac"}
@@ -138,14 +153,26 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
             assert manifest.store_revision == store.revision()
         assert list(manifest.person_ids) == [people[name] for name in manifest.labels]
         assert manifest.backbone_sha256 == backbone.sha256 == sha256_file(backbone.path)
-        assert manifest.head_kind in ("prototypes", "cosine")
-        assert {"prototypes_accuracy", "cosine_accuracy", "held_out_samples"} <= set(
-            manifest.metrics
-        )
-        assert manifest.metrics["samples"] == first
-        current = load_bundle(current_bundle_dir(bundles_dir(settings)))
-        assert current.path.name == "v000001"
+        # the prototypes came first (v1); a fitted head follows only when it beats them
+        first_bundle = load_bundle(bundles / "v000001")
+        assert first_bundle.manifest.head_kind == "prototypes"
+        assert first_bundle.manifest.metrics["phase"] == PHASE_BASELINE
+        if manifest.head_kind == "cosine":
+            assert bundle.path.name == "v000002" and manifest.metrics["phase"] == PHASE_FITTED
+        else:
+            assert bundle.path.name == "v000001"
+        # the bundle in force has its report, with both heads' held-out figures
+        current = load_bundle(current_bundle_dir(bundles))
+        assert current.path == bundle.path
         assert all((current.path / name).is_file() for name in REPORT_FILES)
+        report = _report(current)
+        assert report["candidates"]["cosine"] is not None
+        assert report["counts"]["held_out_samples"] == manifest.metrics["held_out_samples"] > 0
+        assert manifest.metrics["samples"] == first
+        # every bundle's backbone is the model file itself, hard-linked: no copy
+        model = os.stat(backbone.path)
+        assert os.stat(current.backbone_path).st_ino == model.st_ino
+        versions_before = versions(bundles)
 
         # the exported head.npz scores as the torch head did; another head is refused
         faces = _faces(detector, backbone, shared_dir / "media" / "two_people.jpg")
@@ -160,12 +187,12 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
 
         counting.chips = 0
         assert service.run_once() is None  # up to date: nothing embedded, nothing published
-        assert counting.chips == 0
+        assert counting.chips == 0 and versions(bundles) == versions_before
 
         # one more person: only their photos are embedded
         added = enroll(Hugo_Chavez=3)
         bundle = service.run_once()
-        assert bundle is not None and bundle.path.name == "v000002"
+        assert bundle is not None and bundle.manifest.version > versions_before[-1]
         assert counting.chips == added * (1 + copies)
         assert "Hugo Chavez" in bundle.manifest.labels
 
@@ -182,7 +209,7 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         assert set(bundle.manifest.labels) == names
         assert hugo.id not in bundle.manifest.person_ids
         assert counting.chips == added * (1 + copies)  # nothing new to embed
-        assert versions(bundles_dir(settings)) == [1, 2, 3]
+        assert len(versions(bundles)) == 3  # keep_versions
 
     # another alignment template makes other chips: nothing cached is reused
     moved = replace(backbone, template=backbone.template + np.float32(1.0))
@@ -193,8 +220,73 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         assert bundle is not None and bundle.manifest.template[0][0] == moved.template[0][0]
         assert counting.chips == first * (1 + copies)
         assert service.run_once() is None
-    assert versions(bundles_dir(settings)) == [2, 3, 4]  # keep_versions = 3
     service.close()  # a second close does nothing
+
+
+# The first three photos of each LFW-10 person (two show a second face as large: 28
+# samples), split half and half: a split on which the fitted cosine head beats the
+# prototypes (held-out accuracy 1.0 against 0.94).
+WINNING_FIT = FitConfig(seed=5, held_out_fraction=0.5)
+
+
+def test_a_fitted_head_that_beats_the_prototypes_follows_them(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path
+) -> None:
+    enroll(rejected=2, **{p.name: 3 for p in (shared_dir / LFW).iterdir()})
+    status: list[str] = []
+    with TrainerService(settings, recipe=Augmentation(copies=2), config=WINNING_FIT,
+                        progress=False, notify=status.append) as service:
+        bundle = service.run_once()
+        assert bundle is not None and bundle.path.name == "v000002"
+        assert service.run_once() is None
+    baseline = load_bundle(bundles_dir(settings) / "v000001")
+    # published at once, before the fit: the prototypes, without a report
+    assert baseline.manifest.head_kind == "prototypes"
+    assert baseline.manifest.metrics["phase"] == PHASE_BASELINE
+    assert not any((baseline.path / name).exists() for name in REPORT_FILES)
+    assert status.index(f"STATUS={describe(baseline)}") < next(
+        i for i, m in enumerate(status) if m.startswith("STATUS=fitting"))
+    # then the fitted head, with the threshold of its own calibration and its report
+    fitted = bundle.manifest
+    assert fitted.head_kind == "cosine" and fitted.metrics["phase"] == PHASE_FITTED
+    assert fitted.store_revision == baseline.manifest.store_revision
+    assert fitted.metrics["cosine_accuracy"] > fitted.metrics["prototypes_accuracy"]
+    assert fitted.threshold == fitted.metrics["cosine_threshold"]
+    report = _report(bundle)
+    assert report["published"]["head"] == "cosine"
+    assert report["candidates"]["prototypes"]["accuracy"] == pytest.approx(
+        baseline.manifest.metrics["prototypes_accuracy"])
+    assert os.stat(bundle.backbone_path).st_ino == os.stat(baseline.backbone_path).st_ino
+
+
+def test_a_change_during_the_fit_abandons_it(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path
+) -> None:
+    enroll(shared_dir / "people")
+    changed: list[str] = []
+
+    def notify(message: str) -> None:
+        """Enroll somebody (from another connection) as soon as the fit begins."""
+        if message.startswith("STATUS=fitting") and not changed:
+            changed.append(message)
+            enroll(Colin_Powell=2)
+
+    with TrainerService(settings, progress=False, notify=notify) as service:
+        abandoned = service.run_once()
+        assert changed and abandoned is not None
+        # the prototypes were published, the fit given up: no report, not up to date
+        assert abandoned.manifest.metrics["phase"] == PHASE_BASELINE
+        assert "Colin Powell" not in abandoned.manifest.labels
+        assert not (abandoned.path / "report.json").exists()
+        revision = service.store.revision()
+        assert abandoned.manifest.store_revision < revision
+        assert not service.up_to_date(revision)
+        # the next run starts over from fresh prototypes and settles
+        bundle = service.run_once()
+        assert bundle is not None and "Colin Powell" in bundle.manifest.labels
+        assert bundle.manifest.store_revision == revision
+        assert (bundle.path / "report.json").is_file() and service.up_to_date(revision)
+        assert service.run_once() is None
 
 
 def test_nobody_enrolled_gives_an_empty_bundle(settings: Settings) -> None:
@@ -254,10 +346,12 @@ def test_killed_in_the_middle_of_a_publish_leaves_the_previous_bundle(
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )
     try:
-        # the new bundle is complete, report included, but not yet published
-        _wait_for(lambda: any((p / "roc.png").is_file() for p in bundles.glob(".staging-*")),
+        # the new bundle (the prototypes, first) is complete but not yet published
+        _wait_for(lambda: "test hook: pausing" in (tmp_path / "trainer.log").read_text(),
                   120, "the trainer to build its bundle")
         assert current_bundle_dir(bundles) == bundles / "v000001"
+        staged = load_bundle(next(bundles.glob(".staging-*")))
+        assert "Colin Powell" in staged.manifest.labels
     finally:
         process.kill()
         process.wait(timeout=30)
@@ -306,19 +400,27 @@ def test_service_notifies_systemd_follows_the_store_and_stops_on_sigterm(
             messages.extend(sock.recv(4096).decode().splitlines())
         return any(text in m for m in messages)
 
+    def served_labels() -> tuple[str, ...]:
+        directory = current_bundle_dir(bundles_dir(settings))
+        return () if directory is None else load_bundle(directory).manifest.labels
+
     log = (tmp_path / "service.log").open("w")
+    # A full check only every 10 minutes: the service sees the change by the revision
+    # it reads every WAKE_SECONDS, or the test times out.
     process = subprocess.Popen(
         [sys.executable, "-m", "facestream", "trainer"],
-        env=_environment(settings, NOTIFY_SOCKET=path, FACESTREAM_TRAINER_POLL_SECONDS="0.2"),
+        env=_environment(settings, NOTIFY_SOCKET=path, FACESTREAM_TRAINER_POLL_SECONDS="600"),
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )
     try:
         _wait_for(lambda: received("READY=1"), 60, "READY=1")
         _wait_for(lambda: received("STATUS=serving v000001"), 120, "the first bundle")
+        # a manual run while the service runs: refused, naming the service's process
+        busy = _trainer(settings, "--once")
+        assert busy.returncode == 2
+        assert f"another trainer (process {process.pid}) is running" in busy.stderr
         enroll(Colin_Powell=3)  # while the service runs, from this other process
-        _wait_for(lambda: received("STATUS=serving v000002"), 120, "the second bundle")
-        current = load_bundle(current_bundle_dir(bundles_dir(settings)))
-        assert "Colin Powell" in current.manifest.labels
+        _wait_for(lambda: "Colin Powell" in served_labels(), 120, "a bundle naming him")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -328,3 +430,23 @@ def test_service_notifies_systemd_follows_the_store_and_stops_on_sigterm(
         log.close()
     _wait_for(lambda: received("STOPPING=1"), 5, "STOPPING=1")
     assert messages[0] == "READY=1"
+
+
+def test_one_trainer_at_a_time(settings: Settings, enroll: Callable[..., int],
+                               shared_dir: Path) -> None:
+    enroll(shared_dir / "people")
+    with TrainerService(settings, progress=False) as first:
+        assert first.run_once() is not None  # took the lock, and keeps it
+        with TrainerService(settings, progress=False) as second:
+            with pytest.raises(TrainerBusyError, match=f"process {os.getpid()}"):
+                second.run_once()
+            # what ``serve`` does: wait until the other trainer is gone
+            waiting = threading.Thread(target=second.lock.acquire, kwargs={"wait": True})
+            waiting.start()
+            waiting.join(0.5)
+            assert waiting.is_alive() and not second.lock.held
+            first.close()
+            waiting.join(10)
+            assert not waiting.is_alive() and second.lock.held
+            assert second.run_once() is None  # up to date
+    assert (settings.state_dir / "trainer.lock").read_text() == f"{os.getpid()}\n"

@@ -6,8 +6,10 @@ its alignment template and preprocessing (a chip, hence its embedding, depends o
 all three); the ``copies`` augmented embeddings of a sample are kept as one
 flattened [copies * D] vector under ``"<embedding key>+<recipe key>"``. A change of
 backbone, alignment or augmentation recipe therefore never reuses stale vectors.
-Only samples missing either vector are aligned, augmented and embedded, and their
-vectors are cached batch by batch, so an interrupted pass keeps what it did.
+Only missing vectors are computed: a sample is embedded clean when its clean vector
+is missing, and augmented when its augmented ones are (and a recipe is asked for: the
+prototypes need only clean vectors, so the trainer asks for those first). Vectors
+are cached batch by batch, so an interrupted pass keeps what it did.
 """
 
 from __future__ import annotations
@@ -52,32 +54,44 @@ def embed_samples(
     store: EnrollmentStore,
     backbone: Backbone,
     samples: Sequence[Sample],
-    recipe: Augmentation,
+    recipe: Augmentation | None,
     *,
     progress: bool = True,
 ) -> SampleEmbeddings:
-    """Clean and augmented embeddings of ``samples``, from the cache where possible."""
+    """Clean and augmented embeddings of ``samples``, from the cache where possible.
+
+    With ``recipe`` None only the clean embeddings are made (``augmented`` is then
+    [N, 0, D]): all that the prototypes need. Only the vectors missing from the cache
+    are computed, so a later call with the recipe adds just the augmented ones."""
     dimension = backbone.embedder.dimension
-    copies = recipe.copies
+    copies = recipe.copies if recipe is not None else 0
     key = embedding_key(backbone)
-    aug_key = f"{key}+{recipe.key}"
+    aug_key = f"{key}+{recipe.key}" if recipe is not None else None
     clean = store.cached_embeddings(key, samples)
-    augmented = {
-        digest: vector.reshape(copies, dimension)
-        for digest, vector in store.cached_embeddings(aug_key, samples).items()
-        if vector.size == copies * dimension
-    }
-    missing = [s for s in samples if s.sha256 not in clean or s.sha256 not in augmented]
+    augmented: dict[str, NDArray[np.float32]] = {}
+    if aug_key is not None:
+        augmented = {
+            digest: vector.reshape(copies, dimension)
+            for digest, vector in store.cached_embeddings(aug_key, samples).items()
+            if vector.size == copies * dimension
+        }
+    missing = [s for s in samples
+               if s.sha256 not in clean or (aug_key is not None and s.sha256 not in augmented)]
     bar = tqdm(total=len(missing), desc="embedding samples", unit="sample",
                disable=None if progress else True)
     with bar:
         for start in range(0, len(missing), BATCH_SIZE):
             batch = missing[start : start + BATCH_SIZE]
-            fresh_clean, fresh_augmented = _embed_batch(store, backbone, batch, recipe)
-            store.cache_embeddings(key, fresh_clean)
-            store.cache_embeddings(
-                aug_key, {k: v.reshape(-1) for k, v in fresh_augmented.items()}
+            fresh_clean, fresh_augmented = _embed_batch(
+                store, backbone, [s for s in batch if s.sha256 not in clean],
+                [s for s in batch if aug_key is not None and s.sha256 not in augmented],
+                recipe,
             )
+            store.cache_embeddings(key, fresh_clean)
+            if aug_key is not None:
+                store.cache_embeddings(
+                    aug_key, {k: v.reshape(-1) for k, v in fresh_augmented.items()}
+                )
             clean.update(fresh_clean)
             augmented.update(fresh_augmented)
             bar.update(len(batch))
@@ -87,23 +101,38 @@ def embed_samples(
         )
     return SampleEmbeddings(
         np.stack([clean[s.sha256] for s in samples]).astype(np.float32),
-        np.stack([augmented[s.sha256] for s in samples]).astype(np.float32),
+        np.stack([augmented.get(s.sha256, np.zeros((0, dimension), np.float32))
+                  for s in samples]).astype(np.float32),
         len(missing),
     )
 
 
 def _embed_batch(
-    store: EnrollmentStore, backbone: Backbone, batch: Sequence[Sample], recipe: Augmentation
+    store: EnrollmentStore,
+    backbone: Backbone,
+    plain: Sequence[Sample],
+    varied: Sequence[Sample],
+    recipe: Augmentation | None,
 ) -> tuple[dict[str, NDArray[np.float32]], dict[str, NDArray[np.float32]]]:
-    """Align, augment and embed one batch in a single ONNX call."""
+    """In a single ONNX call: the clean embedding of each of ``plain``, and the
+    ``recipe.copies`` augmented embeddings of each of ``varied``."""
     size = backbone.embedder.size
-    chips = np.stack(
-        [align_faces(store.load_crop(s), s.landmarks[None], backbone.template, size)[0]
-         for s in batch]
+    chips = {
+        s.sha256: align_faces(store.load_crop(s), s.landmarks[None], backbone.template, size)[0]
+        for s in (*plain, *varied)
+    }
+    copies = recipe.copies if recipe is not None and varied else 0
+    parts = [np.stack([chips[s.sha256] for s in plain])] if plain else []
+    if recipe is not None and copies:
+        made = augment_chips(np.stack([chips[s.sha256] for s in varied]),
+                             [seed_of(s.sha256) for s in varied], recipe)
+        parts.append(made.reshape(-1, *made.shape[2:]))
+    dimension = backbone.embedder.dimension
+    vectors = (backbone.embedder.embed(np.concatenate(parts)) if parts
+               else np.zeros((0, dimension), np.float32))
+    n = len(plain)
+    augmented = vectors[n:].reshape(len(varied), copies, dimension)
+    return (
+        {s.sha256: vectors[i] for i, s in enumerate(plain)},
+        {s.sha256: augmented[i] for i, s in enumerate(varied)},
     )
-    copies = augment_chips(chips, [seed_of(s.sha256) for s in batch], recipe)
-    vectors = backbone.embedder.embed(np.concatenate([chips, copies.reshape(-1, *chips.shape[1:])]))
-    n = len(batch)
-    clean = {s.sha256: vectors[i] for i, s in enumerate(batch)}
-    augmented = vectors[n:].reshape(n, recipe.copies, vectors.shape[1])
-    return clean, {s.sha256: augmented[i] for i, s in enumerate(batch)}

@@ -23,11 +23,17 @@ cosine head, judged on a held-out split.
 With nothing to hold out (every person has one sample) no fitted head can be judged:
 the baseline is published, calibrated on strangers as in 3; its reported accuracy is
 then measured on the samples it was built from, and says little.
+
+``select_baseline`` is steps 1-3 for the baseline alone, with no fitting (cheap: the
+trainer publishes it at once); ``select_head`` takes it and goes on with the fitted
+head, calling ``checkpoint`` between fits so that a caller can abandon the work (it
+raises) when the enrolled people change meanwhile.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,7 +50,14 @@ from trainer.calibrate import (
 from trainer.fit import CosineHead, FitConfig, FitResult, fit_cosine_head
 from trainer.gallery import prototypes
 
-__all__ = ["Candidate", "Selection", "Split", "select_head", "stratified_split"]
+__all__ = [
+    "Candidate",
+    "Selection",
+    "Split",
+    "select_baseline",
+    "select_head",
+    "stratified_split",
+]
 
 UNSEEN_FOLDS = 5  # groups of people left out in turn to score strangers
 
@@ -119,6 +132,45 @@ def stratified_split(labels: NDArray[np.intp], fraction: float, seed: int) -> Sp
     return Split(np.sort(np.asarray(train, np.intp)), np.sort(np.asarray(held, np.intp)), single)
 
 
+def select_baseline(
+    clean: NDArray[np.float32],
+    labels: NDArray[np.intp],
+    *,
+    people: int,
+    target_far: float,
+    fallback_threshold: float,
+    config: FitConfig,
+) -> Selection:
+    """The prototype baseline alone, exactly as ``select_head`` builds and judges it,
+    with no fitting: the prototypes of all samples, with the threshold calibrated on
+    strangers and the figures on the held-out samples (all samples when nothing can
+    be held out). ``cosine`` and ``fit`` are None.
+
+    ``clean`` [N, D] are unit embeddings of the samples, ``labels`` [N] their person's
+    row in 0..people-1 (every row has a sample)."""
+    if len(clean) == 0 or people == 0:
+        raise ValueError("select_baseline needs at least one sample")
+    split = stratified_split(labels, config.held_out_fraction, config.seed)
+    pairs = pair_scores(clean, labels, config.seed)
+    everyone = _prototype_matrix(clean, labels, people)
+    no_copies = np.zeros((len(clean), 0, clean.shape[1]), np.float32)  # nothing is fitted
+    data = _Data(clean, no_copies, labels, people, config, target_far, fallback_threshold)
+    if len(split.held_out) == 0:
+        baseline = data.candidate("prototypes", everyone, split.train, split.train)
+        return Selection(
+            "prototypes", CosineHead(everyone), baseline.threshold, split, pairs, baseline,
+            None, None, clean,
+            "no person has two samples, so none can be held out to judge a fitted head",
+        )
+    initial = _prototype_matrix(clean[split.train], labels[split.train], people)
+    baseline = data.candidate("prototypes", initial, split.train, split.held_out)
+    return Selection(
+        "prototypes", CosineHead(everyone), baseline.threshold, split, pairs, baseline,
+        None, None, clean[split.held_out],
+        "the prototypes, published before a cosine head is fitted to compete with them",
+    )
+
+
 def select_head(
     clean: NDArray[np.float32],
     augmented: NDArray[np.float32],
@@ -129,68 +181,56 @@ def select_head(
     fallback_threshold: float,
     config: FitConfig,
     progress: bool = True,
+    baseline: Selection | None = None,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> Selection:
     """Choose and build the head to publish (see the module docstring).
 
     ``clean`` [N, D] and ``augmented`` [N, A, D] are unit embeddings of the samples,
-    ``labels`` [N] their person's row in 0..people-1 (every row has a sample)."""
-    if len(clean) == 0 or people == 0:
-        raise ValueError("select_head needs at least one sample")
-    split = stratified_split(labels, config.held_out_fraction, config.seed)
-    pairs = pair_scores(clean, labels, config.seed)
-    everyone = _prototype_matrix(clean, labels, people)
-    data = _Data(clean, augmented, labels, people, config)
-
-    def candidate(
-        kind: str,
-        weights: NDArray[np.float32],
-        probes: NDArray[np.intp],
-        fitting: tuple[int, float] | None = None,
-    ) -> Candidate:
-        genuine, rival = known_scores(clean[probes], labels[probes], weights)
-        impostor, pair = data.strangers(split.train, fitting)
-        scores = OpenSetScores(genuine, rival, impostor, pair)
-        return Candidate(kind, scores, calibrate(scores, target_far, fallback_threshold))
-
-    if len(split.held_out) == 0:
-        baseline = candidate("prototypes", everyone, split.train)
-        return Selection(
-            "prototypes", CosineHead(everyone), baseline.threshold, split, pairs, baseline,
-            None, None, clean,
-            "no person has two samples, so none can be held out to judge a fitted head",
+    ``labels`` [N] their person's row in 0..people-1 (every row has a sample).
+    ``baseline``: ``select_baseline``'s result on the same samples, when the caller
+    has it already. ``checkpoint`` is called before each fit; whatever it raises
+    abandons the selection."""
+    if baseline is None:
+        baseline = select_baseline(
+            clean, labels, people=people, target_far=target_far,
+            fallback_threshold=fallback_threshold, config=config,
         )
-
+    split = baseline.split
+    if len(split.held_out) == 0:
+        return baseline
+    data = _Data(clean, augmented, labels, people, config, target_far, fallback_threshold,
+                 checkpoint)
     train, held = split.train, split.held_out
     initial = _prototype_matrix(clean[train], labels[train], people)
-    baseline = candidate("prototypes", initial, held)
     reject = _reject_level(baseline.threshold)
     x, y = data.training_set(train)
+    checkpoint()
     fit = fit_cosine_head(
         x, y, initial, config, reject=reject, held_out=(clean[held], labels[held]),
         progress=progress,
     )
-    cosine = candidate("cosine", fit.head.unit_weights(), held, (fit.best_epoch, reject))
-
-    if not cosine.accuracy > baseline.accuracy:
-        reason = (
-            f"the cosine head's held-out accuracy {cosine.accuracy:.4f} does not beat "
-            f"the prototypes' {baseline.accuracy:.4f}"
-        )
-        return Selection(
-            "prototypes", CosineHead(everyone), baseline.threshold, split, pairs, baseline,
-            cosine, fit, clean[held], reason,
+    cosine = data.candidate(
+        "cosine", fit.head.unit_weights(), train, held, (fit.best_epoch, reject)
+    )
+    prototypes_accuracy = baseline.baseline.accuracy
+    if not cosine.accuracy > prototypes_accuracy:
+        return replace(
+            baseline, cosine=cosine, fit=fit,
+            reason=f"the cosine head's held-out accuracy {cosine.accuracy:.4f} does not beat "
+            f"the prototypes' {prototypes_accuracy:.4f}",
         )
     x, y = data.training_set(np.arange(len(clean)))
+    checkpoint()
     final = fit_cosine_head(
-        x, y, everyone, config, reject=reject, epochs=fit.best_epoch, progress=progress
-    )
-    reason = (
-        f"the cosine head's held-out accuracy {cosine.accuracy:.4f} beats the "
-        f"prototypes' {baseline.accuracy:.4f}"
+        x, y, _prototype_matrix(clean, labels, people), config, reject=reject,
+        epochs=fit.best_epoch, progress=progress,
     )
     return Selection(
-        "cosine", final.head, cosine.threshold, split, pairs, baseline, cosine, fit,
-        clean[held], reason,
+        "cosine", final.head, cosine.threshold, split, baseline.pairs, baseline.baseline,
+        cosine, fit, clean[held],
+        f"the cosine head's held-out accuracy {cosine.accuracy:.4f} beats the "
+        f"prototypes' {prototypes_accuracy:.4f}",
     )
 
 
@@ -201,6 +241,24 @@ class _Data:
     labels: NDArray[np.intp]  # [N] rows 0..people-1
     people: int
     config: FitConfig
+    target_far: float
+    fallback_threshold: float
+    checkpoint: Callable[[], None] = lambda: None  # called before each fit
+
+    def candidate(
+        self,
+        kind: str,
+        weights: NDArray[np.float32],
+        train: NDArray[np.intp],
+        probes: NDArray[np.intp],
+        fitting: tuple[int, float] | None = None,
+    ) -> Candidate:
+        """The head ``weights`` [K, D] built from the ``train`` samples (``fitting``:
+        fitted as in ``strangers``), calibrated on strangers, scored on ``probes``."""
+        genuine, rival = known_scores(self.clean[probes], self.labels[probes], weights)
+        impostor, pair = self.strangers(train, fitting)
+        scores = OpenSetScores(genuine, rival, impostor, pair)
+        return Candidate(kind, scores, calibrate(scores, self.target_far, self.fallback_threshold))
 
     def training_set(
         self, samples: NDArray[np.intp], rows: NDArray[np.intp] | None = None
@@ -240,6 +298,7 @@ class _Data:
             weights = _prototype_matrix(self.clean[members], row[self.labels[members]], len(kept))
             if fitting is not None:
                 x, y = self.training_set(members, row[self.labels[members]])
+                self.checkpoint()
                 fitted = fit_cosine_head(
                     x, y, weights, self.config, reject=fitting[1], epochs=fitting[0],
                     progress=False,

@@ -1,32 +1,40 @@
 """The trainer service: re-fit and publish a bundle whenever the enrollment store changes.
 
-One run (``TrainerService.run_once``):
+One run (``TrainerService.run_once``) works in two phases (``trainer.building``), so
+that a new person is named within seconds and the better head follows:
 
 1. read the store's revision; when the current bundle was built from that revision
-   with the same backbone (file, alignment template, preprocessing), there is
-   nothing to do;
-2. embed every sample, clean and augmented (``trainer.embeddings``; cached, so only
-   new samples cost anything);
-3. choose the head, the prototype baseline or the fitted cosine head, and calibrate
-   its threshold (``trainer.selection``);
-4. publish (``facecore.publish``): inside the build step the bundle is written, the
-   exported head is checked against the torch head, and the training report is
-   written into the bundle directory, so that all of it appears at once with the
-   ``current`` pointer switch. A crash or a stop at any point leaves the previous
-   bundle in force; the next run removes the half-built directory.
+   with the same backbone (file, alignment template, preprocessing) and is settled
+   (it has its training report), there is nothing to do;
+2. the baseline: embed the samples' clean chips (``trainer.embeddings``; cached, so
+   only new samples cost anything), build the prototypes and calibrate their
+   threshold (``trainer.selection.select_baseline``: no fitting), and publish them at
+   once, without their report;
+3. the fitted head: embed the augmented chips and fit the cosine head against the
+   baseline (``select_head``). If it beats the baseline it is published as the next
+   version, with its report; if not, the baseline stays in force and its report,
+   with both heads' figures, is added to it. When the store's revision moves during
+   this phase, the fit is abandoned: the next run starts over with a fresh baseline.
 
-``serve`` repeats that every ``settings.trainer.poll_seconds`` and reports to systemd
-(``READY=1``, ``STATUS=``) when run as a notify-type service. SIGTERM is turned into
-``StopRequested`` by the command (``trainer.train_cli``), which unwinds whatever is in
-progress and exits cleanly.
+Publishing (``facecore.publish``) builds each bundle in a staging directory (the
+bundle, the export check of the head, the report) that the ``current`` pointer
+switch makes visible at once. A crash or a stop at any point leaves the previous
+bundle in force; the next run removes the half-built directory. Only one trainer
+publishes at a time: each holds ``state_dir/trainer.lock`` (``trainer.lock``).
+
+``serve`` reads the store's revision every ``WAKE_SECONDS`` (one single-row SQLite
+read) and runs as soon as it moves, and at least every ``settings.trainer.poll_seconds``
+in any case; it reports to systemd (``READY=1``, ``STATUS=``) when run as a
+notify-type service. SIGTERM is turned into ``StopRequested`` by the command
+(``trainer.train_cli``), which unwinds whatever is in progress and exits cleanly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,31 +46,31 @@ from numpy.typing import NDArray
 
 from enrollment.store import EnrollmentStore, Person, Sample
 from facecore import systemd
-from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, write_bundle
+from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, load_bundle
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
-from facecore.publish import current_bundle_dir, publish
+from facecore.publish import bundles_dir, current_bundle_dir, publish
 from trainer.augment import Augmentation
 from trainer.backbone import Backbone
+from trainer.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
 from trainer.embeddings import embed_samples
-from trainer.fit import CosineHead, FitConfig
+from trainer.fit import FitConfig
 from trainer.gallery import DEFAULT_THRESHOLD
-from trainer.report import ReportContext, write_report
-from trainer.selection import Selection, select_head
+from trainer.lock import TrainerLock
+from trainer.selection import Selection, select_baseline, select_head
 
 __all__ = [
+    "WAKE_SECONDS",
     "StopRequested",
     "TrainerService",
-    "bundles_dir",
-    "check_export",
     "describe",
     "enrollment_dir",
 ]
 
 log = logging.getLogger(__name__)
 
-EXPORT_TOLERANCE = 1e-5  # max |numpy on the written head - torch head| on the probes
 RETRY_SECONDS = 60.0  # after a failed run, wait this long before retrying the same revision
+WAKE_SECONDS = 0.25  # how often ``serve`` reads the store's revision
 
 
 class StopRequested(BaseException):
@@ -72,9 +80,8 @@ class StopRequested(BaseException):
     swallow it."""
 
 
-def bundles_dir(settings: Settings) -> Path:
-    """Where bundles are published: ``state_dir/bundles`` (the streamer reads ``current``)."""
-    return settings.state_dir / "bundles"
+class _Superseded(Exception):
+    """The store's revision moved while a head was being fitted for an older one."""
 
 
 def enrollment_dir(settings: Settings) -> Path:
@@ -82,25 +89,37 @@ def enrollment_dir(settings: Settings) -> Path:
 
 
 @dataclass(frozen=True)
-class _Fitted:
-    """What one run fitted, for its build step."""
+class _Roster:
+    """People with at least one sample (one head row each, in the store's name order),
+    their samples, each sample's row, and how many people have none."""
 
     revision: int
-    created: str  # ISO 8601, UTC
-    people: tuple[Person, ...]  # one head row each
-    sample_counts: tuple[int, ...]  # per person
-    people_without_samples: int
-    embedded: int  # samples embedded by this run
-    selection: Selection | None  # None when nobody has a sample
+    people: tuple[Person, ...]
+    samples: tuple[Sample, ...]
+    labels: NDArray[np.intp]  # [N]
+    without: int
+
+    def fitted(self, phase: float, embedded: int, selection: Selection | None) -> Fitted:
+        return Fitted(
+            phase=phase,
+            revision=self.revision,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            people=self.people,
+            sample_counts=tuple(int(np.sum(self.labels == k)) for k in range(len(self.people))),
+            people_without_samples=self.without,
+            embedded=embedded,
+            selection=selection,
+        )
 
 
 class TrainerService:
-    """Owns the enrollment store connection and the backbone's ONNX session.
+    """Owns the enrollment store connection, the backbone's ONNX session and, once a
+    run or ``serve`` has taken it, the trainer lock.
 
     ``backbone``, ``recipe`` and ``config`` default to the settings' recognizer and the
     standard augmentation and fitting recipes. ``publish_pause`` (seconds) sleeps
-    inside the build step, after the bundle and its report are complete and before
-    they are published: a test hook to kill the process mid-publish."""
+    inside each build step, after the bundle is complete and before it is published:
+    a test hook to kill the process mid-publish."""
 
     def __init__(
         self,
@@ -118,19 +137,22 @@ class TrainerService:
         self.recipe = recipe or Augmentation()
         self.config = config or FitConfig()
         self.progress = progress
-        self.publish_pause = publish_pause
         self.notify = notify
-        self.store = EnrollmentStore(enrollment_dir(settings))
-        try:
+        with contextlib.ExitStack() as opened:
+            self.lock = opened.enter_context(TrainerLock(settings.state_dir))
+            self.store = opened.enter_context(EnrollmentStore(enrollment_dir(settings)))
             self.backbone = backbone or Backbone.from_settings(settings)
-        except BaseException:
-            self.store.close()
-            raise
+            opened.pop_all()
+        self.builder = BundleBuilder(
+            self.backbone, self.recipe.copies, settings.trainer.target_far, publish_pause
+        )
 
     # --- lifetime -------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the store and release the lock (safe twice)."""
         self.store.close()
+        self.lock.close()
 
     def __enter__(self) -> TrainerService:
         return self
@@ -158,9 +180,9 @@ class TrainerService:
                         directory, exc)
             return None
 
-    def up_to_date(self, revision: int) -> bool:
-        """The current bundle was fitted on store ``revision`` with this backbone,
-        alignment template and preprocessing."""
+    def built_from(self, revision: int) -> bool:
+        """The current bundle was built from store ``revision`` with this backbone,
+        alignment template and preprocessing (settled or not)."""
         manifest = self.current_manifest()
         return (
             manifest is not None
@@ -170,108 +192,110 @@ class TrainerService:
             and manifest.preprocessing == self.backbone.embedder.preprocessing
         )
 
+    def up_to_date(self, revision: int) -> bool:
+        """``built_from(revision)``, and settled: nothing is left to fit."""
+        directory = current_bundle_dir(self.bundles_dir)
+        return directory is not None and self.built_from(revision) and settled(directory)
+
     def _template(self) -> tuple[tuple[float, float], ...]:
         return tuple((float(x), float(y)) for x, y in self.backbone.template)
 
     def run_once(self) -> Bundle | None:
-        """Re-fit and publish if the store changed since the current bundle; returns the
-        new bundle, or None when it was up to date."""
+        """Bring the published model up to date with the store, both phases (see the
+        module docstring). Returns the bundle in force that this run published or
+        settled, or None when there was nothing to do.
+
+        Takes the trainer lock first: `TrainerBusyError` when another trainer has it."""
+        self.lock.acquire(wait=False)
         revision = self.store.revision()
         if self.up_to_date(revision):
             return None
-        self.notify(f"STATUS=fitting store revision {revision}")
-        people, samples, labels, without = self._roster()
-        embeddings = embed_samples(
-            self.store, self.backbone, samples, self.recipe, progress=self.progress
-        )
+        roster = self._roster(revision)
+        self.notify(f"STATUS=publishing the prototypes of store revision {revision}")
+        clean = embed_samples(self.store, self.backbone, roster.samples, None,
+                              progress=self.progress)
         log.info("%d samples of %d people (%d embedded now, %d from the cache)",
-                 len(samples), len(people), embeddings.computed,
-                 len(samples) - embeddings.computed)
-        selection = None
-        if samples:
-            selection = select_head(
-                embeddings.clean, embeddings.augmented, labels,
-                people=len(people),
+                 len(roster.samples), len(roster.people), clean.computed,
+                 len(roster.samples) - clean.computed)
+        baseline = None
+        if roster.samples:
+            baseline = select_baseline(
+                clean.clean, roster.labels, people=len(roster.people),
                 target_far=self.settings.trainer.target_far,
-                fallback_threshold=DEFAULT_THRESHOLD,
-                config=self.config,
-                progress=self.progress,
+                fallback_threshold=DEFAULT_THRESHOLD, config=self.config,
             )
-            log.info("publishing the %s head: %s", selection.kind, selection.reason)
-            if selection.threshold > 1.0:
-                log.warning("threshold %.4f is above any cosine: at a false-accept rate of %g "
-                            "these samples let nobody be named; enroll more, better samples",
-                            selection.threshold, self.settings.trainer.target_far)
-        fitted = _Fitted(
-            revision=revision,
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            people=tuple(people),
-            sample_counts=tuple(int(np.sum(labels == k)) for k in range(len(people))),
-            people_without_samples=without,
-            embedded=embeddings.computed,
-            selection=selection,
+        prototypes = roster.fitted(PHASE_BASELINE, clean.computed, baseline)
+        if self.built_from(revision):  # published by a run that stopped before settling it
+            directory = current_bundle_dir(self.bundles_dir)
+            assert directory is not None
+            bundle = load_bundle(directory)
+        else:
+            bundle = self._publish(prototypes)
+        try:
+            final = self._fit(roster, clean.clean, baseline)
+        except _Superseded:
+            log.info("the store moved on from revision %d while its head was fitted: the "
+                     "fit is abandoned, the next run starts from its prototypes", revision)
+            return bundle
+        if final is not None and final.phase == PHASE_FITTED:
+            return self._publish(final)
+        self.builder.complete_report(bundle, final or prototypes)
+        log.info("%s stays: %s", bundle.path.name,
+                 final.selection.reason if final and final.selection else "nobody to fit")
+        return bundle
+
+    def _fit(
+        self, roster: _Roster, clean: NDArray[np.float32], baseline: Selection | None
+    ) -> Fitted | None:
+        """The second phase: the fitted head if it beats ``baseline`` (PHASE_FITTED),
+        else the baseline with both heads' figures; None when nobody has a sample.
+        Raises `_Superseded` when the store's revision moves meanwhile."""
+        if baseline is None:
+            return None
+
+        def checkpoint() -> None:
+            if self.store.revision() != roster.revision:
+                raise _Superseded
+
+        self.notify(f"STATUS=fitting a head on store revision {roster.revision}")
+        checkpoint()
+        embedded = 0
+        augmented = np.zeros((len(clean), 0, clean.shape[1]), np.float32)
+        if len(baseline.split.held_out):
+            embeddings = embed_samples(self.store, self.backbone, roster.samples, self.recipe,
+                                       progress=self.progress)
+            embedded, augmented = embeddings.computed, embeddings.augmented
+        selection = select_head(
+            clean, augmented, roster.labels, people=len(roster.people),
+            target_far=self.settings.trainer.target_far, fallback_threshold=DEFAULT_THRESHOLD,
+            config=self.config, progress=self.progress, baseline=baseline,
+            checkpoint=checkpoint,
         )
+        if selection.threshold > 1.0:
+            log.warning("threshold %.4f is above any cosine: at a false-accept rate of %g "
+                        "these samples let nobody be named; enroll more, better samples",
+                        selection.threshold, self.settings.trainer.target_far)
+        phase = PHASE_FITTED if selection.kind == "cosine" else PHASE_BASELINE
+        return roster.fitted(phase, embedded, selection)
+
+    def _publish(self, fitted: Fitted) -> Bundle:
         bundle = publish(
             self.bundles_dir,
             functools.partial(self._build, fitted),
             keep=self.settings.trainer.keep_versions,
         )
-        log.info("published %s: %d people, %s head, threshold %.4f, store revision %d",
-                 bundle.path.name, len(people), bundle.manifest.head_kind,
-                 bundle.manifest.threshold, revision)
+        log.info("published %s (phase %d): %d people, %s head, threshold %.4f, "
+                 "store revision %d", bundle.path.name, fitted.phase, len(fitted.people),
+                 bundle.manifest.head_kind, bundle.manifest.threshold, fitted.revision)
+        self.notify(f"STATUS={describe(bundle)}")
         return bundle
 
-    def _build(self, fitted: _Fitted, directory: Path, version: int) -> Bundle:
-        """``publish``'s build step: the bundle, its export check and its report, all
-        written into the staging ``directory``."""
-        selection = fitted.selection
-        dimension = self.backbone.embedder.dimension
-        if selection is None:
-            head = CosineHead(np.zeros((0, dimension), np.float32))
-            probes = np.zeros((0, dimension), np.float32)
-        else:
-            head, probes = selection.head, selection.probes
-        manifest = BundleManifest(
-            version=version,
-            created=fitted.created,
-            store_revision=fitted.revision,
-            backbone_name=self.backbone.name,
-            backbone_sha256=self.backbone.sha256,
-            preprocessing=self.backbone.embedder.preprocessing,
-            template=self._template(),
-            head_kind=selection.kind if selection else "prototypes",
-            head_sha256="",
-            labels=tuple(p.name for p in fitted.people),
-            person_ids=tuple(p.id for p in fitted.people),
-            threshold=selection.threshold if selection else DEFAULT_THRESHOLD,
-            metrics=_metrics(fitted, self.settings.trainer.target_far),
+    def _build(self, fitted: Fitted, directory: Path, version: int) -> Bundle:
+        return self.builder.build(
+            fitted, directory, version, link_from=current_bundle_dir(self.bundles_dir)
         )
-        bundle = write_bundle(
-            directory, backbone=self.backbone.path, weights=head.unit_weights(), manifest=manifest
-        )
-        difference = check_export(bundle, head, probes)
-        write_report(directory, selection, ReportContext(
-            version=version,
-            created=fitted.created,
-            store_revision=fitted.revision,
-            backbone_name=self.backbone.name,
-            backbone_sha256=self.backbone.sha256,
-            target_far=self.settings.trainer.target_far,
-            people=tuple(zip((p.name for p in fitted.people), fitted.sample_counts, strict=True)),
-            people_without_samples=fitted.people_without_samples,
-            embedded_this_run=fitted.embedded,
-            augmented_copies=self.recipe.copies,
-            export_max_abs_diff=difference,
-        ))
-        if self.publish_pause > 0:
-            log.warning("test hook: pausing %.1f s before publishing %s",
-                        self.publish_pause, directory)
-            time.sleep(self.publish_pause)
-        return bundle
 
-    def _roster(self) -> tuple[list[Person], list[Sample], NDArray[np.intp], int]:
-        """People with at least one sample (one head row each, in the store's name
-        order), their samples, each sample's row, and how many people have none."""
+    def _roster(self, revision: int) -> _Roster:
         listed = self.store.list_people()
         samples = self.store.samples()
         with_samples = {s.person_id for s in samples}
@@ -279,17 +303,21 @@ class TrainerService:
         row = {p.id: k for k, p in enumerate(people)}
         samples = [s for s in samples if s.person_id in row]  # added after list_people
         labels = np.asarray([row[s.person_id] for s in samples], np.intp)
-        return people, samples, labels, len(listed) - len(people)
+        return _Roster(revision, tuple(people), tuple(samples), labels,
+                       len(listed) - len(people))
 
     # --- the service loop -----------------------------------------------------------
 
     def serve(self) -> None:
-        """Poll the store and publish on every change, until ``StopRequested`` (or
-        KeyboardInterrupt) unwinds it. A failed run is logged and retried when the
-        store changes again or after ``RETRY_SECONDS``."""
+        """Follow the store and publish on every change, until ``StopRequested`` (or
+        KeyboardInterrupt) unwinds it. Waits for the trainer lock first when another
+        trainer holds it. A failed run is logged and retried when the store changes
+        again or after ``RETRY_SECONDS``."""
+        self.lock.acquire(wait=True)
         self.notify("READY=1\nSTATUS=watching the enrollment store")
-        log.info("trainer watching %s, publishing into %s every %.1f s",
-                 self.store.root, self.bundles_dir, self.settings.trainer.poll_seconds)
+        log.info("trainer watching %s (every %.2f s, a full check every %.1f s), "
+                 "publishing into %s", self.store.root, self._wake_seconds(),
+                 self.settings.trainer.poll_seconds, self.bundles_dir)
         failed: tuple[int, float] | None = None  # (revision, monotonic time)
         while True:
             revision = self.store.revision()
@@ -307,7 +335,19 @@ class TrainerService:
                     failed = None
                     if bundle is not None:
                         self.notify(f"STATUS={describe(bundle)}")
-            time.sleep(self.settings.trainer.poll_seconds)
+            self._wait_for_change(revision)
+
+    def _wake_seconds(self) -> float:
+        return min(WAKE_SECONDS, self.settings.trainer.poll_seconds)
+
+    def _wait_for_change(self, revision: int) -> None:
+        """Return once the store's revision is no longer ``revision`` (read every
+        ``WAKE_SECONDS``) or ``poll_seconds`` have passed."""
+        deadline = time.monotonic() + self.settings.trainer.poll_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(self._wake_seconds(), left))
+            if self.store.revision() != revision:
+                return
 
 
 def describe(bundle: Bundle) -> str:
@@ -315,40 +355,3 @@ def describe(bundle: Bundle) -> str:
     m = bundle.manifest
     return (f"serving {bundle.path.name}: {len(m.labels)} people, {m.head_kind} head, "
             f"threshold {m.threshold:.3f}, store revision {m.store_revision}")
-
-
-def check_export(bundle: Bundle, head: CosineHead, probes: NDArray[np.float32]) -> float:
-    """Max |scores from the written head.npz (numpy, as the server computes them) -
-    scores of the torch head| on ``probes`` [M, D]; BundleError above the tolerance."""
-    exported = probes @ bundle.gallery.weights.T
-    difference = float(np.max(np.abs(exported - head.scores(probes)))) if exported.size else 0.0
-    if not difference <= EXPORT_TOLERANCE:
-        raise BundleError(
-            f"the exported head in {bundle.path} differs from the torch head by "
-            f"{difference:.2e} (tolerance {EXPORT_TOLERANCE:.0e}); not published"
-        )
-    return difference
-
-
-def _metrics(fitted: _Fitted, target_far: float) -> dict[str, float]:
-    """The manifest's figures: the counts and both candidates' held-out figures."""
-    metrics = {
-        "people": float(len(fitted.people)),
-        "samples": float(sum(fitted.sample_counts)),
-        "people_without_samples": float(fitted.people_without_samples),
-        "embedded_this_run": float(fitted.embedded),
-        "target_far": target_far,
-    }
-    selection = fitted.selection
-    if selection is not None:
-        for candidate in (selection.baseline, selection.cosine):
-            if candidate is not None:
-                for name, value in candidate.figures().items():
-                    metrics[f"{candidate.kind}_{name}"] = value
-        metrics["train_samples"] = float(len(selection.split.train))
-        metrics["held_out_samples"] = float(len(selection.split.held_out))
-        metrics["single_sample_people"] = float(selection.split.single_sample_people)
-        if selection.fit is not None:
-            metrics["fit_epochs"] = float(selection.fit.epochs)
-            metrics["fit_best_epoch"] = float(selection.fit.best_epoch)
-    return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}

@@ -11,6 +11,7 @@
   const GATHER_TIMEOUT_MS = 3000;
   const STATS_EVERY_MS = 1000;
   const UNSTABLE_AFTER_MS = 4000; // "disconnected" this long counts as lost
+  const CONNECT_TIMEOUT_MS = 15000; // from the answer to a connected link
   const UNKNOWN = "unknown"; // the name of a face nobody known matches
 
   const $ = (id) => document.getElementById(id);
@@ -28,7 +29,9 @@
     statsTimer: 0,
     listTimer: 0,
     lostTimer: 0,
+    connectTimer: 0,
     lastStats: null,
+    attempt: 0, // counts starts and teardowns
   };
 
   // ---- modes ---------------------------------------------------------------
@@ -202,6 +205,7 @@
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
     });
+    if (app.pc !== pc) return; // stopped meanwhile
     if (res.status === 401) {
       location.assign("/login");
       return;
@@ -213,8 +217,16 @@
       else fail("The server refused the video", reason);
       return;
     }
-    if (app.pc !== pc) return; // stopped meanwhile
-    await pc.setRemoteDescription(await res.json());
+    const answer = await res.json();
+    if (app.pc !== pc) return;
+    await pc.setRemoteDescription(answer);
+    app.connectTimer = setTimeout(() => {
+      if (app.pc === pc && pc.connectionState !== "connected") {
+        fail("The video link did not come up",
+          "The server answered, but no route between this device and it worked. Use the same " +
+          "Wi-Fi as the server, or ask its owner to configure a TURN server.");
+      }
+    }, CONNECT_TIMEOUT_MS);
   }
 
   function onConnectionState(pc) {
@@ -222,6 +234,7 @@
     clearTimeout(app.lostTimer);
     switch (pc.connectionState) {
       case "connected":
+        clearTimeout(app.connectTimer);
         setState("live");
         break;
       case "disconnected":
@@ -245,14 +258,20 @@
 
   // ---- start / stop ---------------------------------------------------------------
   async function start() {
+    const attempt = ++app.attempt; // a stop or a failure meanwhile makes this one stale
+    const current = () => attempt === app.attempt;
     setState("camera", { title: "Allow the camera", text: "Your browser asks whether facestream may use the camera." });
     try {
       if (!app.stream || app.stream.getVideoTracks().every((t) => t.readyState === "ended")) {
-        app.stream = await openCamera(app.facing);
+        const stream = await openCamera(app.facing);
+        if (!current()) {
+          stream.getTracks().forEach((t) => t.stop());
+          return;
+        }
+        app.stream = stream;
       }
     } catch (err) {
-      const [title, text] = cameraProblem(err);
-      fail(title, text);
+      if (current()) fail(...cameraProblem(err));
       return;
     }
     showLocal(app.stream);
@@ -260,20 +279,21 @@
     setState("connecting", { title: "Connecting", text: "Setting up the video link with the server." });
     try {
       await loadConfig();
-      await connect();
+      if (current()) await connect();
     } catch (err) {
-      if (body.dataset.state === "connecting") {
-        fail("Cannot reach the server", err.message || String(err));
-      }
+      if (current()) fail("Cannot reach the server", err.message || String(err));
       return;
     }
+    if (!current() || !app.pc) return;
     clearInterval(app.statsTimer);
     app.statsTimer = setInterval(updateStats, STATS_EVERY_MS);
   }
 
   function teardown(stopCamera) {
+    app.attempt += 1;
     clearInterval(app.statsTimer);
     clearTimeout(app.lostTimer);
+    clearTimeout(app.connectTimer);
     app.lastStats = null;
     if (app.pc) {
       const pc = app.pc;
