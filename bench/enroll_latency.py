@@ -18,8 +18,9 @@ last sample (and, in brackets, his first) to:
     .venv/bin/python bench/enroll_latency.py --code /tmp/older-checkout   # before/after
 
 ``--code`` runs the trainer and the server from another source tree (the client side
-stays this one's), for before/after numbers on the same machine. Prints a markdown
-table.
+stays this one's), for before/after numbers on the same machine; ``--busy N`` keeps N
+more processes spinning on the CPU during the trials, for numbers under load. Prints
+a markdown table.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import asyncio
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,39 +101,58 @@ class Timeline:
         return (found[0][1], found[0][0]) if found else None
 
 
-async def trial(setup: Installation, http: aiohttp.ClientSession, url: str, phone: Phone,
-                timeline: Timeline, frames: list, photo: Path, remove: str,
-                processes: tuple[Process, ...]) -> Trial:
-    async with http.delete(f"{url}/api/people/{remove}") as response:
-        assert response.status == 204, await response.text()
-    removed = time.time()
-    await until(lambda: any(at > removed and remove not in labels
-                            for at, labels in timeline.published.values()), 90,
-                f"a bundle without {remove}", *processes)
-    await until(lambda: (timeline.serving is not None
-                         and remove not in timeline.published[timeline.serving][1]), 30,
-                "the server to serve it", *processes)
-    await asyncio.sleep(random.uniform(1.0, 3.0))
-    await enroll_over_http(http, url, LIN, enrollment_photos(photo, frames))
-    first, last = commit_times(setup.state_dir, LIN)
-    await until(lambda: phone.first_named(LIN, after=last), 90, f"an event naming {LIN}",
-                *processes)
-    naming = timeline.first_naming(LIN, after=first)
-    await until(lambda: naming is not None and naming[0] in timeline.served, 10,
-                "the served time")
-    assert naming is not None
-    named = phone.first_named(LIN, after=last)
-    assert named is not None
-    return Trial(first, last, naming[1], timeline.served[naming[0]], named)
+@dataclass
+class Stage:
+    """The running installation, the streaming phone and what is known of the bundles."""
+
+    setup: Installation
+    http: aiohttp.ClientSession
+    url: str
+    phone: Phone
+    timeline: Timeline
+    photos: list[tuple[str, bytes]]  # what enrolls Lin
+    processes: tuple[Process, ...]  # whose logs explain a time-out
+
+    def serves_without(self, name: str) -> bool:
+        serving = self.timeline.serving
+        labels = self.timeline.published.get(serving) if serving is not None else None
+        return labels is not None and name not in labels[1]
+
+    async def trial(self, remove: str) -> Trial:
+        """Remove ``remove``, wait for a bundle without them to be served, then enroll
+        Lin again and time it."""
+        timeline = self.timeline
+        async with self.http.delete(f"{self.url}/api/people/{remove}") as response:
+            assert response.status == 204, await response.text()
+        removed = time.time()
+        await until(lambda: any(at > removed and remove not in labels
+                                for at, labels in timeline.published.values()), 90,
+                    f"a bundle without {remove}", *self.processes)
+        await until(lambda: self.serves_without(remove), 30, "the server to serve it",
+                    *self.processes)
+        await asyncio.sleep(random.uniform(1.0, 3.0))
+        await enroll_over_http(self.http, self.url, LIN, self.photos)
+        first, last = commit_times(self.setup.state_dir, LIN)
+        await until(lambda: self.phone.first_named(LIN, after=last), 90,
+                    f"an event naming {LIN}", *self.processes)
+        await until(lambda: (naming := timeline.first_naming(LIN, after=first)) is not None
+                    and naming[0] in timeline.served, 10, "the served time")
+        naming = timeline.first_naming(LIN, after=first)
+        named = self.phone.first_named(LIN, after=last)
+        assert naming is not None and named is not None
+        return Trial(first, last, naming[1], timeline.served[naming[0]], named)
 
 
-async def run(shared: Path, code: Path, trials: int, root: Path) -> list[Trial]:
+async def run(shared: Path, code: Path, trials: int, busy: int, root: Path) -> list[Trial]:
     setup = Installation.create(shared, root, code)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(busy)]
     try:
         setup.run("enroll", "import", str(shared / "people"))
         trainer = setup.start("trainer", "trainer")
         server, url = setup.serve(TOKEN)
         frames = clip_frames(shared / "media" / "short_hamilton_clip.mp4", LIN_FACING)
+        photos = enrollment_photos(shared / "media" / "lin-manuel-miranda.png", frames)
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             timeline = Timeline(setup, http, url)
             follower = asyncio.ensure_future(timeline.follow())
@@ -142,11 +163,10 @@ async def run(shared: Path, code: Path, trials: int, root: Path) -> list[Trial]:
                 phone = await connect_phone(url, TOKEN, FramesTrack(frames))
                 await until(lambda: phone.first_named(FOLDER_LIN), 60,
                             f"an event naming {FOLDER_LIN}", server)
+                stage = Stage(setup, http, url, phone, timeline, photos, (trainer, server))
                 results = []
                 for number in range(trials):
-                    done = await trial(setup, http, url, phone, timeline, frames,
-                                       shared / "media" / "lin-manuel-miranda.png",
-                                       FOLDER_LIN if number == 0 else LIN, (trainer, server))
+                    done = await stage.trial(FOLDER_LIN if number == 0 else LIN)
                     results.append(done)
                     print(f"  trial {number + 1}: {done.named - done.last_commit:.2f} s",
                           file=sys.stderr)
@@ -156,6 +176,9 @@ async def run(shared: Path, code: Path, trials: int, root: Path) -> list[Trial]:
                 if phone is not None:
                     await phone.close()
     finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
         setup.stop_all()
 
 
@@ -180,15 +203,22 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--code", type=Path, default=REPO,
                         help="source tree the trainer and the server run from (default: this)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="CPU-spinning processes to run beside (default 0)")
     parser.add_argument("--label", help="row label (default: the --code folder's name)")
     args = parser.parse_args()
     shared = Path(os.environ.get("FACESTREAM_SHARED", REPO.parent / "shared")).resolve()
     with tempfile.TemporaryDirectory() as scratch:
-        results = asyncio.run(run(shared, args.code.resolve(), args.trials, Path(scratch)))
+        results = asyncio.run(
+            run(shared, args.code.resolve(), args.trials, args.busy, Path(scratch))
+        )
+    label = args.label or args.code.resolve().name
+    if args.busy:
+        label += f", {args.busy} busy"
     print(f"\nseconds after the commit of the last sample (of the first), goal {GOAL_S:g} s\n")
     print("| code | trial | published | served | named |")
     print("| --- | --- | --- | --- | --- |")
-    print(table(args.label or args.code.resolve().name, results))
+    print(table(label, results))
     return 0
 
 

@@ -251,7 +251,9 @@ async def wait_idle(url: str, timeout: float = 20.0) -> None:
 # ---- the server, in a child process ---------------------------------------------------
 
 
-def prepare_settings(shared: Path, state: Path, cache: Path, max_sessions: int) -> object:
+def prepare_settings(
+    shared: Path, state: Path, cache: Path, max_sessions: int, overrides: list[str]
+) -> object:
     from facecore.config import load_settings
     from facecore.registry import MODELS, model_cache_dir, model_path
     from trainer.gallery import build_folder_bundle
@@ -263,6 +265,7 @@ def prepare_settings(shared: Path, state: Path, cache: Path, max_sessions: int) 
             "cache_dir": str(cache),
             "models_dir": str(shared / "models"),
             "server.max_sessions": max_sessions,
+            **dict(item.split("=", 1) for item in overrides),
         },
         {},
     )
@@ -274,7 +277,9 @@ def prepare_settings(shared: Path, state: Path, cache: Path, max_sessions: int) 
     return settings
 
 
-async def serve_child(shared: Path, state: Path, cache: Path, max_sessions: int) -> None:
+async def serve_child(
+    shared: Path, state: Path, cache: Path, max_sessions: int, overrides: list[str]
+) -> None:
     import signal
 
     from aiohttp import web
@@ -282,7 +287,7 @@ async def serve_child(shared: Path, state: Path, cache: Path, max_sessions: int)
     from streamer.engine import Engine
     from streamer.server import create_app
 
-    settings = prepare_settings(shared, state, cache, max_sessions)
+    settings = prepare_settings(shared, state, cache, max_sessions, overrides)
     engine = Engine.from_settings(settings, watch=False)  # type: ignore[arg-type]
     app = create_app(settings, engine, TOKEN, secure=False)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
@@ -305,7 +310,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
         child = subprocess.Popen(
             [sys.executable, __file__, "--serve-child", tmp, "--shared", str(args.shared),
-             "--max-sessions", str(max(args.sessions))],
+             "--max-sessions", str(max(args.sessions)),
+             *(f"--setting={item}" for item in args.setting)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -352,17 +358,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring")
     parser.add_argument("--shared", type=Path,
                         default=Path(os.environ.get("FACESTREAM_SHARED", REPO.parent / "shared")))
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a server setting, e.g. detection.size=320 (repeatable)")
     parser.add_argument("--max-sessions", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--serve-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child is not None:
         state = args.serve_child / "state"
-        asyncio.run(serve_child(args.shared, state, args.serve_child / "cache", args.max_sessions))
+        asyncio.run(serve_child(args.shared, state, args.serve_child / "cache",
+                                args.max_sessions, args.setting))
         return
     rows = asyncio.run(run(args))
     print(f"\n{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the end), "
           f"{WIDTH}x{HEIGHT} {args.codec} at {args.fps:g} fps, "
-          f"{args.seconds:g} s measured per row\n")
+          f"{args.seconds:g} s measured per row"
+          + (f", settings {' '.join(args.setting)}" if args.setting else "") + "\n")
     print(table(rows, args.fps))
 
 

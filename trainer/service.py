@@ -225,10 +225,9 @@ class TrainerService:
                 fallback_threshold=DEFAULT_THRESHOLD, config=self.config,
             )
         prototypes = roster.fitted(PHASE_BASELINE, clean.computed, baseline)
-        if self.built_from(revision):  # published by a run that stopped before settling it
-            directory = current_bundle_dir(self.bundles_dir)
-            assert directory is not None
-            bundle = load_bundle(directory)
+        current = current_bundle_dir(self.bundles_dir)
+        if current is not None and self.built_from(revision):
+            bundle = load_bundle(current)  # published by a run stopped before it settled
         else:
             bundle = self._publish(prototypes)
         try:
