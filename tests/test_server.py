@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import queue
 import re
-import selectors
 import signal
 import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -317,18 +318,33 @@ async def test_a_dead_stun_server_delays_the_answer_but_never_hangs_it(
 
 
 def _read_until_qr(process: subprocess.Popen[str], timeout: float) -> str:
-    """What the server printed up to the first line of its QR code."""
+    """What the server printed up to the first line of its QR code.
+
+    A reader thread does the blocking reads: a selector on the pipe would miss lines
+    already pulled into the text wrapper's buffer."""
     assert process.stdout is not None
-    lines: list[str] = []
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
-            line = process.stdout.readline()
-            lines.append(line)
-            if not line or "█" in line:
-                break
-    return "".join(lines)
+    stdout = process.stdout
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+            if "█" in line:
+                return
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        seen.append(line)
+        if not line or "█" in line:
+            break
+    return "".join(seen)
 
 
 def test_serve_command_prints_what_a_user_needs_and_stops_on_sigterm(

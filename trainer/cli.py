@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
+from trainer.eval_cli import register_eval
+from trainer.train_cli import register_trainer
 
 __all__ = ["register"]
 
@@ -32,16 +34,8 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         epilog="examples:\n  facestream models prepare\n"
         "  facestream models prepare --models-dir /srv/facestream-models",
     )
-    import importlib.util  # INTEGRATION-TEMP: until eval_cli/train_cli land
-
-    if importlib.util.find_spec("trainer.eval_cli"):
-        from trainer.eval_cli import register_eval
-
-        register_eval(subparsers, parents)
-    if importlib.util.find_spec("trainer.train_cli"):
-        from trainer.train_cli import register_trainer
-
-        register_trainer(subparsers, parents)
+    register_eval(subparsers, parents)
+    register_trainer(subparsers, parents)
 
 
 def _prepare(settings: Settings, args: argparse.Namespace) -> int:

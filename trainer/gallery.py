@@ -85,6 +85,12 @@ def build_folder_bundle(
             person_ids=("",) * len(names),
             threshold=threshold,
         )
-        return write_bundle(directory, backbone=backbone.path, weights=weights, manifest=manifest)
+        return write_bundle(
+            directory,
+            backbone=backbone.path,
+            backbone_sha256=backbone.sha256,
+            weights=weights,
+            manifest=manifest,
+        )
 
     return publish(bundles_dir, build, keep=settings.trainer.keep_versions)

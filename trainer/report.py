@@ -27,7 +27,7 @@ from facecore.files import fsync_path
 from trainer.calibrate import roc_curve
 from trainer.selection import Candidate, Selection
 
-__all__ = ["REPORT_FILES", "ReportContext", "report_data", "write_report"]
+__all__ = ["REPORT_FILES", "REPORT_JSON", "ReportContext", "report_data", "write_report"]
 
 REPORT_JSON = "report.json"
 SCORES_PNG = "scores.png"

@@ -189,6 +189,11 @@
     app.pc = pc;
     const channel = pc.createDataChannel("events");
     channel.onmessage = (e) => onEvent(e.data);
+    // enroll.js (the Enroll mode) talks to the server over this same channel.
+    const announce = (ch) =>
+      document.dispatchEvent(new CustomEvent("facestream:channel", { detail: { channel: ch } }));
+    channel.onopen = () => announce(channel);
+    channel.onclose = () => announce(null);
     const track = app.stream.getVideoTracks()[0];
     app.sender = pc.addTransceiver(track, { direction: "sendrecv", streams: [app.stream] }).sender;
     pc.ontrack = (e) => {
@@ -333,6 +338,11 @@
     try {
       event = JSON.parse(data);
     } catch {
+      return;
+    }
+    if (typeof event.type === "string") {
+      // typed messages (enrollment progress) are for enroll.js, not the who-is-here list
+      document.dispatchEvent(new CustomEvent("facestream:message", { detail: { message: event } }));
       return;
     }
     if (typeof event.name !== "string" || event.track === undefined) return;
