@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from facecore import systemd
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
 from facecore.errors import ConfigError
@@ -159,7 +160,9 @@ async def _serve(settings: Settings, out: TextIO) -> None:
                 # terminal, so it does not end up in a service's journal
                 target = urls[0] + (f"login#token={token}" if out.isatty() else "")
                 print(announce.qr_text(target), file=out, flush=True)
+            systemd.notify(f"READY=1\nSTATUS=serving on {urls[0] if urls else scheme}")
             await _wait_for_signal()
+            systemd.notify("STOPPING=1")
             print("facestream: shutting down", file=out, flush=True)
         finally:
             await runner.cleanup()
