@@ -38,9 +38,11 @@ test: install-test system-packages
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python -m pytest
 
 bench: install-test
-	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/facecore.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/detect_embed.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/pipeline.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/webrtc.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/heads.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/enroll_latency.py
 
 lint: install-test
 	$(BIN)/ruff check .

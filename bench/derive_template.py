@@ -19,11 +19,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
-# bench/facecore.py would shadow the facecore package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import cv2
 import numpy as np
 from numpy.typing import NDArray

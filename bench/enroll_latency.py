@@ -38,10 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
-# bench/facecore.py would shadow the facecore package; the helpers live in tests/.
-if sys.path and Path(sys.path[0]).resolve() == REPO / "bench":
-    sys.path.pop(0)
+# The end-to-end helpers live in tests/.
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import aiohttp  # noqa: E402 - after the path set-up

@@ -31,11 +31,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as `python bench/pipeline.py`, Python puts bench/ first on sys.path, where
-# bench/facecore.py would shadow the facecore package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import cv2
 import numpy as np
 import onnxruntime as ort

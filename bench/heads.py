@@ -11,7 +11,7 @@ published, and the timings: each run's total, and in brackets when its first bun
 ORL's faces are 92x112 greyscale photos, smaller than the ingest policy's default
 minimum face (64 px), so they are imported with a 32 px minimum.
 
-    FACESTREAM_SHARED=../shared python bench/trainer.py [--cache-dir DIR]
+    FACESTREAM_SHARED=../shared python bench/heads.py [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -19,16 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
-# bench/facecore.py would shadow the facecore package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 from enrollment.ingest import DEFAULT_POLICY, IngestPolicy, import_folder
 from enrollment.names import folder_person_name

@@ -10,7 +10,7 @@ dlib-bin's own descriptor for scale, all in one run. Prints a markdown table.
 Each figure is given as the median and the best of several timed repeats after a
 warm-up; the load average printed with them says how busy the machine was.
 
-    FACESTREAM_SHARED=../shared python bench/facecore.py
+    FACESTREAM_SHARED=../shared python bench/detect_embed.py
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-# Run as `python bench/<script>.py`, Python puts bench/ first on sys.path, where
-# bench/facecore.py would shadow the facecore package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 import cv2
 import numpy as np
