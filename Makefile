@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 # Debian packages the tests use: a real browser, CJK fonts for names, systemd-analyze,
 # ffmpeg to make the browser's fake-camera file.
-DEB_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig systemd ffmpeg
+DEB_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig systemd ffmpeg xvfb xdotool
 
 .PHONY: serve test bench lint install install-test system-packages
 

@@ -34,7 +34,6 @@ from facecore.config import load_settings
 from facecore.detector import Detector
 from facecore.embedder import Embedder
 from facecore.registry import DETECTOR, MODELS, model_cache_dir, model_path
-from facecore.sessions import create_session
 from trainer.backbone import preprocessing_of
 from trainer.dlib_reference import DlibPipeline
 from trainer.onnx_export import prepare_dlib_resnet
@@ -102,7 +101,7 @@ def main() -> int:
     spec = MODELS["dlib_resnet_v1"]
     source = model_path(settings, "dlib_resnet_v1_dat")
     onnx = prepare_dlib_resnet(source, model_cache_dir(settings))
-    embedder = Embedder(create_session(onnx, device="cpu", threads=THREADS), preprocessing_of(spec))
+    embedder = Embedder.load(onnx, preprocessing_of(spec), device="cpu", threads=THREADS)
     template = np.asarray(spec.template, np.float32)
     chips = []
     detector = Detector(yunet)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import os
 import platform
 import subprocess
@@ -50,6 +51,7 @@ STAGES = ("detect", "recognize", "annotate", "total")
 @dataclass
 class Row:
     size: str
+    detector: str
     tracking: bool
     feed: str
     frames: int = 0
@@ -75,7 +77,8 @@ class Row:
         share = self.named / self.faces if self.faces else 0.0
         names = ", ".join(sorted(self.names)) or "none"
         return (
-            f"| {self.size} | {'on' if self.tracking else 'off'} | {self.feed} | {self.frames} "
+            f"| {self.size} | {self.detector} | {'on' if self.tracking else 'off'} | {self.feed} "
+            f"| {self.frames} "
             f"| {self.fps:.1f} | {self.best_fps:.1f} | {stages} | {p50:.1f} | {p99:.1f} "
             f"| {self.dropped} | {self.recognitions} | {share:.0%} ({names}) "
             f"| {self.cpu_ours:.0%} / {self.cpu_all:.0%} |"
@@ -138,12 +141,16 @@ def _video(clip: Path, size: tuple[int, int], repeat: int, into: Path) -> Path:
     return path
 
 
-def _settings(args: argparse.Namespace, state: Path, tracking: bool) -> Settings:
+def _settings(
+    args: argparse.Namespace, state: Path, tracking: bool, detector: str = "onnxruntime"
+) -> Settings:
     cli = {
         "state_dir": str(state),
         "models_dir": str(args.shared / "models"),
         "tracking.enabled": tracking,
         "recognition.device": args.device,
+        "detection.device": args.device,
+        "detection.backend": detector,
     }
     if args.cache_dir is not None:
         cli["cache_dir"] = str(args.cache_dir)
@@ -218,6 +225,12 @@ def main() -> int:
     parser.add_argument(
         "--runs", type=int, default=3, help="runs per row; the row shows the median-fps run"
     )
+    parser.add_argument(
+        "--detector",
+        type=lambda text: text.split(","),
+        default=["onnxruntime"],
+        help="detection back-ends to compare, e.g. onnxruntime,opencv (default onnxruntime)",
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--cache-dir", type=Path, help="where the converted ONNX is kept")
     parser.add_argument("--shared", type=Path, default=_shared(), help=argparse.SUPPRESS)
@@ -239,21 +252,22 @@ def main() -> int:
         rows = []
         for size in sizes:
             video = _video(clip, size, args.repeat, root)
-            for tracking in args.modes:
+            for detector, tracking in itertools.product(args.detector, args.modes):
                 with Engine.from_settings(
-                    _settings(args, settings.state_dir, tracking), watch=False
+                    _settings(args, settings.state_dir, tracking, detector), watch=False
                 ) as engine:
                     for feed, rate in (("max", None), (f"paced {args.rate:g}/s", args.rate)):
                         runs = []
                         for _ in range(args.runs):
-                            runs.append(Row(f"{size[0]}x{size[1]}", tracking, feed))
+                            runs.append(Row(f"{size[0]}x{size[1]}", detector, tracking, feed))
                             asyncio.run(_measure(engine, video, runs[-1], rate))
                         runs.sort(key=lambda r: r.fps)
                         row = runs[len(runs) // 2]
                         row.best_fps = runs[-1].fps
                         rows.append(row)
                         print(
-                            f"measured {row.size} tracking {'on' if tracking else 'off'} {feed}",
+                            f"measured {row.size} {detector} tracking "
+                            f"{'on' if tracking else 'off'} {feed}",
                             file=sys.stderr,
                         )
         load_after = os.getloadavg()
@@ -270,11 +284,11 @@ def main() -> int:
         "cores during the run\n"
     )
     print(
-        "| size | tracking | feed | frames | fps | best fps | detect ms | recognize ms "
+        "| size | detector | tracking | feed | frames | fps | best fps | detect ms | recognize ms "
         "| annotate ms | total ms | latency p50 ms | latency p99 ms | skipped | faces embedded "
         "| named | CPU |"
     )
-    print("| --- | --- | --- |" + " ---: |" * 11 + " --- | ---: |")
+    print("| --- | --- | --- | --- |" + " ---: |" * 11 + " --- | ---: |")
     for row in rows:
         print(row.markdown())
     return 0

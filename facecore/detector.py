@@ -1,8 +1,10 @@
-"""Face detection with YuNet through ``cv2.FaceDetectorYN``.
+"""Face detection with YuNet, through ONNX Runtime or ``cv2.FaceDetectorYN``.
 
+Both back-ends run the same model file and give the same faces (facecore/yunet.py).
 A ``cv2.FaceDetectorYN`` keeps per-call state (its input size and buffers) and is
-not safe to share between threads, so ``Detector`` keeps one instance per thread
-(``threading.local``): one ``Detector`` may be called from any worker thread.
+not safe to share between threads, so for that back-end ``Detector`` keeps one
+instance per thread (``threading.local``); an ONNX Runtime session is shared. Either
+way one ``Detector`` may be called from any worker thread.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from facecore.config import Settings
 from facecore.errors import ModelLoadError
 from facecore.faces import Faces
 from facecore.registry import DETECTOR, model_path
+from facecore.yunet import OnnxYuNet
 
-__all__ = ["Detector"]
+__all__ = ["BACKENDS", "Detector"]
+
+BACKENDS = ("onnxruntime", "opencv")
+TOP_K = 5000  # candidates kept before non-maximum suppression, as cv2's default
 
 
 class Detector:
@@ -39,16 +45,27 @@ class Detector:
         score_threshold: float = 0.6,
         nms_threshold: float = 0.3,
         min_face_px: int = 0,
+        backend: str = "onnxruntime",
+        device: str = "auto",
+        threads: int = 1,
     ) -> None:
         if size < 32:
             raise ValueError(f"detection size must be at least 32 pixels, got {size}")
+        if backend not in BACKENDS:
+            raise ValueError(f"detection backend must be one of {BACKENDS}, got {backend!r}")
         self.model_path = Path(model_path)
         self.size = size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.min_face_px = min_face_px
+        self.backend = backend
         self._local = threading.local()
-        self._yunet((size, size))  # fail now, in the caller's thread, on a bad model
+        # Load now, in the caller's thread, so a bad model fails here.
+        self._onnx: OnnxYuNet | None = None
+        if backend == "onnxruntime":
+            self._onnx = OnnxYuNet(self.model_path, device=device, threads=threads)
+        else:
+            self._yunet((size, size))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, min_face_px: int | None = None) -> Detector:
@@ -60,6 +77,9 @@ class Detector:
             score_threshold=detection.score_threshold,
             nms_threshold=detection.nms_threshold,
             min_face_px=detection.min_face_px if min_face_px is None else min_face_px,
+            backend=detection.backend,
+            device=detection.device,
+            threads=detection.threads,
         )
 
     def _yunet(self, input_size: tuple[int, int]) -> cv2.FaceDetectorYN:
@@ -72,7 +92,7 @@ class Detector:
                     input_size,
                     self.score_threshold,
                     self.nms_threshold,
-                    5000,
+                    TOP_K,
                 )
             except cv2.error as exc:
                 raise ModelLoadError(f"cannot load YuNet from {self.model_path}: {exc}") from exc
@@ -96,8 +116,15 @@ class Detector:
             )
         else:
             small = frame
-        yunet = self._yunet((small.shape[1], small.shape[0]))
-        _, raw = yunet.detect(small)
+        if self._onnx is not None:
+            raw = self._onnx.detect(
+                small,
+                score_threshold=self.score_threshold,
+                nms_threshold=self.nms_threshold,
+                top_k=TOP_K,
+            )
+        else:
+            _, raw = self._yunet((small.shape[1], small.shape[0])).detect(small)
         faces = Faces.from_yunet(raw, scale)
         if self.min_face_px and len(faces):
             faces = faces[(faces.xyxy[:, 2] - faces.xyxy[:, 0]) >= self.min_face_px]

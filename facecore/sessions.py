@@ -4,7 +4,9 @@
 an NVIDIA driver is loaded; otherwise the CPU. ``onnxruntime-gpu`` lists the CUDA
 provider even on a machine without a GPU (and logs loud errors when asked to use it
 there), so "auto" first looks for the driver, and every caller asks the session
-which provider it really got.
+which provider it really got. Before a CUDA session, the CUDA and cuDNN libraries of
+pip's ``nvidia-*`` packages (``pip install onnxruntime-gpu[cuda,cudnn]``) are loaded
+when they are installed; otherwise the system's are used.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ _CPU = "CPUExecutionProvider"
 _NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 
 
-def create_session(path: Path, *, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
-    """An inference session for the model at ``path``.
+def create_session(
+    model: Path | bytes, *, device: str = "auto", threads: int = 0, name: str | None = None
+) -> ort.InferenceSession:
+    """An inference session for the model at a path, or serialised in ``bytes``
+    (``name`` then says where it came from, for errors).
 
     ``threads`` is ONNX Runtime's intra-op thread count (0: its default, one per
     core). Raises ``ModelLoadError`` for a file ONNX Runtime cannot load, or when
@@ -39,13 +44,17 @@ def create_session(path: Path, *, device: str = "auto", threads: int = 0) -> ort
     has_cuda_build = _CUDA in ort.get_available_providers()
     wants_cuda = has_cuda_build and (device == "cuda" or (device == "auto" and gpu_present()))
     providers = [_CUDA, _CPU] if wants_cuda else [_CPU]
+    if wants_cuda:
+        ort.preload_dlls()
+    source = model if isinstance(model, bytes) else str(model)
+    name = name or (source if isinstance(source, str) else "a model in memory")
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own, unexported exception types
-        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load {name}: {exc}") from exc
     if device == "cuda" and session.get_providers()[0] != _CUDA:
         raise ModelLoadError(
-            f"device 'cuda' was asked for, but ONNX Runtime could not use a GPU for {path}; "
+            f"device 'cuda' was asked for, but ONNX Runtime could not use a GPU for {name}; "
             "use device 'auto' or 'cpu'"
         )
     return session

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -82,13 +83,19 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         handler=_webcam,
         help="show a camera with names on the faces, in a local window",
         description="Open a camera and show it in a window with a box and a name on each "
-        "face. Keys: q or Esc quit, t shows or hides track ids, f shows or hides the frame "
-        "rate.",
-        epilog="examples:\n  facestream webcam\n  facestream webcam --source 1",
+        "face. A video file plays at its own frame rate, as a camera would. Keys: q or Esc "
+        "quit, t shows or hides track ids, f shows or hides the frame rate. Ends with a "
+        "one-line summary.",
+        epilog="examples:\n  facestream webcam\n  facestream webcam --source 1\n"
+        "  facestream webcam --source clip.mp4 --loop",
     )
     webcam.add_argument(
-        "--source", default="0", metavar="INDEX|URL", help="camera index or stream URL (default: 0)"
+        "--source",
+        default="0",
+        metavar="INDEX|FILE|URL",
+        help="a camera index (default: 0), a video file, or an rtsp:// or http(s):// URL",
     )
+    webcam.add_argument("--loop", action="store_true", help="start a video file again at its end")
     webcam.add_argument(
         "--events",
         metavar="FILE",
@@ -159,12 +166,19 @@ def _webcam(settings: Settings, args: argparse.Namespace) -> int:
     from streamer.sources import open_source
 
     title = "facestream"
-    source = open_source(args.source)
+    if sys.platform == "linux" and not os.environ.get("DISPLAY"):
+        # OpenCV's Qt window would abort the process without an X display
+        raise OutputError(
+            "cannot open a window: there is no display (DISPLAY is not set); "
+            "`facestream run --source ... --output FILE` writes the annotated video instead"
+        )
+    source = open_source(args.source, loop=args.loop, realtime=True)
     try:
         try:
-            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+            # resizable, keeping the picture's shape, without Qt's toolbar and status bar
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         except cv2.error as exc:
-            raise OutputError(f"cannot open a window (is there a display?): {exc}") from exc
+            raise OutputError(f"cannot open a window: {exc}") from exc
         summary = _drive(
             settings,
             source,
@@ -221,8 +235,10 @@ async def _loop(
 
     loop.add_signal_handler(signal.SIGINT, interrupt)
     sinks: list[VideoFileSink] = []
+    window_sized = False
 
     def on_result(frame: SourceFrame, result: FrameResult, done: float) -> None:
+        nonlocal window_sized
         if events is not None:
             events.write(result.events)
         if output is not None:
@@ -233,6 +249,9 @@ async def _loop(
                 )
             sinks[0].write(result.frame)
         if window is not None:
+            if not window_sized:  # the window opens small: give it the picture's size
+                _fit_window(window, result.frame)
+                window_sized = True
             _show(window, result.frame, pipeline, stop)
 
     try:
@@ -243,6 +262,13 @@ async def _loop(
         pipeline.close()
         for sink in sinks:
             sink.close()
+
+
+def _fit_window(window: str, frame: NDArray[np.uint8]) -> None:
+    import cv2
+
+    height, width = frame.shape[:2]
+    cv2.resizeWindow(window, width, height)
 
 
 def _show(

@@ -35,7 +35,6 @@ from facecore.errors import BundleError, ModelError
 from facecore.faces import Faces
 from facecore.publish import bundles_dir, current_bundle_dir
 from facecore.registry import DETECTOR, model_path
-from facecore.sessions import create_session
 from streamer.annotate import Overlay
 from streamer.errors import BundleRefusedError, ClosedError
 from streamer.fonts import FontSet
@@ -237,12 +236,12 @@ class Engine:
         """A session for the bundle's backbone, run once on a warm-up batch."""
         width, height = bundle.manifest.preprocessing.size
         try:
-            session = create_session(
+            embedder = Embedder.load(
                 bundle.backbone_path,
+                bundle.manifest.preprocessing,
                 device=self.recognition.device,
                 threads=self.recognition.threads,
             )
-            embedder = Embedder(session, bundle.manifest.preprocessing)
             out = embedder.embed_raw(np.full((WARM_UP_BATCH, height, width, 3), 128, np.uint8))
         except ModelError as exc:
             raise BundleRefusedError(

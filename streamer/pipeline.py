@@ -32,7 +32,7 @@ from streamer.tracker import IdentityChange, Tracker, TrackView
 if TYPE_CHECKING:
     from streamer.engine import Engine
 
-__all__ = ["FrameResult", "StreamPipeline"]
+__all__ = ["FrameResult", "RateMeter", "StreamPipeline"]
 
 FPS_SMOOTHING = 0.1  # weight of the newest frame interval in the fps estimate
 
@@ -45,6 +45,30 @@ class FrameResult:
     timings_ms: Mapping[str, float]  # detect, recognize, annotate, total
 
 
+class RateMeter:
+    """Events per second from their times, smoothed.
+
+    It smooths the interval, not its inverse: two frames in flight together can
+    finish a millisecond apart, and averaging 1/interval would swing to a thousand.
+    """
+
+    def __init__(self, smoothing: float = FPS_SMOOTHING) -> None:
+        self.smoothing = smoothing
+        self._last: float | None = None
+        self._interval: float | None = None
+
+    def tick(self, now: float) -> float:
+        """Record an event at ``now`` (seconds); the rate so far (0 until two)."""
+        if self._last is not None:
+            interval = now - self._last
+            if self._interval is None:
+                self._interval = interval
+            else:
+                self._interval += self.smoothing * (interval - self._interval)
+        self._last = now
+        return 1.0 / self._interval if self._interval else 0.0
+
+
 class StreamPipeline:
     """The pipeline of one stream; made by ``Engine.pipeline()``. ``overlay`` may be
     replaced at any time (the webcam window toggles it)."""
@@ -54,12 +78,12 @@ class StreamPipeline:
         self.stream_id = stream_id
         self.overlay = overlay
         self.frames = 0
-        self.fps = 0.0  # frames processed per second, smoothed
+        self.fps = 0.0  # frames finished per second, smoothed
         self._tracker = Tracker(engine.tracking)
         self._model: ActiveModel | None = None
         self._model_set = False
         self._turn: asyncio.Future[None] | None = None
-        self._last_done: float | None = None
+        self._rate = RateMeter()
         self._closed = False
 
     async def process(self, frame: NDArray[np.uint8]) -> FrameResult:
@@ -69,12 +93,13 @@ class StreamPipeline:
         if self._closed:
             raise ClosedError(f"the pipeline of stream {self.stream_id} is closed")
         start = time.perf_counter()
-        faces, quality, signature = await self.engine.run_cpu(self.engine.detect, frame)
-        detected = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        previous, mine = self._turn, loop.create_future()
+        # Take the turn before detecting: detections of overlapping calls may finish in
+        # either order, but tracking must see the frames in the order they came.
+        previous, mine = self._turn, asyncio.get_running_loop().create_future()
         self._turn = mine
         try:
+            faces, quality, signature = await self.engine.run_cpu(self.engine.detect, frame)
+            detected = time.perf_counter()
             if previous is not None:
                 await asyncio.shield(previous)
             self._check_open()
@@ -87,10 +112,7 @@ class StreamPipeline:
                 previous.add_done_callback(lambda _: _release(mine))
         annotating = time.perf_counter()
         now = time.monotonic()
-        if self._last_done is not None and now > self._last_done:
-            rate = 1.0 / (now - self._last_done)
-            self.fps = rate if self.fps == 0.0 else self.fps + FPS_SMOOTHING * (rate - self.fps)
-        self._last_done = now
+        self.fps = self._rate.tick(now)
         draw = functools.partial(annotate_frame, overlay=self.overlay, fps=self.fps)
         annotated = await self.engine.run_cpu(draw, frame, views, self.engine.fonts)
         end = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -236,6 +237,8 @@ class CaptureSource:
         spec = self.spec
         if spec.kind == "file" and not Path(str(spec.target)).is_file():
             raise SourceError(f"{spec.description} does not exist")
+        if spec.kind == "camera" and sys.platform == "linux" and not _device(spec).exists():
+            raise SourceError(_camera_problem(spec))  # before OpenCV tries, and logs, each backend
         try:
             capture = self._opener(spec)
             opened = capture.isOpened()
@@ -245,17 +248,7 @@ class CaptureSource:
             return capture
         capture.release()
         if spec.kind == "camera":
-            device = Path(f"/dev/video{spec.target}")
-            present = sorted(p.name for p in Path("/dev").glob("video*"))
-            reason = (
-                "it is busy or not a capture device"
-                if device.exists()
-                else f"{device} does not exist"
-            )
-            raise SourceError(
-                f"{spec.description} cannot be opened: {reason} "
-                f"(video devices present: {', '.join(present) or 'none'})"
-            )
+            raise SourceError(_camera_problem(spec))
         if spec.kind == "url":
             raise SourceError(f"{spec.description} cannot be opened (no answer or no video stream)")
         raise SourceError(f"{spec.description} cannot be opened as a video")
@@ -318,6 +311,21 @@ class CaptureSource:
         except cv2.error as exc:
             log.debug("reopening %s failed: %s", self.description, exc)
         return None
+
+
+def _device(spec: SourceSpec) -> Path:
+    return Path(f"/dev/video{spec.target}")
+
+
+def _camera_problem(spec: SourceSpec) -> str:
+    """Why the camera ``spec`` cannot be opened, naming its device and those present."""
+    device = _device(spec)
+    present = sorted(p.name for p in Path("/dev").glob("video*"))
+    reason = "it is busy or not a capture device" if device.exists() else f"{device} does not exist"
+    return (
+        f"{spec.description} cannot be opened: {reason} "
+        f"(video devices present: {', '.join(present) or 'none'})"
+    )
 
 
 def open_source(text: str | int, *, loop: bool = False, realtime: bool = False) -> CaptureSource:

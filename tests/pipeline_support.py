@@ -22,13 +22,13 @@ from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
 from facecore.embedder import Embedder, Preprocessing
 from facecore.registry import MODELS, model_cache_dir, model_path
-from facecore.sessions import create_session
 from streamer.recognizer import ActiveModel
 
 CLIP = "media/short_hamilton_clip.mp4"
 CLIP_FRAMES = 275
 # the clip's shots (cuts after frames 19, 81 and 210)
 WIDE_STAGE = range(0, 20)  # Lin-Manuel Miranda small on stage, Alex Lacamoire at the piano
+PROFILE = range(20, 82)  # Lin-Manuel Miranda in profile, close, before a dark audience
 STAGE = range(82, 211)  # close-ups of Lin-Manuel Miranda singing: one face
 AUDIENCE = range(211, 275)  # Barack and Michelle Obama among the audience
 
@@ -137,5 +137,5 @@ def stand_in_bundle(
 
 
 def active(bundle: Bundle) -> ActiveModel:
-    session = create_session(bundle.backbone_path, device="cpu")
-    return ActiveModel(bundle, Embedder(session, bundle.manifest.preprocessing))
+    embedder = Embedder.load(bundle.backbone_path, bundle.manifest.preprocessing, device="cpu")
+    return ActiveModel(bundle, embedder)

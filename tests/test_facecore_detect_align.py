@@ -61,6 +61,41 @@ def test_detection_size_does_not_move_faces(yunet_path: Path, shared_dir: Path) 
     assert np.abs(small.landmarks - full.landmarks).max() < 0.08 * face_width
 
 
+def _clip_frames(shared_dir: Path, step: int) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(shared_dir / "media" / "short_hamilton_clip.mp4"))
+    frames = []
+    for index in range(275):
+        ok, frame = capture.read()
+        assert ok
+        if index % step == 0:
+            frames.append(frame)
+    capture.release()
+    return frames
+
+
+def test_onnxruntime_and_opencv_back_ends_find_the_same_faces(
+    detector: Detector, shared_dir: Path
+) -> None:
+    assert detector.backend == "onnxruntime"
+    opencv = Detector(detector.model_path, size=640, backend="opencv")
+    photos = ["two_people.jpg", "obama_and_biden.jpg", "obama.jpg", "lin-manuel-miranda.png"]
+    images = [_read(shared_dir, name) for name in photos] + _clip_frames(shared_dir, step=10)
+    compared = 0
+    for image in images:
+        ours, theirs = detector.detect(image), opencv.detect(image)
+        assert len(ours) == len(theirs)
+        order_ours, order_theirs = np.lexsort(ours.xyxy[:, :2].T), np.lexsort(theirs.xyxy[:, :2].T)
+        assert np.abs(ours.xyxy[order_ours] - theirs.xyxy[order_theirs]).max(initial=0) < 0.01
+        assert np.abs(ours.landmarks[order_ours] - theirs.landmarks[order_theirs]).max(
+            initial=0
+        ) < 0.01
+        assert np.abs(ours.score[order_ours] - theirs.score[order_theirs]).max(initial=0) < 1e-4
+        compared += len(ours)
+    assert compared > 60  # the clip's audience shots hold many faces
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Detector(detector.model_path, backend="dlib")
+
+
 def test_no_face_is_empty(detector: Detector) -> None:
     gradient = np.tile(np.linspace(0, 255, 400, dtype=np.uint8), (300, 1))
     faces = detector.detect(cv2.cvtColor(gradient, cv2.COLOR_GRAY2BGR))
@@ -73,8 +108,9 @@ def test_bad_frame_and_bad_model(detector: Detector, tmp_path: Path) -> None:
         detector.detect(np.zeros((10, 10), np.uint8))
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
-    with pytest.raises(ModelLoadError, match=r"broken\.onnx"):
-        Detector(broken)
+    for backend in ("onnxruntime", "opencv"):
+        with pytest.raises(ModelLoadError, match=r"broken\.onnx"):
+            Detector(broken, backend=backend)
 
 
 def test_detector_from_several_threads(detector: Detector, shared_dir: Path) -> None:

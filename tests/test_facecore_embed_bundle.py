@@ -52,7 +52,7 @@ RGB = Preprocessing(size=(8, 8), colour="rgb", mean=(10.0, 20.0, 30.0), scale=0.
 
 
 def test_preprocessing_reaches_the_network(model: Path) -> None:
-    embedder = Embedder(create_session(model, device="cpu"), RGB)
+    embedder = Embedder.load(model, RGB, device="cpu")
     chips = np.zeros((2, 8, 8, 3), np.uint8)
     chips[..., 0], chips[..., 1], chips[..., 2] = 100, 50, 0  # B, G, R
     raw = embedder.embed_raw(chips)
@@ -60,22 +60,25 @@ def test_preprocessing_reaches_the_network(model: Path) -> None:
     assert np.allclose(raw, [[-5.0, 15.0, 35.0]] * 2)
     unit = embedder.embed(chips)
     assert np.allclose(np.linalg.norm(unit, axis=1), 1.0)
+    bgr = Embedder.load(model, replace(RGB, colour="bgr"), device="cpu")
+    assert np.allclose(bgr.embed_raw(chips), [[45.0, 15.0, -15.0]] * 2)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 64, 100])
 def test_any_batch_size(model: Path, n: int) -> None:
-    embedder = Embedder(create_session(model, device="cpu"), RGB)
+    embedder = Embedder.load(model, RGB, device="cpu")
     chips = np.random.default_rng(n).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
     out = embedder.embed(chips)
     assert out.shape == (n, 3) and out.dtype == np.float32
 
 
 def test_wrong_chips_and_wrong_record(model: Path) -> None:
-    session = create_session(model, device="cpu")
     with pytest.raises(ModelLoadError, match=r"\[N, 3, 112, 112\]"):
-        Embedder(session, replace(RGB, size=(112, 112)))
+        Embedder.load(model, replace(RGB, size=(112, 112)))
     with pytest.raises(ValueError, match=r"\[N, 8, 8, 3\] uint8"):
-        Embedder(session, RGB).embed(np.zeros((1, 9, 8, 3), np.uint8))
+        Embedder.load(model, RGB).embed(np.zeros((1, 9, 8, 3), np.uint8))
+    with pytest.raises(ModelLoadError, match=r"made by Embedder\.load"):
+        Embedder(create_session(model, device="cpu"), RGB)  # a float-input session
 
 
 def test_truncated_model_is_refused(model: Path, tmp_path: Path) -> None:
@@ -83,6 +86,8 @@ def test_truncated_model_is_refused(model: Path, tmp_path: Path) -> None:
     cut.write_bytes(model.read_bytes()[:40])
     with pytest.raises(ModelLoadError, match=r"cut\.onnx"):
         create_session(cut)
+    with pytest.raises(ModelLoadError, match=r"cut\.onnx"):
+        Embedder.load(cut, RGB)
 
 
 def test_cuda_asked_without_a_gpu_is_a_clear_error(model: Path) -> None:

@@ -27,7 +27,6 @@ from facecore.config import Settings
 from facecore.detector import Detector
 from facecore.embedder import Embedder, Preprocessing
 from facecore.registry import ARCFACE_112_TEMPLATE, MODELS, model_path
-from facecore.sessions import create_session
 from streamer.engine import Engine
 from streamer.enroll_api import add_enrollment_routes
 from streamer.enroll_capture import (
@@ -230,9 +229,10 @@ def _assert_same_person(
     shared photo than any view is to Barack Obama's."""
     spec = MODELS["dlib_resnet_v1"]
     assert spec.input_size and spec.colour and spec.mean and spec.scale and spec.template
-    embedder = Embedder(
-        create_session(model_path(settings, spec.name), device="cpu"),
+    embedder = Embedder.load(
+        model_path(settings, spec.name),
         Preprocessing(spec.input_size, spec.colour, spec.mean, spec.scale),
+        device="cpu",
     )
     template = np.asarray(spec.template, np.float32)
 

@@ -8,6 +8,7 @@ import collections
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pipeline_support import (
     AUDIENCE,
     CLIP,
     CLIP_FRAMES,
+    PROFILE,
     STAGE,
     WIDE_STAGE,
     clip_frames,
@@ -35,7 +37,7 @@ from streamer.cli import apply_key
 from streamer.engine import Engine
 from streamer.errors import ClosedError
 from streamer.events import RecognitionEvent
-from streamer.pipeline import FrameResult
+from streamer.pipeline import FrameResult, RateMeter
 from streamer.runner import run_source
 from streamer.sources import PushSource, SourceFrame, open_source
 
@@ -133,22 +135,28 @@ def test_clip_names_are_decided_once_per_track(clip_run: ClipRun) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the dlib ResNet prototypes of ../shared/people do not separate the clip's "
-    "audience: Obama's three-quarter views score 0.89-0.91 (threshold 0.91) while other "
-    "faces reach 0.92 for Alex Lacamoire",
+    reason="the dlib ResNet cannot separate the clip's dark audience with these photos: "
+    "Obama's three-quarter views score 0.88-0.91 against his prototype while unknown faces "
+    "and Lin-Manuel Miranda's dark profile score 0.92-0.93 against Alex Lacamoire's. Flip "
+    "averaging, track-mean evidence, nearest-photo scoring and cohort score normalisation "
+    "(Z-norm, mean subtraction, per-person FAR thresholds from LFW) were measured and none "
+    "leaves a threshold between them (docs/benchmarks.md, recognition on the clip)",
 )
 def test_clip_names_obama_in_the_audience_and_nobody_else(
     clip_run: ClipRun, bundle: Bundle
 ) -> None:
     obama, lin = label_of(bundle, "Obama"), label_of(bundle, "Miranda")
+    alex = label_of(bundle, "Lacamoire")
     audience = [clip_run.tracks[i] for i in AUDIENCE]
     assert sum(any(v.name == obama for v in views) for views in audience) >= 0.5 * len(audience)
     for i, views in enumerate(clip_run.tracks):
-        for view in views:
-            allowed = {None, lin} if i in STAGE or i in WIDE_STAGE else {None, obama}
-            assert view.name in allowed | (
-                {label_of(bundle, "Lacamoire")} if i in WIDE_STAGE else set()
-            )
+        if i in WIDE_STAGE:
+            allowed = {None, lin, alex}
+        elif i in STAGE or i in PROFILE:
+            allowed = {None, lin}
+        else:
+            allowed = {None, obama}
+        assert {view.name for view in views} <= allowed, (i, [v.name for v in views])
 
 
 async def test_without_a_bundle_every_face_is_unknown(settings: Settings, clip: Path) -> None:
@@ -344,3 +352,32 @@ def test_run_command_names_a_missing_camera(
     assert error.startswith(
         f"facestream: error: camera {index} (/dev/video{index}) cannot be opened"
     )
+
+
+
+def test_rate_meter_is_steady_when_frames_finish_in_pairs() -> None:
+    meter = RateMeter()
+    now, figures = 0.0, []
+    for i in range(200):  # 30 frames a second, finishing in pairs 1 ms apart
+        now += 0.001 if i % 2 else 0.0657
+        figures.append(meter.tick(now))
+    assert figures[0] == 0.0
+    assert all(27.0 < fps < 33.5 for fps in figures[100:]), (min(figures[100:]), max(figures[100:]))
+
+
+async def test_overlapping_frames_are_tracked_in_the_order_they_came(
+    engine: Engine, shared_file: Callable[[str], Path]
+) -> None:
+    """The first frame is slow to detect (a big photo), the second fast (a small one):
+    its tracking must still wait for the first frame's."""
+    big = cv2.resize(cv2.imread(str(shared_file("media/obama.jpg"))), (4000, 3000))
+    small = cv2.resize(cv2.imread(str(shared_file("media/biden.jpg"))), (320, 240))
+    for _ in range(3):
+        pipeline = engine.pipeline("order")
+        try:
+            first, second = await asyncio.gather(pipeline.process(big), pipeline.process(small))
+        finally:
+            pipeline.close()
+        assert len(first.tracks) == 1 and len(second.tracks) == 1
+        # ids are handed out as frames are tracked: the big frame's face came first
+        assert first.tracks[0].track_id < second.tracks[0].track_id

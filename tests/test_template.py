@@ -17,7 +17,6 @@ from facecore.detector import Detector
 from facecore.embedder import Embedder
 from facecore.errors import ModelError
 from facecore.registry import MODELS, get_spec, resolve_model
-from facecore.sessions import create_session
 from trainer.backbone import preprocessing_of
 from trainer.dlib_reference import SHAPE_PREDICTOR_5, DlibPipeline, match_boxes
 from trainer.onnx_export import prepare_dlib_resnet
@@ -54,8 +53,7 @@ def dlib(dlib_files: tuple[Path, Path]) -> DlibPipeline:
 @pytest.fixture(scope="module")
 def embedder(dlib_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Embedder:
     onnx = prepare_dlib_resnet(dlib_files[1], tmp_path_factory.mktemp("models"))
-    session = create_session(onnx, device="cpu", threads=2)
-    return Embedder(session, preprocessing_of(MODELS["dlib_resnet_v1"]))
+    return Embedder.load(onnx, preprocessing_of(MODELS["dlib_resnet_v1"]), device="cpu", threads=2)
 
 
 @pytest.fixture(scope="module")

@@ -66,10 +66,18 @@ class LiveServer:
 
 @asynccontextmanager
 async def live_server(
-    settings: Settings, engine: Engine, *, https: bool = False, stall_timeout: float = 5.0
+    settings: Settings,
+    engine: Engine,
+    *,
+    https: bool = False,
+    stall_timeout: float = 5.0,
+    extend: Callable[[web.Application], None] | None = None,
 ) -> AsyncIterator[LiveServer]:
-    """The real application on 127.0.0.1, a free port, HTTP or HTTPS (self-signed)."""
+    """The real application on 127.0.0.1, a free port, HTTP or HTTPS (self-signed);
+    ``extend`` adds to the application before it starts (routes, Enroll mode)."""
     app = create_app(settings, engine, TOKEN, secure=https, stall_timeout=stall_timeout)
+    if extend is not None:
+        extend(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     server_context = client_context = None

@@ -14,7 +14,6 @@ from facecore.config import Settings
 from facecore.download import sha256_file
 from facecore.embedder import Embedder, Preprocessing
 from facecore.registry import MODELS, ModelSpec, model_path
-from facecore.sessions import create_session
 
 __all__ = ["Backbone", "preprocessing_of"]
 
@@ -39,14 +38,17 @@ class Backbone:
         if spec.kind != "recognizer" or spec.template is None:
             raise ValueError(f"{name} is not a recognizer with an alignment template")
         path = model_path(settings, name)
-        session = create_session(
-            path, device=settings.recognition.device, threads=settings.recognition.threads
+        embedder = Embedder.load(
+            path,
+            preprocessing_of(spec),
+            device=settings.recognition.device,
+            threads=settings.recognition.threads,
         )
         return cls(
             name=name,
             path=path,
             sha256=sha256_file(path),
-            embedder=Embedder(session, preprocessing_of(spec)),
+            embedder=embedder,
             template=np.asarray(spec.template, np.float32),
         )
 

@@ -166,7 +166,7 @@
     if (!res.ok) throw new Error(`configuration request failed (${res.status})`);
     app.config = await res.json();
     const version = app.config.bundle_version;
-    $("model-version").textContent = version == null ? "No people enrolled yet" : `Model v${version}`;
+    $("model-version").textContent = version == null ? "No model published yet" : `Model v${version}`;
   }
 
   function waitForGathering(pc) {

@@ -97,17 +97,21 @@
     state.phase = phase;
     panel.dataset.enroll = phase;
     document.getElementById("enroll-phase").textContent = label;
-    form.hidden = phase === "collecting" || phase === "saving" || phase === "done";
+    form.hidden = phase !== "idle"; // a result offers its own next step
     live.hidden = !(phase === "collecting" || phase === "saving");
     result.hidden = !(phase === "done" || phase === "failed");
     updateForm();
   }
 
+  // The start button works only with the camera's link up and a name; the hint
+  // below the form says which is missing.
   function updateForm() {
     const open = state.channel && state.channel.readyState === "open";
-    startButton.disabled = !open || !nameInput.value.trim();
-    hint.hidden = Boolean(open);
-    hint.textContent = "Start the camera first: the enrollment uses its video.";
+    const named = Boolean(nameInput.value.trim());
+    startButton.disabled = !open || !named;
+    if (!open) hint.textContent = "Start the camera first: the enrollment uses its video.";
+    else hint.textContent = named ? "" : "Type their name to start.";
+    hint.hidden = form.hidden || !hint.textContent;
   }
 
   function showProgress(count, target) {
@@ -116,6 +120,12 @@
     countText.textContent = `${count}/${target}`;
     progress.setAttribute("aria-valuemax", String(target));
     progress.setAttribute("aria-valuenow", String(count));
+  }
+
+  // The server's reasons are clauses ("only 2 good views in 45 s ..."): shown alone,
+  // they start with a capital.
+  function sentence(text) {
+    return text.charAt(0).toUpperCase() + text.slice(1);
   }
 
   function send(message) {
@@ -154,7 +164,7 @@
       case "failed":
         setPhase("failed", "Not saved");
         resultTitle.textContent = "Enrollment did not finish";
-        resultText.textContent = message.reason || "Something went wrong.";
+        resultText.textContent = sentence(message.reason || "something went wrong.");
         againButton.textContent = "Try again";
         break;
       case "cancelled":
