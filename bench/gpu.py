@@ -149,7 +149,9 @@ def _detection(
         scaled = [cv2.resize(f, (width, height)) for f in frames]
         detectors = {
             "onnxruntime CUDA": Detector(yunet, size=width, device="cuda"),
-            "onnxruntime CPU, 1 thread": Detector(yunet, size=width, device="cpu"),
+            "onnxruntime CPU, 1 thread": Detector(
+                yunet, size=width, backend="onnxruntime", device="cpu"
+            ),
             "opencv": Detector(yunet, size=width, backend="opencv"),
         }
         for way, detector in detectors.items():

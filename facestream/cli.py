@@ -153,6 +153,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return {key: value for key, value in vars(args).items() if key in keys}
 
 
+def _quiet_opencv(debug: bool) -> None:
+    """OpenCV logs to stderr on its own; outside debug keep only its errors (its
+    warnings, such as OpenCV 5's note on each YuNet instance, are noise to a user)."""
+    import cv2
+
+    logging_module = cv2.utils.logging
+    level = logging_module.LOG_LEVEL_INFO if debug else logging_module.LOG_LEVEL_ERROR
+    logging_module.setLogLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `facestream` command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -170,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        _quiet_opencv(debug)
         status: int = args.handler(settings, args)
     except FacestreamError as err:
         if debug:

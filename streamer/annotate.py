@@ -45,13 +45,16 @@ class Overlay:
 
 
 def label_text(view: TrackView, *, track_id: bool = False) -> str:
-    """``"Ada Lovelace 0.91"``, ``"unknown 0.42"``, or with ``track_id`` ``"#7 ..."``.
+    """``"Ada Lovelace 0.91"``, ``"unknown"``, or with ``track_id`` ``"#7 ..."``.
 
-    A left-to-right mark follows the name, so the confidence stays at the right end
-    after a right-to-left (Arabic, Hebrew) name."""
-    text = view.name if view.name is not None else "unknown"
-    if view.confidence > 0:
-        text = f"{text}\u200e {view.confidence:.2f}"
+    An unknown face shows no number: its score is the similarity to the closest
+    enrolled person, which read as "0.91 sure it is unknown". A left-to-right mark
+    follows a name, so the confidence stays at the right end after a right-to-left
+    (Arabic, Hebrew) name."""
+    if view.name is None:
+        text = "unknown"
+    else:
+        text = f"{view.name}\u200e {view.confidence:.2f}" if view.confidence > 0 else view.name
     return f"#{view.track_id} {text}" if track_id else text
 
 

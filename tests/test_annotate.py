@@ -128,7 +128,7 @@ def test_annotators_keep_no_state_and_leave_the_input_alone(fonts: FontSet) -> N
 
 def test_label_text() -> None:
     assert label_text(_view("Ada")) == "Ada\u200e 0.93"
-    assert label_text(_view(None)) == "unknown\u200e 0.41"
+    assert label_text(_view(None)) == "unknown"  # its score is the closest person's
     assert label_text(TrackView(7, (0, 0, 1, 1), None, 0.0), track_id=True) == "#7 unknown"
 
 

@@ -301,7 +301,7 @@ def test_run_command_writes_video_events_and_a_summary(
     bundle: Bundle,
     clip: Path,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     short = tmp_path / "short.mp4"
     writer = cv2.VideoWriter(str(short), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 360))
@@ -321,7 +321,9 @@ def test_run_command_writes_video_events_and_a_summary(
         ["run", "--source", str(short), "--output", str(out), "--events", str(events), *common]
     )
     assert status == 0
-    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    output = capfd.readouterr()
+    assert "WARN" not in output.err  # OpenCV's own notes stay out of the user's terminal
+    summary = output.out.strip().splitlines()[-1]
     lin = label_of(bundle, "Miranda")
     assert summary.startswith("40 frames in ") and "fps" in summary
     assert summary.endswith(f"1 faces seen, names seen: {lin}")
@@ -335,7 +337,7 @@ def test_run_command_writes_video_events_and_a_summary(
     assert set(lines[0]) == {"time", "stream", "track", "name", "confidence", "box"}
 
     status = main(["run", "--source", str(short), "--events", "-", *common])
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     assert status == 0
     assert json.loads(captured.out.splitlines()[0])["name"] == lin
     assert captured.err.strip().splitlines()[-1].startswith("40 frames in ")
@@ -352,7 +354,6 @@ def test_run_command_names_a_missing_camera(
     assert error.startswith(
         f"facestream: error: camera {index} (/dev/video{index}) cannot be opened"
     )
-
 
 
 def test_rate_meter_is_steady_when_frames_finish_in_pairs() -> None:
