@@ -142,7 +142,7 @@ def _video(clip: Path, size: tuple[int, int], repeat: int, into: Path) -> Path:
 
 
 def _settings(
-    args: argparse.Namespace, state: Path, tracking: bool, detector: str = "auto"
+    args: argparse.Namespace, state: Path, tracking: bool, detector: str = "onnxruntime"
 ) -> Settings:
     cli = {
         "state_dir": str(state),
@@ -228,8 +228,8 @@ def main() -> int:
     parser.add_argument(
         "--detector",
         type=lambda text: text.split(","),
-        default=["auto"],
-        help="detection back-ends to compare, e.g. onnxruntime,opencv (default: auto)",
+        default=["onnxruntime"],
+        help="detection back-ends to compare, e.g. onnxruntime,opencv (default: onnxruntime)",
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--cache-dir", type=Path, help="where the converted ONNX is kept")

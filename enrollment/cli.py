@@ -190,15 +190,8 @@ def _detector(settings: Settings) -> Detector:
     """YuNet with the detection settings; no minimum face size here, so that a small
     face is reported as too small rather than as no face."""
     from facecore.detector import Detector
-    from facecore.registry import DETECTOR, model_path
 
-    detection = settings.detection
-    return Detector(
-        model_path(settings, DETECTOR),
-        size=detection.size,
-        score_threshold=detection.score_threshold,
-        nms_threshold=detection.nms_threshold,
-    )
+    return Detector.from_settings(settings, min_face_px=0)
 
 
 def _report(results: Sequence[IngestResult]) -> None:

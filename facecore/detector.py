@@ -1,9 +1,9 @@
-"""Face detection with YuNet, through ``cv2.FaceDetectorYN`` or ONNX Runtime.
+"""Face detection with YuNet, through ONNX Runtime or ``cv2.FaceDetectorYN``.
 
 Both back-ends run the same model file and give the same faces (facecore/yunet.py).
-``backend="auto"`` takes ONNX Runtime when it runs on a GPU, where it is 2-4 times
-as fast as OpenCV, and OpenCV on a CPU, where OpenCV's pipeline throughput is the
-better one (docs/benchmarks.md).
+ONNX Runtime is the default: on one thread it takes half OpenCV's CPU time for a
+frame, which gave 1.7x the pipeline's frames per second on 2 cores, and it runs on
+the GPU too (docs/benchmarks.md).
 A ``cv2.FaceDetectorYN`` keeps per-call state (its input size and buffers) and is
 not safe to share between threads, so for that back-end ``Detector`` keeps one
 instance per thread (``threading.local``); an ONNX Runtime session is shared. Either
@@ -23,12 +23,11 @@ from facecore.config import Settings
 from facecore.errors import ModelLoadError
 from facecore.faces import Faces
 from facecore.registry import DETECTOR, model_path
-from facecore.sessions import cuda_wanted
 from facecore.yunet import OnnxYuNet
 
 __all__ = ["BACKENDS", "Detector"]
 
-BACKENDS = ("auto", "onnxruntime", "opencv")
+BACKENDS = ("onnxruntime", "opencv")
 TOP_K = 5000  # candidates kept before non-maximum suppression, as cv2's default
 
 
@@ -49,7 +48,7 @@ class Detector:
         score_threshold: float = 0.6,
         nms_threshold: float = 0.3,
         min_face_px: int = 0,
-        backend: str = "auto",
+        backend: str = "onnxruntime",
         device: str = "auto",
         threads: int = 1,
     ) -> None:
@@ -62,8 +61,6 @@ class Detector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.min_face_px = min_face_px
-        if backend == "auto":
-            backend = "onnxruntime" if cuda_wanted(device) else "opencv"
         self.backend = backend
         self._local = threading.local()
         # Load now, in the caller's thread, so a bad model fails here.

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from facecore.errors import ModelLoadError
 
-__all__ = ["DEVICES", "create_session", "cuda_wanted", "gpu_present"]
+__all__ = ["DEVICES", "create_session", "gpu_present"]
 
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
@@ -41,7 +41,8 @@ def create_session(
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # a missing GPU under "auto" is expected, not an error
-    wants_cuda = cuda_wanted(device)
+    has_cuda_build = _CUDA in ort.get_available_providers()
+    wants_cuda = has_cuda_build and (device == "cuda" or (device == "auto" and gpu_present()))
     providers = [_CUDA, _CPU] if wants_cuda else [_CPU]
     if wants_cuda:
         ort.preload_dlls()
@@ -57,12 +58,6 @@ def create_session(
             "use device 'auto' or 'cpu'"
         )
     return session
-
-
-def cuda_wanted(device: str) -> bool:
-    """Whether ``device`` means the CUDA provider on this machine."""
-    has_cuda_build = _CUDA in ort.get_available_providers()
-    return has_cuda_build and (device == "cuda" or (device == "auto" and gpu_present()))
 
 
 def gpu_present() -> bool:

@@ -34,7 +34,6 @@ from facecore.embedder import Embedder
 from facecore.errors import BundleError, ModelError
 from facecore.faces import Faces
 from facecore.publish import bundles_dir, current_bundle_dir
-from facecore.registry import DETECTOR, model_path
 from streamer.annotate import Overlay
 from streamer.errors import BundleRefusedError, ClosedError
 from streamer.fonts import FontSet
@@ -97,14 +96,7 @@ class Engine:
         """The detector and settings from ``settings``, the bundle that
         ``state_dir/bundles/current`` points at (none: every face is "unknown"), and,
         with ``watch``, a `BundleWatcher` that swaps in each new published bundle."""
-        detection = settings.detection
-        detector = Detector(
-            model_path(settings, DETECTOR),
-            size=detection.size,
-            score_threshold=detection.score_threshold,
-            nms_threshold=detection.nms_threshold,
-            min_face_px=detection.min_face_px,
-        )
+        detector = Detector.from_settings(settings)
         published = bundles_dir(settings)
         bundle = None
         current = current_bundle_dir(published)

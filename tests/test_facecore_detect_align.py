@@ -94,8 +94,7 @@ def test_onnxruntime_and_opencv_back_ends_find_the_same_faces(
     assert compared > 60  # the clip's audience shots hold many faces
     with pytest.raises(ValueError, match="backend must be one of"):
         Detector(detector.model_path, backend="dlib")
-    # "auto" is OpenCV on a CPU, ONNX Runtime where it would run on a GPU
-    assert Detector(detector.model_path, device="cpu").backend == "opencv"
+    assert detector.backend == "onnxruntime"  # the default
 
 
 def test_no_face_is_empty(detector: Detector) -> None:

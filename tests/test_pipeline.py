@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -382,3 +382,15 @@ async def test_overlapping_frames_are_tracked_in_the_order_they_came(
         assert len(first.tracks) == 1 and len(second.tracks) == 1
         # ids are handed out as frames are tracked: the big frame's face came first
         assert first.tracks[0].track_id < second.tracks[0].track_id
+
+
+def test_engine_detects_with_the_configured_back_end(settings: Settings, clip: Path) -> None:
+    frame = clip_frames(clip, range(100, 101))[0]
+    found = {}
+    for backend in ("onnxruntime", "opencv"):
+        chosen = replace(settings, detection=replace(settings.detection, backend=backend))
+        with Engine.from_settings(chosen, watch=False) as engine:
+            assert engine.detector.backend == backend
+            found[backend] = engine.detector.detect(frame).xyxy
+    assert len(found["onnxruntime"]) == len(found["opencv"]) == 1
+    assert np.abs(found["onnxruntime"] - found["opencv"]).max() < 0.01
