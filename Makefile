@@ -39,7 +39,7 @@ test: install-test system-packages
 
 bench: install-test
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/detect_embed.py
-	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/pipeline.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/pipeline.py --detector onnxruntime,opencv
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/webrtc.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/heads.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/enroll_latency.py

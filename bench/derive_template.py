@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from machine import shared_dir
 from numpy.typing import NDArray
 from tqdm import tqdm
 
@@ -33,9 +34,6 @@ from trainer.template import TemplateFit, derive_template, evaluate_template, to
 CLIP_STEP = 5  # every 5th frame of the clip: neighbouring frames are near duplicates
 POINTS = ("right eye", "left eye", "nose tip", "right mouth", "left mouth")
 
-
-def _shared() -> Path:
-    return Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def _images(shared: Path) -> Iterator[tuple[str, NDArray[np.uint8]]]:
@@ -103,7 +101,7 @@ def _row(label: str, fit: TemplateFit) -> str:
 
 
 def main() -> int:
-    shared = _shared()
+    shared = shared_dir()
     sources, landmarks, transforms = _measure(shared)
     if not sources:
         print("no face was found by both pipelines", file=sys.stderr)

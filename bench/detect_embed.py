@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
+from machine import cpu_description, shared_dir
 from numpy.typing import NDArray
 
 from facecore.alignment import align_faces
@@ -43,9 +43,6 @@ FRAMES = 30  # clip frames timed per resolution
 REPEATS = 7
 
 
-def _shared() -> Path:
-    return Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
 
 def _time_ms(work: Callable[[], object], repeats: int = REPEATS) -> NDArray[np.float64]:
     """(median, best) milliseconds of ``work`` over ``repeats`` runs after a warm-up.
@@ -58,16 +55,6 @@ def _time_ms(work: Callable[[], object], repeats: int = REPEATS) -> NDArray[np.f
         work()
         times.append(time.perf_counter() - start)
     return 1000 * np.array([statistics.median(times), min(times)])
-
-
-def _cpu() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
-    info = dict(line.split(":", 1) for line in lines.splitlines() if ":" in line)
-    model = info.get("Model name", "?").strip()
-    return f"{model}, {info.get('CPU(s)', '?').strip()} CPUs ({os.cpu_count()} usable)"
 
 
 def _frames(shared: Path) -> list[NDArray[np.uint8]]:
@@ -86,7 +73,7 @@ def _frames(shared: Path) -> list[NDArray[np.uint8]]:
 
 
 def main() -> int:
-    shared = _shared()
+    shared = shared_dir()
     settings = load_settings({}, {"FACESTREAM_MODELS_DIR": str(shared / "models"), **os.environ})
     yunet = model_path(settings, DETECTOR)
     frames = _frames(shared)
@@ -121,7 +108,8 @@ def main() -> int:
     import dlib as dlib_module  # the reference pipeline loaded it already
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"machine: {_cpu()}; {platform.system()} {platform.release()}; load average {load}")
+    system = f"{platform.system()} {platform.release()}"
+    print(f"machine: {cpu_description()}; {system}; load average {load}")
     print(
         f"python {platform.python_version()}, onnxruntime {ort.__version__} (CPU provider, "
         f"{THREADS} intra-op threads), opencv {cv2.__version__} ({cv2.getNumThreads()} threads), "

@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
+from machine import shared_dir
 from numpy.typing import NDArray
 
 from facecore.alignment import align_faces
@@ -44,9 +45,6 @@ from trainer.backbone import preprocessing_of
 BATCHES = (1, 8, 32, 128)
 REPEATS = 20
 
-
-def _shared() -> Path:
-    return Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def _median_s(work: Callable[[], object], repeats: int = REPEATS) -> float:
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()):
         print("bench/gpu.py needs an NVIDIA GPU and onnxruntime-gpu", file=sys.stderr)
         return 2
-    shared = _shared()
+    shared = shared_dir()
     yunet = shared / "models" / "face_detection_yunet_2026may.onnx"
     frames = _clip_frames(shared, count=120)
     pool = _chip_pool(shared, Detector(yunet, device="cpu"), MODELS["dlib_resnet_v1"].input_size)

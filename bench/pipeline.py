@@ -25,7 +25,6 @@ import collections
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
+from machine import cpu_description, shared_dir
 
 from facecore.config import Settings, load_settings
 from facecore.registry import MODELS, model_cache_dir, model_path
@@ -91,18 +91,6 @@ def _busy_jiffies() -> tuple[int, int]:
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
 
-
-def _shared() -> Path:
-    return Path(os.environ.get("FACESTREAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
-def _cpu() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
-    info = dict(line.split(":", 1) for line in lines.splitlines() if ":" in line)
-    return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -233,7 +221,7 @@ def main() -> int:
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--cache-dir", type=Path, help="where the converted ONNX is kept")
-    parser.add_argument("--shared", type=Path, default=_shared(), help=argparse.SUPPRESS)
+    parser.add_argument("--shared", type=Path, default=shared_dir(), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = args.size or [(640, 360), (1280, 720)]
 
@@ -273,7 +261,7 @@ def main() -> int:
         load_after = os.getloadavg()
 
     print(
-        f"machine: {_cpu()} ({os.cpu_count()} usable); {platform.system()} {platform.release()}; "
+        f"machine: {cpu_description()}; {platform.system()} {platform.release()}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )
     print(
