@@ -4,6 +4,7 @@ Both back-ends run the same model file and give the same faces (facecore/yunet.p
 ONNX Runtime is the default: on one thread it takes half OpenCV's CPU time for a
 frame, which gave 1.6x the pipeline's frames per second on 2 cores, and it runs on
 the GPU too (docs/benchmarks.md).
+
 A ``cv2.FaceDetectorYN`` keeps per-call state (its input size and buffers) and is
 not safe to share between threads, so for that back-end ``Detector`` keeps one
 instance per thread (``threading.local``); an ONNX Runtime session is shared. Either
