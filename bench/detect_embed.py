@@ -1,7 +1,9 @@
 """Face-core speed on this machine's CPU: YuNet per frame, the embedder per face, and
 dlib-bin's own descriptor for scale, all in one run. Prints a markdown table.
 
-* YuNet: clip frames scaled to 640x360 and 1280x720, detected at full size;
+* YuNet: clip frames scaled to 640x360, 640x480 and 1280x720, detected at full size,
+  through each back-end (ONNX Runtime on one thread; OpenCV with its own threads):
+  wall time, and the CPU time of all threads per frame;
 * embedder: the dlib ResNet ONNX export (converted into the cache if needed) on
   ONNX Runtime's CPU provider with 2 intra-op threads, batches of 1, 8 and 32 real
   face chips; ms per face = ms per batch / batch size;
@@ -15,12 +17,14 @@ warm-up; the load average printed with them says how busy the machine was.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -43,18 +47,27 @@ FRAMES = 30  # clip frames timed per resolution
 REPEATS = 7
 
 
-
-def _time_ms(work: Callable[[], object], repeats: int = REPEATS) -> NDArray[np.float64]:
-    """(median, best) milliseconds of ``work`` over ``repeats`` runs after a warm-up.
-    The best run shows the machine undisturbed; on a shared machine the median can be
-    several times slower."""
+def _time_ms(
+    work: Callable[[], object],
+    repeats: int = REPEATS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> NDArray[np.float64]:
+    """(median, best) milliseconds of ``work`` over ``repeats`` runs after a warm-up,
+    by ``clock`` (wall time, or ``time.process_time`` for the CPU time of all this
+    process's threads). The best run shows the machine undisturbed; on a shared
+    machine the median can be several times slower."""
     work()  # warm-up: lazy allocations, first-run kernel selection
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         work()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return 1000 * np.array([statistics.median(times), min(times)])
+
+
+def _detect_all(detector: Detector, frames: list[NDArray[np.uint8]]) -> None:
+    for frame in frames:
+        detector.detect(frame)
 
 
 def _frames(shared: Path) -> list[NDArray[np.uint8]]:
@@ -79,11 +92,18 @@ def main() -> int:
     frames = _frames(shared)
     rows: list[tuple[str, str, NDArray[np.float64]]] = []
 
-    for width, height in ((640, 360), (1280, 720)):
-        detector = Detector(yunet, size=width)
+    for (width, height), backend in itertools.product(
+        ((640, 360), (640, 480), (1280, 720)), ("onnxruntime", "opencv")
+    ):
+        detector = Detector(yunet, size=width, backend=backend, device="cpu")
         scaled = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
-        ms = _time_ms(lambda d=detector, s=scaled: [d.detect(f) for f in s]) / len(scaled)
-        rows.append((f"YuNet detection, {width}x{height} frame", "ms / frame", ms))
+        for clock, unit in (
+            (time.perf_counter, "ms / frame"),
+            (time.process_time, "CPU ms / frame"),
+        ):
+            work = partial(_detect_all, detector, scaled)
+            ms = _time_ms(work, clock=clock) / len(scaled)
+            rows.append((f"YuNet detection ({backend}), {width}x{height} frame", unit, ms))
 
     spec = MODELS["dlib_resnet_v1"]
     source = model_path(settings, "dlib_resnet_v1_dat")
