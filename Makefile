@@ -42,6 +42,7 @@ bench: install-test
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/pipeline.py --detector onnxruntime,opencv
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/webrtc.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/heads.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/clip_reference.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/enroll_latency.py
 
 lint: install-test

@@ -11,6 +11,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from facecore.cpus import usable_cpus
+
 __all__ = ["cpu_description", "shared_dir"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,4 +31,4 @@ def cpu_description() -> str:
         return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
     info = dict(line.split(":", 1) for line in lines.splitlines() if ":" in line)
     model = info.get("Model name", "?").strip()
-    return f"{model}, {info.get('CPU(s)', '?').strip()} CPUs ({os.cpu_count()} usable)"
+    return f"{model}, {info.get('CPU(s)', '?').strip()} CPUs ({usable_cpus()} usable)"

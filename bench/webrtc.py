@@ -5,14 +5,23 @@ N aiortc clients on loopback each send 640x480 video at 15 fps to a real server
 a child process so clients and server do not share a GIL). Every frame carries its
 number as a barcode in its bottom rows (which the annotation never draws on); a
 client reads the number back from each returned frame, so latency is measured from
-the moment a frame was handed to the client's encoder to the moment its annotated
-copy came out of the client's decoder.
+the moment a frame was handed to the client's WebRTC stack to the moment its
+annotated copy came out of the client's decoder.
+
+Phones encode their video on their own chips, so by default the clients do not
+encode on the server's CPUs: the stamped clip is encoded once before the run and
+each client sends those packets in a loop (``--client-encoding live`` has aiortc
+encode every frame in the clients instead). The clients still decode what comes
+back. ``--server-cpus`` and ``--client-cpus`` keep the server process and the
+clients on separate CPUs.
 
     .venv/bin/python bench/webrtc.py                    # N = 1, 2, 4, 8
     .venv/bin/python bench/webrtc.py --sessions 4 --seconds 30
+    .venv/bin/python bench/webrtc.py --server-cpus 0 --client-cpus 1
 
 Prints a markdown table: per-session returned fps (mean, and the slowest and
-fastest session), latency p50/p99 over every returned frame, and the share of
+fastest session), latency p50/p99 over every returned frame, p99 over the first and
+the second half of the measured time (a backlog shows as growth), and the share of
 frames that did not come back (dropped by the newest-frame-wins stages).
 """
 
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import av
 import cv2
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -50,6 +60,7 @@ BITS = 20  # 16 bits of frame number, 4 of checksum
 CELL = WIDTH // BITS
 TOKEN = "bench-token-0123456789abcdef"
 CLOCK = 90000
+CLIENT_BITRATE = 1_000_000  # what a phone sends for 640x480 (Chrome: 0.5-2.5 Mbit/s)
 
 
 def stamp(image: NDArray[np.uint8], number: int) -> None:
@@ -85,21 +96,58 @@ def clip_frames(clip: Path, count: int = 150) -> list[NDArray[np.uint8]]:
     return frames
 
 
+def stamped(frames: list[NDArray[np.uint8]]) -> list[NDArray[np.uint8]]:
+    """The frames, each stamped with its index (the clip loops: a frame's number
+    names it within one loop, which lasts far longer than any latency)."""
+    out = [frame.copy() for frame in frames]
+    for number, image in enumerate(out):
+        stamp(image, number)
+    return out
+
+
+def encode_clip(frames: list[NDArray[np.uint8]], fps: float, codec: str) -> list[bytes]:
+    """Each frame encoded once, as a phone's hardware encoder would: one keyframe at
+    the start of the loop (so the loop joins up), then inter frames; no lag."""
+    if codec == "video/VP8":
+        context = av.CodecContext.create("libvpx", "w")
+        context.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    else:  # constrained baseline, as Safari sends it
+        context = av.CodecContext.create("libx264", "w")
+        context.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline"}
+    context.width, context.height, context.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    context.time_base = fractions.Fraction(1, round(fps))
+    context.bit_rate = CLIENT_BITRATE
+    context.gop_size = len(frames)
+    packets = []
+    for number, image in enumerate(frames):
+        frame = VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
+        frame.pts = number
+        packets.extend(bytes(packet) for packet in context.encode(frame))
+    packets.extend(bytes(packet) for packet in context.encode(None))
+    if len(packets) != len(frames):
+        raise RuntimeError(f"{len(frames)} frames encoded into {len(packets)} packets")
+    return packets
+
+
 class StampedTrack(MediaStreamTrack):
-    """The clip at ``fps``, each frame stamped with its number; remembers when each
-    frame was handed to the encoder."""
+    """The stamped clip in a loop at ``fps``; remembers when each frame was handed
+    on. With ``encoded`` (``encode_clip``), it hands on those packets, which aiortc
+    sends as they are; without, frames for aiortc's own encoder."""
 
     kind = "video"
 
-    def __init__(self, frames: list[NDArray[np.uint8]], fps: float) -> None:
+    def __init__(
+        self, frames: list[NDArray[np.uint8]], fps: float, encoded: list[bytes] | None
+    ) -> None:
         super().__init__()
         self._frames = frames
+        self._encoded = encoded
         self._period = 1.0 / fps
         self._start: float | None = None
         self.count = 0
         self.sent_at: dict[int, float] = {}
 
-    async def recv(self) -> VideoFrame:
+    async def recv(self) -> VideoFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.perf_counter()
@@ -108,14 +156,18 @@ class StampedTrack(MediaStreamTrack):
         due = self._start + self.count * self._period
         if due > now:
             await asyncio.sleep(due - now)
-        image = self._frames[self.count % len(self._frames)].copy()
-        stamp(image, self.count)
-        frame = VideoFrame.from_ndarray(image, format="bgr24")
-        frame.pts = round(self.count * self._period * CLOCK)
-        frame.time_base = fractions.Fraction(1, CLOCK)
-        self.sent_at[self.count & 0xFFFF] = time.perf_counter()
+        number = self.count % len(self._frames)
+        if self._encoded is None:
+            data: VideoFrame | av.Packet = VideoFrame.from_ndarray(
+                self._frames[number], format="bgr24"
+            )
+        else:
+            data = av.Packet(self._encoded[number])
+        data.pts = round(self.count * self._period * CLOCK)
+        data.time_base = fractions.Fraction(1, CLOCK)
+        self.sent_at[number] = time.perf_counter()
         self.count += 1
-        return frame
+        return data
 
 
 @dataclass
@@ -128,10 +180,14 @@ class Session:
 
 
 async def open_session(
-    url: str, frames: list[NDArray[np.uint8]], fps: float, codec: str
+    url: str,
+    frames: list[NDArray[np.uint8]],
+    encoded: list[bytes] | None,
+    fps: float,
+    codec: str,
 ) -> Session:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    track = StampedTrack(frames, fps)
+    track = StampedTrack(frames, fps, encoded)
     session = Session(pc, track)
     pc.createDataChannel("events")
 
@@ -192,6 +248,7 @@ class Row:
     fps_max: float
     p50_ms: float
     p99_ms: float
+    p99_halves_ms: tuple[float, float]  # over the first and the second half of the time
     returned: float  # share of sent frames that came back
     server_cpu_ms: float  # server process CPU time per returned frame
     client_cpu: float  # cores the clients used (encoding, decoding, reading stamps)
@@ -204,9 +261,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(url: str, server_pid: int, n: int, frames: list[NDArray[np.uint8]],
-                  args: argparse.Namespace) -> Row:
+                  encoded: list[bytes] | None, args: argparse.Namespace) -> Row:
     fps, warmup, seconds = args.fps, args.warmup, args.seconds
-    sessions = [await open_session(url, frames, fps, args.codec) for _ in range(n)]
+    sessions = [await open_session(url, frames, encoded, fps, args.codec) for _ in range(n)]
     await asyncio.sleep(warmup)
     start = time.perf_counter()
     sent0 = [s.track.count for s in sessions]
@@ -220,9 +277,12 @@ async def measure(url: str, server_pid: int, n: int, frames: list[NDArray[np.uin
     for s in sessions:
         await close_session(s)
     rates = [len(w) / (end - start) for w in windows]
-    latencies = np.array([r[2] for w in windows for r in w]) * 1000.0
-    if len(latencies) == 0:
-        latencies = np.array([np.nan])
+    middle = (start + end) / 2
+    latencies = latencies_ms([r[2] for w in windows for r in w])
+    halves = (
+        latencies_ms([r[2] for w in windows for r in w if r[0] < middle]),
+        latencies_ms([r[2] for w in windows for r in w if r[0] >= middle]),
+    )
     return Row(
         sessions=n,
         fps_mean=float(np.mean(rates)),
@@ -230,10 +290,16 @@ async def measure(url: str, server_pid: int, n: int, frames: list[NDArray[np.uin
         fps_max=float(np.max(rates)),
         p50_ms=float(np.percentile(latencies, 50)),
         p99_ms=float(np.percentile(latencies, 99)),
+        p99_halves_ms=(float(np.percentile(halves[0], 99)), float(np.percentile(halves[1], 99))),
         returned=sum(len(w) for w in windows) / max(1, sum(sent)),
         server_cpu_ms=1000.0 * server_cpu / max(1, sum(len(w) for w in windows)),
         client_cpu=client_cpu / (end - start),
     )
+
+
+def latencies_ms(seconds: list[float]) -> NDArray[np.float64]:
+    """Latencies in ms (a NaN when there are none, so percentiles print as nan)."""
+    return np.array(seconds or [np.nan], np.float64) * 1000.0
 
 
 async def wait_idle(url: str, timeout: float = 20.0) -> None:
@@ -306,12 +372,14 @@ async def serve_child(
 
 
 async def run(args: argparse.Namespace) -> list[Row]:
-    frames = clip_frames(args.shared / "media" / "short_hamilton_clip.mp4")
+    frames = stamped(clip_frames(args.shared / "media" / "short_hamilton_clip.mp4"))
+    encoded = None if args.client_encoding == "live" else encode_clip(frames, args.fps, args.codec)
     with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
         child = subprocess.Popen(
             [sys.executable, __file__, "--serve-child", tmp, "--shared", str(args.shared),
              "--max-sessions", str(max(args.sessions)),
-             *(f"--setting={item}" for item in args.setting)],
+             *(f"--setting={item}" for item in args.setting),
+             *(["--cpus", ",".join(map(str, args.server_cpus))] if args.server_cpus else [])],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -322,7 +390,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             rows = []
             for n in args.sessions:
                 rows.append(
-                    await measure(url, child.pid, n, frames, args)
+                    await measure(url, child.pid, n, frames, encoded, args)
                 )
                 print(f"N={n}: done", file=sys.stderr, flush=True)
                 await wait_idle(url)
@@ -335,16 +403,23 @@ async def run(args: argparse.Namespace) -> list[Row]:
 def table(rows: list[Row], fps: float) -> str:
     lines = [
         f"| sessions | returned fps per session (sent {fps:g}) | slowest – fastest | "
-        "latency p50 | latency p99 | frames returned | server CPU per frame | client CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "latency p50 | latency p99 | p99 1st / 2nd half | frames returned | "
+        "server CPU per frame | client CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.sessions} | {r.fps_mean:.1f} | {r.fps_min:.1f} – {r.fps_max:.1f} | "
-            f"{r.p50_ms:.0f} ms | {r.p99_ms:.0f} ms | {r.returned:.0%} | "
+            f"{r.p50_ms:.0f} ms | {r.p99_ms:.0f} ms | "
+            f"{r.p99_halves_ms[0]:.0f} / {r.p99_halves_ms[1]:.0f} ms | {r.returned:.0%} | "
             f"{r.server_cpu_ms:.0f} ms | {r.client_cpu:.2f} cores |"
         )
     return "\n".join(lines)
+
+
+def cpus(text: str) -> set[int]:
+    """A ``--server-cpus`` value: comma-separated CPU numbers."""
+    return {int(x) for x in text.split(",")}
 
 
 def main() -> None:
@@ -354,23 +429,40 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--codec", choices=["video/VP8", "video/H264"], default="video/VP8",
                         help="the codec the clients offer (Chrome: VP8; Safari: H264)")
+    parser.add_argument("--client-encoding", choices=["once", "live"], default="once",
+                        help="once: the clip is encoded before the run and the clients send "
+                        "the packets, as phones encode on their own chips (default); live: "
+                        "each client encodes every frame with aiortc, on these CPUs")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per N")
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring")
     parser.add_argument("--shared", type=Path,
                         default=Path(os.environ.get("FACESTREAM_SHARED", REPO.parent / "shared")))
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="a server setting, e.g. detection.size=320 (repeatable)")
+    parser.add_argument("--server-cpus", type=cpus, metavar="LIST",
+                        help="CPUs the server process may use, e.g. 0 (default: all)")
+    parser.add_argument("--client-cpus", type=cpus, metavar="LIST",
+                        help="CPUs the clients may use, e.g. 1 (default: all)")
+    parser.add_argument("--cpus", type=cpus, help=argparse.SUPPRESS)  # the server child's
     parser.add_argument("--max-sessions", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--serve-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child is not None:
+        if args.cpus:  # before the server starts a thread: they all inherit it
+            os.sched_setaffinity(0, args.cpus)
         state = args.serve_child / "state"
         asyncio.run(serve_child(args.shared, state, args.serve_child / "cache",
                                 args.max_sessions, args.setting))
         return
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)
     rows = asyncio.run(run(args))
+    clients = sorted(os.sched_getaffinity(0))  # the server child inherits them unless told
+    servers = sorted(args.server_cpus or clients)
     print(f"\n{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the end), "
+          f"server on CPUs {servers}, clients on CPUs {clients}, "
           f"{WIDTH}x{HEIGHT} {args.codec} at {args.fps:g} fps, "
+          f"clients encode {args.client_encoding}, "
           f"{args.seconds:g} s measured per row"
           + (f", settings {' '.join(args.setting)}" if args.setting else "") + "\n")
     print(table(rows, args.fps))

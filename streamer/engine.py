@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from numpy.typing import NDArray
 
 from facecore.bundle import Bundle, load_bundle
 from facecore.config import RecognitionSettings, Settings, TrackingSettings
+from facecore.cpus import usable_cpus
 from facecore.detector import Detector
 from facecore.embedder import Embedder
 from facecore.errors import BundleError, ModelError
@@ -85,7 +85,7 @@ class Engine:
                 self.recognizer.close()
                 raise
         self._pool = ThreadPoolExecutor(
-            max_workers=workers or min(4, os.cpu_count() or 2), thread_name_prefix="facestream-cpu"
+            max_workers=workers or min(4, usable_cpus()), thread_name_prefix="facestream-cpu"
         )
         self._pipelines: weakref.WeakSet[StreamPipeline] = weakref.WeakSet()
         self._watcher: BundleWatcher | None = None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 from numpy.typing import NDArray
 
+from facecore.cpus import usable_cpus
 from streamer.events import UNKNOWN, RecognitionEvent
 from streamer.jitter import use_marker_jitter_buffer
 from streamer.signalling import OfferError, check_offer
@@ -308,7 +308,7 @@ class PeerSession:
 
 class PeerManager:
     """Answers offers (at most ``max_sessions`` peers at a time) and closes peers.
-    At most ``frame_slots`` frames (default: one per CPU core) are in the
+    At most ``frame_slots`` frames (default: one per usable CPU) are in the
     pipelines at once, whatever the number of peers."""
 
     def __init__(
@@ -323,8 +323,8 @@ class PeerManager:
         frame_slots: int | None = None,
     ) -> None:
         self._engine = engine
-        # frames in the pipelines at once, across every peer (default: one per core)
-        self._gate = asyncio.Semaphore(frame_slots or os.cpu_count() or 2)
+        # frames in the pipelines at once, across every peer (default: one per usable CPU)
+        self._gate = asyncio.Semaphore(frame_slots or usable_cpus())
         self._max_sessions = max_sessions
         self._ice_servers = list(ice_servers)
         self._negotiate_timeout = negotiate_timeout

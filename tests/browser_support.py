@@ -12,9 +12,11 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -147,6 +149,10 @@ async def chromium(
     """Headless Chromium on ``url`` whose camera plays ``camera`` (a Y4M file), or
     Chromium's test pattern when None."""
     fake = [f"--use-file-for-fake-video-capture={camera}"] if camera is not None else []
+    # Chromium makes a temporary folder for its singleton socket and leaves it behind
+    # when it is stopped: give it one of ours, removed after (short: a socket's path
+    # must fit in 108 bytes, which the test's own temporary folder does not)
+    scratch = Path(tempfile.mkdtemp(prefix="fs-chromium-"))
     process = await asyncio.create_subprocess_exec(
         str(CHROMIUM),
         "--headless=new",
@@ -166,6 +172,7 @@ async def chromium(
         url,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     try:
         assert process.stderr is not None
@@ -188,6 +195,7 @@ async def chromium(
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @asynccontextmanager

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import platformdirs
 import pytest
 
 from facecore.config import Settings, ensure_private_dir, env_name, load_settings, setting_keys
+from facecore.cpus import usable_cpus
 from facecore.errors import ConfigError
 
 
@@ -240,3 +244,17 @@ def test_ensure_private_dir(tmp_path: Path) -> None:
     target.chmod(0o755)
     ensure_private_dir(target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
+
+
+def test_usable_cpus_follow_the_affinity_mask() -> None:
+    # a real child process confined to one CPU, as taskset or systemd's CPUAffinity= do
+    code = (
+        "import os\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from facecore.cpus import usable_cpus\n"
+        "print(usable_cpus(), os.cpu_count())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    confined, machine = map(int, out.stdout.split())
+    assert confined == 1
+    assert usable_cpus() == len(os.sched_getaffinity(0)) <= machine
