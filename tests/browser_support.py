@@ -152,50 +152,49 @@ async def chromium(
     # Chromium makes a temporary folder for its singleton socket and leaves it behind
     # when it is stopped: give it one of ours, removed after (short: a socket's path
     # must fit in 108 bytes, which the test's own temporary folder does not)
-    scratch = Path(tempfile.mkdtemp(prefix="fs-chromium-"))
-    process = await asyncio.create_subprocess_exec(
-        str(CHROMIUM),
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        *fake,
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--ignore-certificate-errors",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-port=0",
-        f"--window-size={size[0]},{size[1]}",
-        url,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "TMPDIR": str(scratch)},
-    )
-    try:
-        assert process.stderr is not None
-        endpoint = None
-        while endpoint is None:
-            line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
-            assert line, "chromium exited before it opened DevTools"
-            found = re.search(r"DevTools listening on ws://([^/]+)/", line)
-            endpoint = found.group(1) if found else None
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://{endpoint}/json/list") as r:
-                pages = [t for t in await r.json() if t["type"] == "page"]
-            async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                yield DevTools(ws)
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        shutil.rmtree(scratch, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="fs-chromium-", ignore_cleanup_errors=True) as scratch:
+        process = await asyncio.create_subprocess_exec(
+            str(CHROMIUM),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            *fake,
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--ignore-certificate-errors",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            f"--window-size={size[0]},{size[1]}",
+            url,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "TMPDIR": scratch},
+        )
+        try:
+            assert process.stderr is not None
+            endpoint = None
+            while endpoint is None:
+                line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+                assert line, "chromium exited before it opened DevTools"
+                found = re.search(r"DevTools listening on ws://([^/]+)/", line)
+                endpoint = found.group(1) if found else None
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{endpoint}/json/list") as r:
+                    pages = [t for t in await r.json() if t["type"] == "page"]
+                async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    yield DevTools(ws)
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 10)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
 
 
 @asynccontextmanager
