@@ -30,8 +30,8 @@ from numpy.typing import NDArray
 from enrollment.names import folder_person_name
 from facecore.config import load_settings
 from facecore.detector import Detector
-from trainer.dlib_reference import DlibPipeline
-from trainer.gallery import IMAGE_SUFFIXES
+from trainer.dlib.reference import DlibPipeline
+from trainer.fitting.gallery import IMAGE_SUFFIXES
 
 AUDIENCE = range(211, 275)  # the audience shot, as in tests/pipeline_support.py
 OBAMA = "Barack Obama"

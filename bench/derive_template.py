@@ -28,8 +28,8 @@ from tqdm import tqdm
 from facecore.config import load_settings
 from facecore.detector import Detector
 from facecore.registry import MODELS
-from trainer.dlib_reference import DlibPipeline, match_boxes
-from trainer.template import TemplateFit, derive_template, evaluate_template, to_chip
+from trainer.dlib.reference import DlibPipeline, match_boxes
+from trainer.dlib.template import TemplateFit, derive_template, evaluate_template, to_chip
 
 CLIP_STEP = 5  # every 5th frame of the clip: neighbouring frames are near duplicates
 POINTS = ("right eye", "left eye", "nose tip", "right mouth", "left mouth")

@@ -39,8 +39,8 @@ from facecore.detector import Detector
 from facecore.embedder import Embedder
 from facecore.registry import DETECTOR, MODELS, model_cache_dir, model_path
 from trainer.backbone import preprocessing_of
-from trainer.dlib_reference import DlibPipeline
-from trainer.onnx_export import prepare_dlib_resnet
+from trainer.dlib.export import prepare_dlib_resnet
+from trainer.dlib.reference import DlibPipeline
 
 THREADS = 2
 FRAMES = 30  # clip frames timed per resolution

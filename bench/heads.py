@@ -31,7 +31,7 @@ from facecore.bundle import Bundle
 from facecore.config import load_settings
 from facecore.detector import Detector
 from facecore.registry import DETECTOR, model_cache_dir, model_path
-from trainer.onnx_export import prepare_dlib_resnet
+from trainer.dlib.export import prepare_dlib_resnet
 from trainer.service import TrainerService, enrollment_dir
 
 DATASETS = {

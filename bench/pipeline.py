@@ -38,12 +38,12 @@ from machine import cpu_description, shared_dir
 
 from facecore.config import Settings, load_settings
 from facecore.registry import MODELS, model_cache_dir, model_path
-from streamer.engine import Engine
-from streamer.pipeline import FrameResult
-from streamer.runner import run_source
-from streamer.sources import CaptureSource, SourceFrame, parse_source
-from trainer.gallery import build_folder_bundle
-from trainer.onnx_export import prepare_dlib_resnet
+from streamer.live.engine import Engine
+from streamer.live.pipeline import FrameResult
+from streamer.live.runner import run_source
+from streamer.live.sources import CaptureSource, SourceFrame, parse_source
+from trainer.dlib.export import prepare_dlib_resnet
+from trainer.fitting.gallery import build_folder_bundle
 
 STAGES = ("detect", "recognize", "annotate", "total")
 

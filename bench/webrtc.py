@@ -1,7 +1,7 @@
 """Glass-to-glass latency and returned frame rate of the WebRTC server.
 
 N aiortc clients on loopback each send 640x480 video at 15 fps to a real server
-(``streamer.server`` with the real Engine and a bundle of the shared people, run in
+(``streamer.web.server`` with the real Engine and a bundle of the shared people, run in
 a child process so clients and server do not share a GIL). Every frame carries its
 number as a barcode in its bottom rows (which the annotation never draws on); a
 client reads the number back from each returned frame, so latency is measured from
@@ -52,7 +52,7 @@ from numpy.typing import NDArray
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streamer.jitter import use_marker_jitter_buffer  # noqa: E402 - after the path set-up
+from streamer.web.jitter import use_marker_jitter_buffer  # noqa: E402 - after the path set-up
 
 WIDTH, HEIGHT = 640, 480
 STRIP = 16  # rows of barcode at the bottom
@@ -322,8 +322,8 @@ def prepare_settings(
 ) -> object:
     from facecore.config import load_settings
     from facecore.registry import MODELS, model_cache_dir, model_path
-    from trainer.gallery import build_folder_bundle
-    from trainer.onnx_export import prepare_dlib_resnet
+    from trainer.dlib.export import prepare_dlib_resnet
+    from trainer.fitting.gallery import build_folder_bundle
 
     settings = load_settings(
         {
@@ -350,8 +350,8 @@ async def serve_child(
 
     from aiohttp import web
 
-    from streamer.engine import Engine
-    from streamer.server import create_app
+    from streamer.live.engine import Engine
+    from streamer.web.server import create_app
 
     settings = prepare_settings(shared, state, cache, max_sessions, overrides)
     engine = Engine.from_settings(settings, watch=False)  # type: ignore[arg-type]

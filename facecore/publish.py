@@ -10,7 +10,7 @@ version name, then replaces ``current``. A crash at any step leaves ``current``
 pointing at a complete bundle; leftovers (any hidden entry) are removed by the next
 publish. The model files of a published bundle are never modified; only the
 trainer's training report beside them may be completed later, file by file with a
-rename (see ``trainer.building``). One writer at a time: the trainer holds
+rename (see ``trainer.fitting.building``). One writer at a time: the trainer holds
 ``state_dir/trainer.lock`` (``trainer.lock``).
 """
 

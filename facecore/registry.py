@@ -146,7 +146,7 @@ _SPECS = (
         name="dlib_resnet_v1",
         version="1",
         kind="recognizer",
-        # the converter (trainer.onnx_export.prepare_dlib_resnet) names its output so
+        # the converter (trainer.dlib.export.prepare_dlib_resnet) names its output so
         filename=f"dlib_resnet_v1-{_DLIB_DAT_SHA256[:16]}.onnx",
         urls=(),
         sha256=None,

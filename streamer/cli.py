@@ -25,12 +25,12 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from streamer.annotate import Overlay
-    from streamer.engine import Engine
-    from streamer.events import EventWriter
-    from streamer.pipeline import FrameResult, StreamPipeline
-    from streamer.runner import RunSummary
-    from streamer.sources import CaptureSource, SourceFrame
+    from streamer.live.annotate import Overlay
+    from streamer.live.engine import Engine
+    from streamer.live.events import EventWriter
+    from streamer.live.pipeline import FrameResult, StreamPipeline
+    from streamer.live.runner import RunSummary
+    from streamer.live.sources import CaptureSource, SourceFrame
 
 __all__ = ["apply_key", "register"]
 
@@ -144,8 +144,8 @@ def apply_key(overlay: Overlay, key: int) -> tuple[Overlay, bool]:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from streamer.annotate import Overlay
-    from streamer.sources import open_source
+    from streamer.live.annotate import Overlay
+    from streamer.live.sources import open_source
 
     source = open_source(args.source, loop=args.loop, realtime=args.realtime)
     try:
@@ -161,9 +161,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 def _webcam(settings: Settings, args: argparse.Namespace) -> int:
     import cv2
 
-    from streamer.annotate import Overlay
     from streamer.errors import OutputError
-    from streamer.sources import open_source
+    from streamer.live.annotate import Overlay
+    from streamer.live.sources import open_source
 
     title = "facestream"
     if sys.platform == "linux" and not os.environ.get("DISPLAY"):
@@ -203,8 +203,8 @@ def _drive(
     *,
     window: str | None = None,
 ) -> RunSummary:
-    from streamer.engine import Engine
-    from streamer.events import EventWriter
+    from streamer.live.engine import Engine
+    from streamer.live.events import EventWriter
 
     events = EventWriter(events_target) if events_target else None
     try:
@@ -223,7 +223,7 @@ async def _loop(
     output: str | None,
     window: str | None,
 ) -> RunSummary:
-    from streamer.runner import VideoFileSink, run_source
+    from streamer.live.runner import VideoFileSink, run_source
 
     pipeline = engine.pipeline(source.description, overlay=overlay)
     stop = asyncio.Event()

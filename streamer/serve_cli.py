@@ -22,7 +22,7 @@ from facecore.errors import ConfigError
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from streamer.tls import CertificatePair
+    from streamer.web.tls import CertificatePair
 
 __all__ = ["register_serve", "serve"]
 
@@ -119,13 +119,13 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 async def _serve(settings: Settings, out: TextIO) -> None:
     from aiohttp import web
 
-    from streamer import announce, tls
-    from streamer.auth import load_or_create_token, token_path
-    from streamer.engine import Engine
-    from streamer.enroll_api import add_enrollment_routes
-    from streamer.live_enroll import attach_live_enrollment
-    from streamer.server import create_app
-    from streamer.signalling import parse_ice_servers
+    from streamer.enroll.api import add_enrollment_routes
+    from streamer.enroll.camera import attach_live_enrollment
+    from streamer.live.engine import Engine
+    from streamer.web import announce, tls
+    from streamer.web.auth import load_or_create_token, token_path
+    from streamer.web.server import create_app
+    from streamer.web.signalling import parse_ice_servers
 
     server = settings.server
     parse_ice_servers(server.ice_servers, settings.origins.get("server.ice_servers"))
@@ -184,7 +184,7 @@ def _startup_text(
     pair: CertificatePair | None,
     new_token: tuple[str, Path] | None,
 ) -> str:
-    from streamer.tls import fingerprint
+    from streamer.web.tls import fingerprint
 
     lines = []
     if scheme == "http":

@@ -28,10 +28,10 @@ from aiohttp import web
 from webrtc_support import LiveServer, live_server
 
 from facecore.config import Settings
-from streamer.engine import Engine
-from streamer.enroll_api import add_enrollment_routes
-from streamer.enroll_capture import CapturePlan
-from streamer.live_enroll import attach_live_enrollment
+from streamer.enroll.api import add_enrollment_routes
+from streamer.enroll.camera import attach_live_enrollment
+from streamer.enroll.capture import CapturePlan
+from streamer.live.engine import Engine
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -38,7 +38,7 @@ def enrollment_settings(shared_dir: Path, state_dir: Path) -> Settings:
         {},
     )
     if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
-        from trainer.onnx_export import prepare_dlib_resnet
+        from trainer.dlib.export import prepare_dlib_resnet
 
         dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(dat, model_cache_dir(settings))

@@ -22,7 +22,7 @@ from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
 from facecore.embedder import Embedder, Preprocessing
 from facecore.registry import MODELS, model_cache_dir, model_path
-from streamer.recognizer import ActiveModel
+from streamer.live.recognizer import ActiveModel
 
 CLIP = "media/short_hamilton_clip.mp4"
 CLIP_FRAMES = 275
@@ -37,7 +37,7 @@ def live_settings(shared_dir: Path, state_dir: Path, cache_dir: Path, **keys: ob
     """Settings that find YuNet in the shared models folder and the dlib ResNet
     converted (once per ``cache_dir``) into ``cache_dir``; ``keys`` are dotted
     settings (``{"tracking.enabled": False}`` as ``**{...}``)."""
-    from trainer.onnx_export import prepare_dlib_resnet
+    from trainer.dlib.export import prepare_dlib_resnet
 
     cli: dict[str, object] = {
         "state_dir": str(state_dir),
@@ -63,7 +63,7 @@ def people_folder(shared_dir: Path, into: Path, people: Iterable[str]) -> Path:
 def publish_people(settings: Settings, folder: Path) -> Bundle:
     """Build and publish the one-prototype-per-person bundle of ``folder`` into
     ``state_dir/bundles``."""
-    from trainer.gallery import build_folder_bundle
+    from trainer.fitting.gallery import build_folder_bundle
 
     return build_folder_bundle(folder, settings.state_dir / "bundles", settings)
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import ImageFont
 
 from facecore.errors import ConfigError
-from streamer.annotate import (
+from streamer.live.annotate import (
     KNOWN,
     UNKNOWN,
     BoxAnnotator,
@@ -20,8 +20,8 @@ from streamer.annotate import (
     annotate_frame,
     label_text,
 )
-from streamer.fonts import FontSet, fontconfig_match
-from streamer.tracker import TrackView
+from streamer.live.fonts import FontSet, fontconfig_match
+from streamer.live.tracker import TrackView
 
 pytestmark = pytest.mark.skipif(shutil.which("fc-match") is None, reason="needs fontconfig")
 

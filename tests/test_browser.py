@@ -14,8 +14,8 @@ from browser_support import ARTIFACTS, PHONE, chromium, make_y4m, needs_chromium
 from webrtc_support import TOKEN, build_people_bundle, live_server, server_settings
 
 from facecore.config import Settings
-from streamer.engine import Engine
-from streamer.server import PEERS
+from streamer.live.engine import Engine
+from streamer.web.server import PEERS
 
 pytestmark = needs_chromium
 

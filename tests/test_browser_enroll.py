@@ -26,8 +26,8 @@ from webrtc_support import TOKEN
 
 from enrollment.store import EnrollmentStore
 from facecore.config import Settings
-from streamer.engine import Engine
-from streamer.enroll_capture import CapturePlan
+from streamer.enroll.capture import CapturePlan
+from streamer.live.engine import Engine
 
 pytestmark = needs_chromium
 

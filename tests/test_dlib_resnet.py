@@ -22,8 +22,9 @@ import torch
 from numpy.typing import NDArray
 
 from facecore.download import sha256_file
-from trainer import onnx_export
-from trainer.dlib_format import (
+from trainer.dlib import export as onnx_export
+from trainer.dlib.export import export_onnx, prepare_dlib_resnet
+from trainer.dlib.format import (
     Affine,
     AvgPool,
     Conv,
@@ -34,9 +35,8 @@ from trainer.dlib_format import (
     parse_dat,
     read_dat,
 )
-from trainer.dlib_resnet import DlibResNet
+from trainer.dlib.resnet import DlibResNet
 from trainer.errors import DlibFormatError, ExportCheckError
-from trainer.onnx_export import export_onnx, prepare_dlib_resnet
 
 TOLERANCE = 1e-4
 VIDEO_FRAMES = 20

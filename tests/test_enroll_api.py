@@ -26,12 +26,12 @@ from facecore.bundle import BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
 from facecore.embedder import Preprocessing
 from facecore.publish import publish
-from streamer import enroll_api
-from streamer.engine import Engine
-from streamer.enroll_api import add_enrollment_routes
-from streamer.enroll_worker import EnrollmentWorker
+from streamer.enroll import api as enroll_api
+from streamer.enroll.api import add_enrollment_routes
+from streamer.enroll.worker import EnrollmentWorker
 from streamer.errors import ClosedError
-from streamer.server import create_app
+from streamer.live.engine import Engine
+from streamer.web.server import create_app
 
 TOKEN = "enroll-api-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -346,7 +346,7 @@ async def test_model_endpoint_reports_the_bundle_being_served(
 
 
 def test_exported_members() -> None:
-    for name in ("enroll_api", "enroll_capture", "enroll_worker", "live_enroll", "model_api"):
+    for name in ("enroll.api", "enroll.capture", "enroll.worker", "enroll.camera", "web.model_api"):
         module = importlib.import_module(f"streamer.{name}")
         assert module.__all__ and all(hasattr(module, m) for m in module.__all__), name
 

@@ -14,8 +14,9 @@ import pytest
 from facecore.config import load_settings
 from facecore.errors import ConfigError, SourceError
 from facecore.registry import get_spec, model_cache_dir, resolve_model
-from trainer.eval_cli import register_eval
-from trainer.evaluate import (
+from trainer.dlib.export import prepare_dlib_resnet
+from trainer.evaluation.cli import register_eval
+from trainer.evaluation.evaluate import (
     Pairs,
     best_threshold,
     form_pairs,
@@ -26,7 +27,6 @@ from trainer.evaluate import (
     tar_at_far,
     verify,
 )
-from trainer.onnx_export import prepare_dlib_resnet
 
 # --- forming pairs ---------------------------------------------------------------------
 

@@ -15,8 +15,7 @@ from numpy.typing import NDArray
 from facecore.alignment import align_faces
 from facecore.detector import Detector
 from facecore.registry import MODELS
-from trainer.augment import Augmentation, augment_chips, seed_of
-from trainer.calibrate import (
+from trainer.evaluation.calibrate import (
     OpenSetScores,
     calibrate,
     calibrate_threshold,
@@ -24,9 +23,10 @@ from trainer.calibrate import (
     roc_curve,
     unseen_scores,
 )
-from trainer.fit import FitConfig, fit_cosine_head, margin_loss
-from trainer.report import REPORT_FILES, ReportContext, write_report
-from trainer.selection import select_head, stratified_split
+from trainer.fitting.augment import Augmentation, augment_chips, seed_of
+from trainer.fitting.fit import FitConfig, fit_cosine_head, margin_loss
+from trainer.fitting.report import REPORT_FILES, ReportContext, write_report
+from trainer.fitting.selection import select_head, stratified_split
 
 PEOPLE = 6
 

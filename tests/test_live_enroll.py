@@ -27,9 +27,9 @@ from facecore.config import Settings
 from facecore.detector import Detector
 from facecore.embedder import Embedder, Preprocessing
 from facecore.registry import ARCFACE_112_TEMPLATE, MODELS, model_path
-from streamer.engine import Engine
-from streamer.enroll_api import add_enrollment_routes
-from streamer.enroll_capture import (
+from streamer.enroll.api import add_enrollment_routes
+from streamer.enroll.camera import attach_live_enrollment
+from streamer.enroll.capture import (
     Candidate,
     CapturePlan,
     Pose,
@@ -37,8 +37,8 @@ from streamer.enroll_capture import (
     examine,
     head_pose,
 )
-from streamer.live_enroll import attach_live_enrollment
-from streamer.server import create_app
+from streamer.live.engine import Engine
+from streamer.web.server import create_app
 
 SharedFile = Callable[[str], Path]
 TOKEN = "live-enroll-test-token-0123456789"

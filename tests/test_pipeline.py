@@ -32,14 +32,14 @@ from pipeline_support import (
 from facecore.bundle import Bundle
 from facecore.config import Settings
 from facestream.cli import main
-from streamer.annotate import Overlay
 from streamer.cli import apply_key
-from streamer.engine import Engine
 from streamer.errors import ClosedError
-from streamer.events import RecognitionEvent
-from streamer.pipeline import FrameResult, RateMeter
-from streamer.runner import run_source
-from streamer.sources import PushSource, SourceFrame, open_source
+from streamer.live.annotate import Overlay
+from streamer.live.engine import Engine
+from streamer.live.events import RecognitionEvent
+from streamer.live.pipeline import FrameResult, RateMeter
+from streamer.live.runner import run_source
+from streamer.live.sources import PushSource, SourceFrame, open_source
 
 PEOPLE = ("alex_lacamoire", "barack_obama", "joe_biden", "lin_manuel_miranda")
 

@@ -12,7 +12,7 @@ import pytest
 from pipeline_support import RGB, SIZE, active, mean_colour_backbone, stand_in_bundle
 
 from streamer.errors import ClosedError
-from streamer.recognizer import ActiveModel, BatchRecognizer
+from streamer.live.recognizer import ActiveModel, BatchRecognizer
 
 
 @pytest.fixture

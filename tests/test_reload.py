@@ -16,9 +16,9 @@ from facecore.bundle import HEAD_FILE, Bundle
 from facecore.config import RecognitionSettings, Settings
 from facecore.detector import Detector
 from facecore.publish import CURRENT, publish
-from streamer.engine import Engine
 from streamer.errors import BundleRefusedError
-from streamer.fonts import FontSet
+from streamer.live.engine import Engine
+from streamer.live.fonts import FontSet
 
 CPU = RecognitionSettings(device="cpu")
 

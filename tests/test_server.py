@@ -30,11 +30,11 @@ from webrtc_support import TOKEN, LiveServer, connect, live_server, post_offer, 
 
 from facecore.config import Settings, load_settings
 from facecore.errors import ConfigError
-from streamer.announce import lan_addresses, qr_text, server_urls
-from streamer.auth import COOKIE_NAME, load_or_create_token, token_path
-from streamer.engine import Engine
-from streamer.signalling import parse_ice_servers
-from streamer.tls import CertificatePair, ensure_certificate, fingerprint, server_ssl_context
+from streamer.live.engine import Engine
+from streamer.web.announce import lan_addresses, qr_text, server_urls
+from streamer.web.auth import COOKIE_NAME, load_or_create_token, token_path
+from streamer.web.signalling import parse_ice_servers
+from streamer.web.tls import CertificatePair, ensure_certificate, fingerprint, server_ssl_context
 
 
 def _settings(tmp_path: Path, environ: dict[str, str] | None = None, **cli: object) -> Settings:
@@ -258,7 +258,7 @@ async def test_bad_offers_get_clear_errors(settings: Settings, engine: Engine) -
         )
         no_ice = re.sub(r"a=ice-(ufrag|pwd):.*\r\n", "", video)
         await _expect(server, {"sdp": no_ice, "type": "offer"}, 400, "not usable")
-        from streamer.server import PEERS
+        from streamer.web.server import PEERS
 
         assert len(peers[PEERS]) == 0  # nothing was left half-made
 
@@ -266,7 +266,7 @@ async def test_bad_offers_get_clear_errors(settings: Settings, engine: Engine) -
 async def test_past_the_session_limit_is_503_until_a_slot_frees(
     settings: Settings, engine: Engine
 ) -> None:
-    from streamer.server import PEERS
+    from streamer.web.server import PEERS
 
     async with live_server(settings, engine) as server:
         first = await connect(server, VideoStreamTrack())
@@ -307,7 +307,7 @@ async def test_a_dead_stun_server_delays_the_answer_but_never_hangs_it(
             status, answer = await post_offer(server, body)
             assert status == 200 and "typ host" in str(answer["sdp"])
             assert loop.time() - start < 8.0
-            from streamer.server import PEERS
+            from streamer.web.server import PEERS
 
             await server.app[PEERS].close()
     finally:

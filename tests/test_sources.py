@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from facecore.errors import SourceError
-from streamer.sources import CaptureSource, PushSource, SourceSpec, open_source, parse_source
+from streamer.live.sources import CaptureSource, PushSource, SourceSpec, open_source, parse_source
 
 CLIP_FRAMES = 275
 

@@ -18,9 +18,9 @@ from facecore.embedder import Embedder
 from facecore.errors import ModelError
 from facecore.registry import MODELS, get_spec, resolve_model
 from trainer.backbone import preprocessing_of
-from trainer.dlib_reference import SHAPE_PREDICTOR_5, DlibPipeline, match_boxes
-from trainer.onnx_export import prepare_dlib_resnet
-from trainer.template import (
+from trainer.dlib.export import prepare_dlib_resnet
+from trainer.dlib.reference import SHAPE_PREDICTOR_5, DlibPipeline, match_boxes
+from trainer.dlib.template import (
     ChipGeometry,
     compare_chip,
     derive_template,

@@ -12,7 +12,7 @@ from facecore.bundle import Gallery
 from facecore.config import TrackingSettings
 from facecore.detector import Detector
 from facecore.faces import Faces
-from streamer.tracker import Tracker, view_quality
+from streamer.live.tracker import Tracker, view_quality
 
 SETTINGS = TrackingSettings(iou_threshold=0.3, max_age_frames=5, recheck_frames=10)
 

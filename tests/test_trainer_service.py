@@ -35,14 +35,14 @@ from facecore.embedder import Embedder
 from facecore.errors import BundleError
 from facecore.publish import bundles_dir, current_bundle_dir, versions
 from facecore.registry import model_cache_dir, model_path
-from trainer.augment import Augmentation
 from trainer.backbone import Backbone
-from trainer.building import PHASE_BASELINE, PHASE_FITTED, check_export
-from trainer.embeddings import embedding_key
+from trainer.dlib.export import prepare_dlib_resnet
 from trainer.errors import TrainerBusyError
-from trainer.fit import CosineHead, FitConfig
-from trainer.onnx_export import prepare_dlib_resnet
-from trainer.report import REPORT_FILES
+from trainer.fitting.augment import Augmentation
+from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, check_export
+from trainer.fitting.embeddings import embedding_key
+from trainer.fitting.fit import CosineHead, FitConfig
+from trainer.fitting.report import REPORT_FILES
 from trainer.service import TrainerService, describe, enrollment_dir
 from trainer.train_cli import PUBLISH_PAUSE_ENV
 

@@ -21,7 +21,7 @@ from enroll_support import enrollment_settings
 from numpy.typing import NDArray
 from webrtc_support import build_people_bundle
 
-from streamer.annotate import KNOWN
+from streamer.live.annotate import KNOWN
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("Xvfb", "xdotool", "ffmpeg")),

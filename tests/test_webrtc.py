@@ -32,10 +32,10 @@ from webrtc_support import (
 )
 
 from facecore.config import Settings
-from streamer.annotate import KNOWN, UNKNOWN
-from streamer.engine import Engine
-from streamer.jitter import MarkerJitterBuffer, use_marker_jitter_buffer
-from streamer.server import PEERS
+from streamer.live.annotate import KNOWN, UNKNOWN
+from streamer.live.engine import Engine
+from streamer.web.jitter import MarkerJitterBuffer, use_marker_jitter_buffer
+from streamer.web.server import PEERS
 
 CLIP = "media/short_hamilton_clip.mp4"
 RTP_CLOCK = fractions.Fraction(1, 90000)

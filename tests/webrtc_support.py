@@ -22,9 +22,9 @@ from av import VideoFrame
 
 from facecore.config import Settings, load_settings
 from facecore.registry import MODELS, model_cache_dir, model_path
-from streamer.engine import Engine
-from streamer.server import create_app
-from streamer.tls import ensure_certificate, server_ssl_context
+from streamer.live.engine import Engine
+from streamer.web.server import create_app
+from streamer.web.tls import ensure_certificate, server_ssl_context
 
 TOKEN = "test-token-0123456789abcdef"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +48,8 @@ def build_people_bundle(settings: Settings, shared_dir: Path) -> None:
     """Convert the dlib ResNet into the settings' cache (once per cache) and publish a
     bundle of the shared people (Lin-Manuel Miranda, Alex Lacamoire, Barack Obama,
     Joe Biden) into ``state_dir/bundles``."""
-    from trainer.gallery import build_folder_bundle
-    from trainer.onnx_export import prepare_dlib_resnet
+    from trainer.dlib.export import prepare_dlib_resnet
+    from trainer.fitting.gallery import build_folder_bundle
 
     if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
         dat = model_path(settings, "dlib_resnet_v1_dat", download=False)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
-from trainer.eval_cli import register_eval
+from trainer.evaluation.cli import register_eval
 from trainer.train_cli import register_trainer
 
 __all__ = ["register"]
@@ -40,7 +40,7 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
 
 def _prepare(settings: Settings, args: argparse.Namespace) -> int:
     from facecore.registry import DETECTOR, model_cache_dir, model_path
-    from trainer.onnx_export import prepare_dlib_resnet
+    from trainer.dlib.export import prepare_dlib_resnet
 
     detector = model_path(settings, DETECTOR)
     print(f"detector   {detector}")

@@ -1,14 +1,14 @@
 """The trainer service: re-fit and publish a bundle whenever the enrollment store changes.
 
-One run (``TrainerService.run_once``) works in two phases (``trainer.building``), so
+One run (``TrainerService.run_once``) works in two phases (``trainer.fitting.building``), so
 that a new person is named within seconds and the better head follows:
 
 1. read the store's revision; when the current bundle was built from that revision
    with the same backbone (file, alignment template, preprocessing) and is settled
    (it has its training report), there is nothing to do;
-2. the baseline: embed the samples' clean chips (``trainer.embeddings``; cached, so
+2. the baseline: embed the samples' clean chips (``trainer.fitting.embeddings``; cached, so
    only new samples cost anything), build the prototypes and calibrate their
-   threshold (``trainer.selection.select_baseline``: no fitting), and publish them at
+   threshold (``trainer.fitting.selection.select_baseline``: no fitting), and publish them at
    once, without their report;
 3. the fitted head: embed the augmented chips and fit the cosine head against the
    baseline (``select_head``). If it beats the baseline it is published as the next
@@ -50,14 +50,14 @@ from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, load_bundle
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
 from facecore.publish import bundles_dir, current_bundle_dir, publish
-from trainer.augment import Augmentation
 from trainer.backbone import Backbone
-from trainer.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
-from trainer.embeddings import embed_samples
-from trainer.fit import FitConfig
-from trainer.gallery import DEFAULT_THRESHOLD
+from trainer.fitting.augment import Augmentation
+from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
+from trainer.fitting.embeddings import embed_samples
+from trainer.fitting.fit import FitConfig
+from trainer.fitting.gallery import DEFAULT_THRESHOLD
+from trainer.fitting.selection import Selection, select_baseline, select_head
 from trainer.lock import TrainerLock
-from trainer.selection import Selection, select_baseline, select_head
 
 __all__ = [
     "WAKE_SECONDS",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from trainer.calibrate import calibrate_threshold
+from trainer.evaluation.calibrate import calibrate_threshold
 
 __all__ = [
     "Pairs",

@@ -5,11 +5,11 @@ cosine head, judged on a held-out split.
    least one, are held out; a person with a single sample keeps it in training and
    is counted in ``Split.single_sample_people``.
 2. Both heads are built from the training samples only: the prototypes (the mean
-   unit embedding of each person) and the cosine head fitted from them (``trainer.fit``)
+   unit embedding of each person) and the cosine head fitted from them (``trainer.fitting.fit``)
    on the training samples' clean and augmented embeddings, stopped early on the
    held-out loss, with the prototypes' calibrated threshold (3) as its "unknown"
    level.
-3. Each is calibrated for the target false-accept rate (``trainer.calibrate``) on
+3. Each is calibrated for the target false-accept rate (``trainer.evaluation.calibrate``) on
    strangers: people are dealt into groups, and each group's samples are scored
    against the same kind of head built without that group (prototypes of the
    others; the cosine head fitted on the others for the same number of epochs), so
@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
-from trainer.calibrate import (
+from trainer.evaluation.calibrate import (
     Calibration,
     OpenSetScores,
     PairScores,
@@ -47,8 +47,8 @@ from trainer.calibrate import (
     pair_scores,
     unseen_scores,
 )
-from trainer.fit import CosineHead, FitConfig, FitResult, fit_cosine_head
-from trainer.gallery import prototypes
+from trainer.fitting.fit import CosineHead, FitConfig, FitResult, fit_cosine_head
+from trainer.fitting.gallery import prototypes
 
 __all__ = [
     "Candidate",

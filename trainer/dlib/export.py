@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from facecore.download import sha256_file
-from trainer.dlib_resnet import DlibResNet
+from trainer.dlib.resnet import DlibResNet
 from trainer.errors import ExportCheckError
 
 __all__ = ["export_onnx", "prepare_dlib_resnet"]

@@ -41,7 +41,7 @@ class FitConfig:
     max_epochs: int = 150
     patience: int = 10  # epochs without a better held-out loss before stopping
     batch_size: int = 256
-    held_out_fraction: float = 0.3  # of each person's samples (see trainer.selection)
+    held_out_fraction: float = 0.3  # of each person's samples (see trainer.fitting.selection)
     seed: int = 0
 
 

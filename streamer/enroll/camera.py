@@ -52,14 +52,14 @@ from enrollment.errors import EnrollmentError
 from enrollment.ingest import DEFAULT_POLICY, IngestPolicy, IngestResult, ingest_face
 from enrollment.names import clean_name
 from enrollment.store import EnrollmentStore, Person
-from streamer.enroll_api import ENROLLMENT
-from streamer.enroll_capture import GUIDANCE, Candidate, CapturePlan, PoseCollector, examine
-from streamer.enroll_worker import EnrollmentWorker
-from streamer.server import ENGINE, PEERS
-from streamer.webrtc import PeerSession
+from streamer.enroll.api import ENROLLMENT
+from streamer.enroll.capture import GUIDANCE, Candidate, CapturePlan, PoseCollector, examine
+from streamer.enroll.worker import EnrollmentWorker
+from streamer.web.server import ENGINE, PEERS
+from streamer.web.webrtc import PeerSession
 
 if TYPE_CHECKING:
-    from streamer.engine import Engine
+    from streamer.live.engine import Engine
 
 __all__ = ["MESSAGE_TYPE", "LiveEnrollment", "attach_live_enrollment"]
 
@@ -257,8 +257,8 @@ class LiveEnrollment:
 
 
 def attach_live_enrollment(app: web.Application, plan: CapturePlan | None = None) -> None:
-    """Give every phone of ``app`` (made by `streamer.server.create_app`, with
-    `streamer.enroll_api.add_enrollment_routes` already added) its Enroll mode."""
+    """Give every phone of ``app`` (made by `streamer.web.server.create_app`, with
+    `streamer.enroll.api.add_enrollment_routes` already added) its Enroll mode."""
     hook = partial(_enroll_mode, app[ENGINE], app[ENROLLMENT], plan)
     app[PEERS].session_hooks.append(hook)
 

@@ -11,7 +11,7 @@ a ``RecognitionEvent`` built from its ``TrackView`` (the same JSON), so the page
 can drop a name a few seconds after its face leaves the picture.
 
 ``PeerManager`` turns offers into answers, rejects what it cannot serve with an
-``OfferError`` (``streamer.signalling``: an HTTP status and a reason) and releases
+``OfferError`` (``streamer.web.signalling``: an HTTP status and a reason) and releases
 a peer that is gone: on connection failure or close, when no frame has arrived for
 ``stall_timeout`` seconds (aiortc has no "disconnected" state and ICE consent
 takes ~30 s to fail), or when a new peer never sends its first frame.
@@ -44,13 +44,13 @@ from av import VideoFrame
 from numpy.typing import NDArray
 
 from facecore.cpus import usable_cpus
-from streamer.events import UNKNOWN, RecognitionEvent
-from streamer.jitter import use_marker_jitter_buffer
-from streamer.signalling import OfferError, check_offer
+from streamer.live.events import UNKNOWN, RecognitionEvent
+from streamer.web.jitter import use_marker_jitter_buffer
+from streamer.web.signalling import OfferError, check_offer
 
 if TYPE_CHECKING:
-    from streamer.engine import Engine
-    from streamer.pipeline import FrameResult, StreamPipeline
+    from streamer.live.engine import Engine
+    from streamer.live.pipeline import FrameResult, StreamPipeline
 
 __all__ = [
     "EVENTS_CHANNEL",

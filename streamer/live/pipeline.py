@@ -14,27 +14,43 @@ import asyncio
 import functools
 import time
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from facecore.alignment import align_faces
+from facecore.config import TrackingSettings
 from facecore.faces import Faces
-from streamer.annotate import Overlay, annotate_frame
 from streamer.errors import ClosedError
-from streamer.events import UNKNOWN, RecognitionEvent
-from streamer.recognizer import ActiveModel
-from streamer.tracker import IdentityChange, Tracker, TrackView
+from streamer.live.annotate import Overlay, annotate_frame
+from streamer.live.events import UNKNOWN, RecognitionEvent
+from streamer.live.fonts import FontSet
+from streamer.live.recognizer import ActiveModel, BatchRecognizer
+from streamer.live.tracker import IdentityChange, Tracker, TrackView
 
-if TYPE_CHECKING:
-    from streamer.engine import Engine
-
-__all__ = ["FrameResult", "RateMeter", "StreamPipeline"]
+__all__ = ["FrameResult", "PipelineEngine", "RateMeter", "StreamPipeline"]
 
 FPS_SMOOTHING = 0.1  # weight of the newest frame interval in the fps estimate
+
+T = TypeVar("T")
+
+
+class PipelineEngine(Protocol):
+    """What a pipeline needs of the process-wide parts; `streamer.live.engine.Engine`
+    is one. The engine makes pipelines, so the pipeline knows it only by this shape."""
+
+    tracking: TrackingSettings
+    fonts: FontSet
+    recognizer: BatchRecognizer
+
+    def detect(
+        self, frame: NDArray[np.uint8]
+    ) -> tuple[Faces, NDArray[np.float32], NDArray[np.float32]]: ...
+
+    async def run_cpu(self, function: Callable[..., T], *args: object) -> T: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ class StreamPipeline:
     """The pipeline of one stream; made by ``Engine.pipeline()``. ``overlay`` may be
     replaced at any time (the webcam window toggles it)."""
 
-    def __init__(self, engine: Engine, stream_id: str, *, overlay: Overlay) -> None:
+    def __init__(self, engine: PipelineEngine, stream_id: str, *, overlay: Overlay) -> None:
         self.engine = engine
         self.stream_id = stream_id
         self.overlay = overlay

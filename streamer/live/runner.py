@@ -25,8 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streamer.errors import OutputError
-from streamer.pipeline import FrameResult, StreamPipeline
-from streamer.sources import FrameSource, SourceFrame
+from streamer.live.pipeline import FrameResult, StreamPipeline
+from streamer.live.sources import FrameSource, SourceFrame
 
 __all__ = ["RunSummary", "VideoFileSink", "run_source"]
 

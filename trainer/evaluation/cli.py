@@ -2,9 +2,9 @@
 
 It is how detectors, alignments and backbones are compared: every image is embedded
 once (the face YuNet finds, aligned with the recognizer's template), each pair is
-scored (cosine similarity), and `trainer.evaluate` runs the 10-fold protocol.
+scored (cosine similarity), and `trainer.evaluation.evaluate` runs the 10-fold protocol.
 ``--reference dlib`` scores the same pairs with dlib-bin's own pipeline
-(`trainer.dlib_reference`) for comparison.
+(`trainer.dlib.reference`) for comparison.
 
 Heavy modules (cv2, onnxruntime, dlib) are imported inside the handler; see
 facecore.cli for the protocol.
@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
 from facecore.errors import ConfigError, SourceError
-from trainer.evaluate import FAR, FOLDS, Pairs, Verification
+from trainer.evaluation.evaluate import FAR, FOLDS, Pairs, Verification
 
 __all__ = ["register_eval"]
 
@@ -187,8 +187,8 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 def _load_pairs(folder: Path, args: argparse.Namespace) -> tuple[list[Path], Pairs, str]:
     """(images, pairs over them, where they came from) for DIR and --pairs."""
-    from trainer.evaluate import form_pairs, pairs_from_paths, parse_lfw_pairs
-    from trainer.gallery import IMAGE_SUFFIXES
+    from trainer.evaluation.evaluate import form_pairs, pairs_from_paths, parse_lfw_pairs
+    from trainer.fitting.gallery import IMAGE_SUFFIXES
 
     if args.pairs is not None:
         try:
@@ -277,7 +277,7 @@ def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> _Embedded:
     given to the 5-point model as the detection, where there is none)."""
     from tqdm import tqdm
 
-    from trainer.dlib_reference import DlibPipeline
+    from trainer.dlib.reference import DlibPipeline
 
     dlib = DlibPipeline.from_settings(settings)
     found = np.zeros(len(paths), bool)
@@ -304,7 +304,7 @@ def _column(
     pairs: Pairs,
     no_face: str,
 ) -> _Column:
-    from trainer.evaluate import verify
+    from trainer.evaluation.evaluate import verify
 
     keep = np.ones(len(pairs), bool)
     if no_face == "exclude":

@@ -12,7 +12,7 @@ makes two kinds of impostor score, both computed as if ``p`` were not enrolled
   ``Gallery.match`` keeps the best row: the 1:N false-accept rate.
 
 A fitted head's other rows were trained with ``p``'s samples as negatives, which
-flatters them; ``trainer.selection`` therefore re-fits the head without ``p``'s group
+flatters them; ``trainer.fitting.selection`` therefore re-fits the head without ``p``'s group
 of people before scoring ``p`` as a stranger (``unseen_scores``).
 
 The threshold is the smallest one whose false-accept rate is at most the target for

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from streamer.fonts import FontSet
-from streamer.tracker import TrackView
+from streamer.live.fonts import FontSet
+from streamer.live.tracker import TrackView
 
 __all__ = [
     "BoxAnnotator",

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiortc import RTCIceServer, RTCSessionDescription
 
-from streamer.auth import Auth, auth_middleware
-from streamer.signalling import OfferError, parse_ice_servers
-from streamer.webrtc import PeerManager
+from streamer.web.auth import Auth, auth_middleware
+from streamer.web.signalling import OfferError, parse_ice_servers
+from streamer.web.webrtc import PeerManager
 
 if TYPE_CHECKING:
     from facecore.config import Settings
-    from streamer.engine import Engine
+    from streamer.live.engine import Engine
 
 __all__ = ["AUTH", "ENGINE", "ICE_SERVERS", "PEERS", "STATIC_DIR", "create_app"]
 

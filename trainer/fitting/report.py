@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from facecore.files import fsync_path
-from trainer.calibrate import roc_curve
-from trainer.selection import Candidate, Selection
+from trainer.evaluation.calibrate import roc_curve
+from trainer.fitting.selection import Candidate, Selection
 
 __all__ = ["REPORT_FILES", "REPORT_JSON", "ReportContext", "report_data", "write_report"]
 

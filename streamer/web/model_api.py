@@ -24,7 +24,7 @@ import re
 from aiohttp import web
 
 from facecore.bundle import Bundle
-from streamer.server import ENGINE, error_response
+from streamer.web.server import ENGINE, error_response
 
 __all__ = ["CACHE_FOREVER", "REPORT_JSON", "add_model_routes"]
 
@@ -37,7 +37,7 @@ CACHE_FOREVER = "private, max-age=31536000, immutable"
 
 
 def add_model_routes(app: web.Application) -> None:
-    """Add the routes above to the server's ``app`` (`streamer.server.create_app`)."""
+    """Add the routes above to the server's ``app`` (`streamer.web.server.create_app`)."""
     app.router.add_get("/api/model", _model)
     app.router.add_get("/api/model/{version}/files/{name}", _model_file)
 

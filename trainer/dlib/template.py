@@ -16,7 +16,7 @@ that puts them where dlib's chip has them is measured, not guessed:
    how the chip `facecore.alignment.align_faces` cuts differs from dlib's chip
    (`compare_chip`: scale, rotation, shift, overall offset).
 
-Pure numpy: the dlib side lives in `trainer.dlib_reference`, the measurement run in
+Pure numpy: the dlib side lives in `trainer.dlib.reference`, the measurement run in
 ``bench/derive_template.py``; the resulting numbers are the ``dlib_resnet_v1``
 template in `facecore.registry` and are documented in ``docs/alignment.md``.
 """

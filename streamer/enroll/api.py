@@ -12,7 +12,7 @@ Routes (every one needs the token, like the rest of the server)::
     POST   /api/people/{person}/samples        multipart photos -> per-file report
     DELETE /api/samples/{sample}               204
     GET    /api/samples/{sample}/thumbnail     a small JPEG of the face crop
-    GET    /api/model, /api/model/{version}/files/{name}    see `streamer.model_api`
+    GET    /api/model, /api/model/{version}/files/{name}    see `streamer.web.model_api`
 
 ``{person}`` is a person's id or display name (any case). An upload request's whole
 body may be at most ``server.max_upload_mb`` MiB: a larger declared length is refused
@@ -48,9 +48,9 @@ from enrollment.errors import (
 from enrollment.ingest import IngestResult, Outcome, ingest_photo
 from enrollment.store import EnrollmentStore, Person, Sample
 from facecore.config import Settings
-from streamer.enroll_worker import EnrollmentWorker
-from streamer.model_api import CACHE_FOREVER, add_model_routes
-from streamer.server import STATIC_DIR, error_response
+from streamer.enroll.worker import EnrollmentWorker
+from streamer.web.model_api import CACHE_FOREVER, add_model_routes
+from streamer.web.server import STATIC_DIR, error_response
 
 __all__ = [
     "ENROLLMENT",
@@ -88,7 +88,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_enrollment_routes(app: web.Application, settings: Settings) -> EnrollmentWorker:
-    """Add the routes above to the server's ``app`` (made by `streamer.server.create_app`,
+    """Add the routes above to the server's ``app`` (made by `streamer.web.server.create_app`,
     whose auth middleware guards them). The store worker is closed when the
     application is cleaned up."""
     worker = EnrollmentWorker.from_settings(settings)

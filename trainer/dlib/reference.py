@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from facecore.config import Settings
 from facecore.errors import ModelError
 from facecore.registry import ModelSpec, get_spec, model_cache_dir, resolve_model
-from trainer.template import DLIB_CHIP_PADDING, DLIB_CHIP_SIZE, ChipGeometry
+from trainer.dlib.template import DLIB_CHIP_PADDING, DLIB_CHIP_SIZE, ChipGeometry
 
 __all__ = ["SHAPE_PREDICTOR_5", "DlibPipeline", "match_boxes"]
 

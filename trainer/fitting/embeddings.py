@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from enrollment.store import EnrollmentStore, Sample
 from facecore.alignment import align_faces
-from trainer.augment import Augmentation, augment_chips, seed_of
 from trainer.backbone import Backbone
+from trainer.fitting.augment import Augmentation, augment_chips, seed_of
 
 __all__ = ["SampleEmbeddings", "embed_samples", "embedding_key"]
 

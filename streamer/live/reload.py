@@ -22,7 +22,7 @@ from facecore.bundle import Bundle, load_bundle
 from facecore.errors import BundleError
 from facecore.publish import CURRENT
 from streamer.errors import BundleRefusedError
-from streamer.recognizer import ActiveModel
+from streamer.live.recognizer import ActiveModel
 
 __all__ = ["POLL_SECONDS", "BundleTarget", "BundleWatcher"]
 

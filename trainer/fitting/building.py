@@ -5,7 +5,7 @@ A build (``BundleBuilder.build``, ``facecore.publish``'s build step) writes into
 staging directory the bundle (``facecore.bundle.write_bundle``: the backbone is
 hard-linked, from the model file or the previous bundle), checks that the exported
 head scores as the torch head does, and writes the training report
-(``trainer.report``), so that all of it appears at once with the ``current`` switch.
+(``trainer.fitting.report``), so that all of it appears at once with the ``current`` switch.
 
 The trainer publishes in two phases, recorded as the manifest metric ``phase``:
 
@@ -41,10 +41,10 @@ from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.errors import BundleError
 from facecore.files import fsync_path
 from trainer.backbone import Backbone
-from trainer.fit import CosineHead
-from trainer.gallery import DEFAULT_THRESHOLD
-from trainer.report import REPORT_FILES, REPORT_JSON, ReportContext, write_report
-from trainer.selection import Selection
+from trainer.fitting.fit import CosineHead
+from trainer.fitting.gallery import DEFAULT_THRESHOLD
+from trainer.fitting.report import REPORT_FILES, REPORT_JSON, ReportContext, write_report
+from trainer.fitting.selection import Selection
 
 __all__ = [
     "EXPORT_TOLERANCE",

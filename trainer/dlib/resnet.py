@@ -1,6 +1,6 @@
 """dlib's face-recognition ResNet (``anet_type``) rebuilt as a ``torch.nn.Module``.
 
-The weights come from :mod:`trainer.dlib_format`; the topology is the template in
+The weights come from :mod:`trainer.dlib.format`; the topology is the template in
 dlib's ``dnn_face_recognition_ex.cpp``, because the file does not store tag ids nor
 tell tags from skips.  Records are matched against that template:
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
-from trainer.dlib_format import (
+from trainer.dlib.format import (
     AddPrev,
     Affine,
     AvgPool,

@@ -34,13 +34,13 @@ from facecore.embedder import Embedder
 from facecore.errors import BundleError, ModelError
 from facecore.faces import Faces
 from facecore.publish import bundles_dir, current_bundle_dir
-from streamer.annotate import Overlay
 from streamer.errors import BundleRefusedError, ClosedError
-from streamer.fonts import FontSet
-from streamer.pipeline import StreamPipeline
-from streamer.recognizer import ActiveModel, BatchRecognizer
-from streamer.reload import POLL_SECONDS, BundleWatcher
-from streamer.tracker import scene_signature, view_quality
+from streamer.live.annotate import Overlay
+from streamer.live.fonts import FontSet
+from streamer.live.pipeline import StreamPipeline
+from streamer.live.recognizer import ActiveModel, BatchRecognizer
+from streamer.live.reload import POLL_SECONDS, BundleWatcher
+from streamer.live.tracker import scene_signature, view_quality
 
 __all__ = ["Engine"]
 

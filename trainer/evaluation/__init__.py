@@ -1,0 +1,2 @@
+"""Measuring a model: verification pairs, accuracy and thresholds, and the
+`facestream eval` commands."""
