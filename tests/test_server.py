@@ -73,6 +73,7 @@ def test_self_signed_certificate_is_made_once(tmp_path: Path) -> None:
     pair = ensure_certificate(settings, ["192.0.2.7"])
     assert pair.self_signed
     assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pair.cert.stat().st_mode) == 0o600  # the README: all files 0600
     cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
@@ -81,6 +82,9 @@ def test_self_signed_certificate_is_made_once(tmp_path: Path) -> None:
     first = fingerprint(pair.cert)
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", first)
     assert fingerprint(ensure_certificate(settings).cert) == first  # reused, not remade
+    pair.cert.chmod(0o644)  # as older versions left it: made private when reused
+    assert fingerprint(ensure_certificate(settings).cert) == first
+    assert stat.S_IMODE(pair.cert.stat().st_mode) == 0o600
     server_ssl_context(pair)
 
 
