@@ -6,20 +6,35 @@ import unicodedata
 
 from enrollment.errors import InvalidNameError
 
-__all__ = ["MAX_NAME_LENGTH", "clean_name", "folder_person_name", "name_key"]
+__all__ = ["MAX_NAME_LENGTH", "SCRIPT_JOINERS", "clean_name", "folder_person_name", "name_key"]
 
 MAX_NAME_LENGTH = 200
+# Invisible format characters (Unicode category Cf: bidi controls such as U+202E, zero
+# width spaces, U+FEFF, ...) let one name pass for another on the video and the admin
+# page, so they are refused. Except the zero width (non-)joiner: Persian, Indic
+# scripts and emoji sequences need them to spell a name.
+SCRIPT_JOINERS = frozenset({"\u200c", "\u200d"})
 
 
 def clean_name(name: str) -> str:
     """A display name as stored: Unicode NFC, runs of white space made one space,
     trimmed; any script. Raises InvalidNameError for an empty or over-long name, or
-    one with control characters."""
+    one with control characters or invisible format characters (bidi controls, zero
+    width spaces; the zero width joiner and non-joiner are allowed)."""
     text = " ".join(unicodedata.normalize("NFC", name).split())
     if not text:
         raise InvalidNameError("a person's name cannot be empty")
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         raise InvalidNameError(f"a person's name cannot hold control characters: {name!r}")
+    hidden = {c for c in text if unicodedata.category(c) == "Cf" and c not in SCRIPT_JOINERS}
+    if hidden:
+        shown = ", ".join(
+            f"U+{ord(c):04X} {unicodedata.name(c, 'format character')}" for c in sorted(hidden)
+        )
+        raise InvalidNameError(
+            "a person's name cannot hold invisible or text-direction characters, which make "
+            f"one name look like another: {name!r} holds {shown}"
+        )
     if len(text) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"a person's name is at most {MAX_NAME_LENGTH} characters")
     return text

@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import io
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from test_facecore_embed_bundle import _mean_colour_model
+from webrtc_support import BAD_JSON_BODIES
 
 from enrollment.errors import DuplicatePersonError
 from enrollment.store import EnrollmentStore
@@ -155,6 +157,32 @@ async def test_people_crud(api: Api) -> None:
         assert status == 404 and body["error"] == "Not Found", (method, path)
     status, listing = await api.call("GET", "/api/people")
     assert [p["name"] for p in listing["people"]] == ["Ada Lovelace"]
+
+
+async def test_any_json_body_and_disguised_names_get_a_400(api: Api) -> None:
+    from streamer.web.server import SECURITY_HEADERS
+
+    status, ada = await api.call("POST", "/api/people", json={"name": "Ada"})
+    assert status == 201
+    bodies = [
+        *BAD_JSON_BODIES,
+        *((json.dumps(v).encode(), "expected a JSON object") for v in (
+            {"name": 1}, {"name": None}, {"name": ["Ada"]}, {"name": {"name": "Ada"}}, {}
+        )),
+    ]
+    for method, path in [("POST", "/api/people"), ("PATCH", f"/api/people/{ada['id']}")]:
+        for raw, reason in bodies:
+            async with api.http.request(
+                method, api.url + path, data=raw, headers={"Content-Type": "application/json"}
+            ) as response:
+                assert response.status == 400, (method, raw[:40])
+                assert re.search(reason, (await response.json())["reason"]), (method, raw[:40])
+                assert all(response.headers[k] == v for k, v in SECURITY_HEADERS.items())
+        for name in ("Ada\u202eadA", "A\u200bda", "\ufeffAda", "Ada\u2066"):
+            status, body = await api.call(method, path, json={"name": name})
+            assert status == 400 and "invisible or text-direction" in body["reason"], body
+    status, listing = await api.call("GET", "/api/people")
+    assert [p["name"] for p in listing["people"]] == ["Ada"]
 
 
 async def test_uploads_good_and_bad(api: Api, shared_file: SharedFile) -> None:

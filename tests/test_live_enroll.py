@@ -165,11 +165,17 @@ async def test_live_enrollment_over_webrtc(
 ) -> None:
     phone = await connect_phone(server.url, TOKEN, FramesTrack(lin_frames))
     try:
-        # a bad name, then a start that is cancelled: nothing is stored
+        # a message nested past the JSON parser's depth is ignored, like any non-message
+        phone.channel.send("[" * 1000 + "]" * 1000)
+        # bad names, then a start that is cancelled: nothing is stored
         phone.send({"type": "enroll", "name": "  \t "})
         assert await phone.wait_for(lambda: bool(phone.enroll_messages()), 10)
         failed = phone.enroll_messages()[-1]
         assert failed["state"] == "failed" and "empty" in str(failed["reason"])
+        phone.send({"type": "enroll", "name": "Lin\u202e Miranda"})
+        assert await phone.wait_for(lambda: len(phone.enroll_messages()) == 2, 10)
+        failed = phone.enroll_messages()[-1]
+        assert failed["state"] == "failed" and "U+202E" in str(failed["reason"]), failed
         phone.send({"type": "enroll", "name": "Nobody Yet"})
         phone.send({"type": "enroll", "action": "cancel"})
         assert await phone.wait_for(

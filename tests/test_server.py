@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import logging
 import os
 import queue
 import re
@@ -23,10 +25,19 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 from aiortc.mediastreams import AudioStreamTrack
 from cryptography import x509
-from webrtc_support import TOKEN, LiveServer, connect, live_server, post_offer, server_settings
+from webrtc_support import (
+    BAD_JSON_BODIES,
+    TOKEN,
+    LiveServer,
+    connect,
+    live_server,
+    post_offer,
+    server_settings,
+)
 
 from facecore.config import Settings, load_settings
 from facecore.errors import ConfigError
@@ -73,6 +84,7 @@ def test_self_signed_certificate_is_made_once(tmp_path: Path) -> None:
     pair = ensure_certificate(settings, ["192.0.2.7"])
     assert pair.self_signed
     assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pair.cert.stat().st_mode) == 0o600  # the README: all files 0600
     cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
@@ -81,6 +93,9 @@ def test_self_signed_certificate_is_made_once(tmp_path: Path) -> None:
     first = fingerprint(pair.cert)
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", first)
     assert fingerprint(ensure_certificate(settings).cert) == first  # reused, not remade
+    pair.cert.chmod(0o644)  # as older versions left it: made private when reused
+    assert fingerprint(ensure_certificate(settings).cert) == first
+    assert stat.S_IMODE(pair.cert.stat().st_mode) == 0o600
     server_ssl_context(pair)
 
 
@@ -214,6 +229,105 @@ async def test_login_sets_a_strict_http_only_cookie(settings: Settings, engine: 
             assert r.status == 303
 
 
+async def _login(http: aiohttp.ClientSession, server: LiveServer, token: str) -> int:
+    async with http.post(
+        server.url + "/login", data={"token": token}, allow_redirects=False
+    ) as r:
+        return r.status
+
+
+async def test_wrong_tokens_are_slowed_down_per_client(
+    settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer.web.auth import FIRST_WAIT_S, FREE_TRIES
+
+    guesser = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        live_server(settings, engine) as server,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as user,
+        aiohttp.ClientSession(connector=guesser) as http,
+    ):
+        assert await _login(user, server, TOKEN) == 303  # signed in before the attack
+        with caplog.at_level(logging.WARNING, logger="streamer.web.auth"):
+            answers = []
+            for i in range(30):
+                async with http.post(server.url + "/login", data={"token": f"guess-{i:012}"}) as r:
+                    answers.append((r.status, r.headers.get("Retry-After"), await r.text()))
+        statuses = [status for status, _, _ in answers]
+        assert statuses[:FREE_TRIES + 1] == [401] * (FREE_TRIES + 1), statuses
+        assert statuses.count(429) >= 20, statuses  # 30 guesses in far less than a second
+        for status, retry_after, page in answers:
+            if status == 429:
+                assert retry_after is not None and int(retry_after) >= FIRST_WAIT_S
+                assert "Too many wrong tokens" in page and 'id="login-error" hidden' not in page
+        # the failures are logged with the address, never the token
+        assert "wrong token (login) from 127.0.0.2" in caplog.text
+        assert "guess-" not in caplog.text
+        # while it waits, even the right token is refused, as bearer or at the form
+        assert await _login(http, server, TOKEN) == 429
+        status, body = await post_offer(server, {"sdp": "v=0", "type": "offer"})
+        assert status == 400, body  # another client (127.0.0.1) is not slowed down
+        async with http.get(
+            server.url + "/api/config", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as r:
+            assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+            wait = int(r.headers["Retry-After"])
+            assert "try again in" in (await r.json())["reason"]
+        async with user.get(server.url + "/api/config") as r:
+            assert r.status == 200  # a signed-in browser at the address carries on
+        # after the wait, the right token works, and the count starts afresh
+        await asyncio.sleep(wait + 0.1)
+        assert await _login(http, server, TOKEN) == 303
+        for _ in range(FREE_TRIES):
+            async with http.get(
+                server.url + "/api/config", headers={"Authorization": "Bearer not-the-token"}
+            ) as r:
+                assert r.status == 401
+        assert "wrong token (bearer) from 127.0.0.2" in caplog.text
+        assert "not-the-token" not in caplog.text
+
+
+async def test_sessions_end_at_logout_and_when_the_token_changes(
+    shared_dir: Path, tmp_path: Path, engine: Engine
+) -> None:
+    from streamer.web.auth import sessions_path
+
+    settings = server_settings(shared_dir, tmp_path / "state", tmp_path / "cache")
+    cookies = []
+    async with live_server(settings, engine) as server:
+        for _ in range(2):
+            async with aiohttp.ClientSession() as http, http.post(
+                server.url + "/login", data={"token": TOKEN}, allow_redirects=False
+            ) as r:
+                assert r.status == 303
+                cookies.append(r.cookies[COOKIE_NAME].value)
+        assert cookies[0] != cookies[1]  # a random session each, not a function of the token
+    stored = sessions_path(settings)
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert not any(cookie in stored.read_text() for cookie in cookies)  # only digests
+
+    async def status(server: LiveServer, cookie: str, method: str = "GET", path: str = "/") -> int:
+        async with (
+            aiohttp.ClientSession(cookies={COOKIE_NAME: cookie}) as http,
+            http.request(method, server.url + path, allow_redirects=False) as r,
+        ):
+            return r.status
+
+    async with live_server(settings, engine) as server:  # a restart keeps them
+        assert [await status(server, c) for c in cookies] == [200, 200]
+        assert await status(server, cookies[0], "POST", "/logout") == 303
+        # a copy of the cookie taken before the logout no longer gets in
+        assert await status(server, cookies[0]) == 303
+        assert await status(server, cookies[0], path="/api/config") == 401
+        assert await status(server, cookies[1]) == 200  # the other browser stays in
+        assert await status(server, "made-up-session-id") == 303
+    # a new token (the token file deleted, or another FACESTREAM_TOKEN) revokes them all,
+    # for good: going back to the old token does not bring them back
+    for token in ("a-new-token-0123456789", TOKEN):
+        async with live_server(settings, engine, token=token) as server:
+            assert await status(server, cookies[1]) == 303
+
+
 async def _offer_sdp(*tracks: object) -> str:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     for track in tracks:
@@ -228,10 +342,12 @@ async def _expect(server: LiveServer, body: object, status: int, reason: str, **
     got, answer = await post_offer(server, body, **kw)  # type: ignore[arg-type]
     assert got == status, answer
     assert re.search(reason, str(answer["reason"])), answer
-    assert "Traceback" not in str(answer)
+    assert not re.search(r"Traceback|[A-Z][a-z]+Error|int\(\)", str(answer)), answer
 
 
-async def test_bad_offers_get_clear_errors(settings: Settings, engine: Engine) -> None:
+async def test_bad_offers_get_clear_errors(
+    settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     video = await _offer_sdp(VideoStreamTrack())
     audio_only = await _offer_sdp(AudioStreamTrack())
     vp9_only = re.sub(r"(VP8|H264)/90000", "VP9/90000", video)
@@ -246,9 +362,22 @@ async def test_bad_offers_get_clear_errors(settings: Settings, engine: Engine) -
         await _expect(server, {"sdp": video, "type": "answer"}, 400, '"type": "offer"')
         await _expect(server, {"sdp": video, "type": "bogus"}, 400, '"type": "offer"')
         await _expect(server, {"sdp": "hello", "type": "offer"}, 400, "no media")
-        await _expect(
-            server, {"sdp": "v=0\r\nm=video x y\r\n", "type": "offer"}, 400, "cannot be parsed"
-        )
+        with caplog.at_level(logging.INFO, logger="streamer.web.signalling"):
+            await _expect(
+                server,
+                {"sdp": "v=0\r\nm=video x y\r\n", "type": "offer"},
+                400,
+                "^the offer is not a valid SDP description: line 2 cannot be read: m=video x y$",
+            )
+        assert "AssertionError" in caplog.text  # the parser's own words: in the log only
+        bad_rtpmap = video.replace("VP8/90000", "VP8/fast", 1).splitlines()
+        number = 1 + next(i for i, x in enumerate(bad_rtpmap) if x.endswith("VP8/fast"))
+        body = {"sdp": "\r\n".join(bad_rtpmap) + "\r\n", "type": "offer"}
+        await _expect(server, body, 400, f"line {number} cannot be read: a=rtpmap:\\d+ VP8/fast$")
+        no_setup = re.sub(r"a=setup:.*\r\n", "", video)
+        await _expect(server, {"sdp": no_setup, "type": "offer"}, 400, "needs an a=setup line")
+        no_fingerprint = re.sub(r"a=fingerprint:.*\r\n", "", video)
+        await _expect(server, {"sdp": no_fingerprint, "type": "offer"}, 400, "a=fingerprint line")
         await _expect(server, {"sdp": audio_only, "type": "offer"}, 400, "sends no video")
         recvonly = video.replace("a=sendrecv", "a=recvonly")
         await _expect(server, {"sdp": recvonly, "type": "offer"}, 400, "sends no video")
@@ -261,6 +390,57 @@ async def test_bad_offers_get_clear_errors(settings: Settings, engine: Engine) -
         from streamer.web.server import PEERS
 
         assert len(peers[PEERS]) == 0  # nothing was left half-made
+
+
+async def test_any_json_body_gets_a_400_with_the_security_headers(
+    settings: Settings, engine: Engine
+) -> None:
+    from streamer.web.server import SECURITY_HEADERS
+
+    bodies = [
+        *BAD_JSON_BODIES,
+        (b'{"sdp": 1, "type": "offer"}', "expected a JSON object"),
+        (b'{"sdp": ["v=0"], "type": {"a": []}}', "expected a JSON object"),
+        (json.dumps({"sdp": "v=0", "type": ["offer"]}).encode(), "expected a JSON object"),
+    ]
+    async with live_server(settings, engine) as server, aiohttp.ClientSession() as http:
+        for raw, reason in bodies:
+            await _expect(server, None, 400, reason, raw=raw)
+        # a declared charset is not obeyed: JSON is UTF-8 (RFC 8259)
+        async with http.post(
+            server.url + "/api/webrtc/offer",
+            data=b'{"sdp": "v=0", "type": "offer"}',
+            headers={"Authorization": f"Bearer {TOKEN}",
+                     "Content-Type": "application/json; charset=no-such-charset"},
+        ) as r:
+            assert r.status == 400 and "no media" in (await r.json())["reason"]
+            assert all(r.headers[k] == v for k, v in SECURITY_HEADERS.items())
+
+
+async def test_a_server_failure_is_a_500_with_the_security_headers(
+    settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer.web.server import SECURITY_HEADERS
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug with internal details")
+
+    def extend(app: web.Application) -> None:
+        app.router.add_get("/api/broken", broken)
+
+    async with (
+        live_server(settings, engine, extend=extend) as server,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+    ):
+        with caplog.at_level(logging.ERROR, logger="streamer.web.server"):
+            async with http.get(server.url + "/api/broken") as r:
+                assert r.status == 500
+                body = await r.json()
+                headers = r.headers
+    assert body["error"] == "Internal Server Error" and "log" in body["reason"]
+    assert "internal details" not in json.dumps(body)
+    assert all(headers[k] == v for k, v in SECURITY_HEADERS.items()), headers
+    assert "RuntimeError: a bug with internal details" in caplog.text
 
 
 async def test_past_the_session_limit_is_503_until_a_slot_frees(

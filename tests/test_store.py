@@ -78,6 +78,35 @@ def test_people_names_any_script_unique_without_case(store: EnrollmentStore) -> 
     assert created and store.find_person("grace hopper") == grace
 
 
+# bidi controls and invisible format characters (Unicode category Cf)
+DISGUISING = [
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",  # embeddings and overrides
+    "\u2066", "\u2067", "\u2068", "\u2069",  # isolates
+    "\u200e", "\u200f", "\u061c",  # direction marks
+    "\u200b", "\ufeff", "\u2060", "\u00ad",  # zero width space, BOM, word joiner, soft hyphen
+]
+
+
+def test_names_that_disguise_themselves_are_refused(store: EnrollmentStore) -> None:
+    ana = store.add_person("Ana Lopez")
+    for char in DISGUISING:
+        for name in (f"Ana{char} Lopez", f"{char}Ana Lopez", f"Ana Lopez{char}"):
+            with pytest.raises(InvalidNameError, match=f"U\\+{ord(char):04X}") as refused:
+                store.add_person(name)
+            assert "invisible or text-direction" in str(refused.value)
+            with pytest.raises(InvalidNameError):
+                store.rename_person(ana.id, name)
+    # the joiners that scripts need stay: Persian (ZWNJ) and an emoji sequence (ZWJ)
+    persian = store.add_person("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647")
+    family = store.add_person("Ana \U0001f468\u200d\U0001f469")
+    assert "\u200c" in persian.name and "\u200d" in family.name
+    # stored in NFC whatever form it came in, and Chinese and markup characters pass
+    assert store.add_person("Zoe\u0308 Salda\u0301na").name == "Zo\u00eb Sald\u00e1na"
+    assert store.add_person("王小明").name == "王小明"
+    assert store.add_person("<b>Tom</b> & Jerry").name == "<b>Tom</b> & Jerry"
+    assert [p.name for p in store.list_people() if p.id == ana.id] == ["Ana Lopez"]
+
+
 def test_samples_round_trip_and_duplicates(store: EnrollmentStore) -> None:
     ada = store.add_person("Ada")
     bob = store.add_person("Bob")

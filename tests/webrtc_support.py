@@ -27,6 +27,22 @@ from streamer.web.server import create_app
 from streamer.web.tls import ensure_certificate, server_ssl_context
 
 TOKEN = "test-token-0123456789abcdef"
+# request bodies of every shape a JSON route must answer with a 400, and what its
+# reason must say
+BAD_JSON_BODIES: list[tuple[bytes, str]] = [
+    (b"[" * 1000 + b"]" * 1000, "nested too deeply"),
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested too deeply"),
+    (b"[" * 200_000, "nested too deeply"),
+    (b"", r"not JSON \(Expecting value, line 1 column 1\)"),
+    (b'{"sdp": "v=0",', "not JSON"),
+    (b'"\xff\xfe"', "not UTF-8"),
+    (b"1" * 5000, "number too long"),
+    (b"null", "is null, not an object"),
+    (b"42", "is a number"),
+    (b'"name"', "is a string"),
+    (b"true", "is a boolean"),
+    (b"[1, 2]", "is an array"),
+]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,10 +88,11 @@ async def live_server(
     https: bool = False,
     stall_timeout: float = 5.0,
     extend: Callable[[web.Application], None] | None = None,
+    token: str = TOKEN,
 ) -> AsyncIterator[LiveServer]:
     """The real application on 127.0.0.1, a free port, HTTP or HTTPS (self-signed);
     ``extend`` adds to the application before it starts (routes, Enroll mode)."""
-    app = create_app(settings, engine, TOKEN, secure=https, stall_timeout=stall_timeout)
+    app = create_app(settings, engine, token, secure=https, stall_timeout=stall_timeout)
     if extend is not None:
         extend(app)
     runner = web.AppRunner(app, access_log=None)

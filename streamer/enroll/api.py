@@ -27,7 +27,6 @@ e.g. no face), with the report. Errors are JSON ``{"error", "reason"}``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -50,7 +49,7 @@ from enrollment.store import EnrollmentStore, Person, Sample
 from facecore.config import Settings
 from streamer.enroll.worker import EnrollmentWorker
 from streamer.web.model_api import CACHE_FOREVER, add_model_routes
-from streamer.web.server import STATIC_DIR, error_response
+from streamer.web.server import STATIC_DIR, bad_request, error_response, read_json_object
 
 __all__ = [
     "ENROLLMENT",
@@ -170,21 +169,11 @@ def _store_errors(handler: Handler) -> Handler:
 
 async def _json_name(request: web.Request) -> str:
     """The ``name`` of a JSON body ``{"name": "..."}``; 400 otherwise."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise _bad_request('the body is not JSON; send {"name": "..."}') from None
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        raise _bad_request('expected a JSON object {"name": string}')
-    name: str = body["name"]
+    shape = 'a JSON object {"name": string}'
+    name = (await read_json_object(request, shape)).get("name")
+    if not isinstance(name, str):
+        raise bad_request(f"expected {shape}")
     return name
-
-
-def _bad_request(reason: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(
-        text=json.dumps({"error": "Bad Request", "reason": reason}),
-        content_type="application/json",
-    )
 
 
 async def _admin_page(request: web.Request) -> web.Response:

@@ -130,7 +130,7 @@ class LiveEnrollment:
         """Handle an ``{"type": "enroll", ...}`` message; anything else is ignored."""
         try:
             data = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return
         if not isinstance(data, dict) or data.get("type") != MESSAGE_TYPE or self._closed:
             return

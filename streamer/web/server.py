@@ -4,12 +4,14 @@ Routes::
 
     GET  /                     the phone page (needs the token)
     GET  /login, POST /login   the login form; a right token sets the session cookie
-    POST /logout               forget the cookie
+    POST /logout               end the session (its cookie no longer works)
     GET  /api/config           ICE servers, session limit, model bundle version
     POST /api/webrtc/offer     {"sdp", "type": "offer"} -> {"sdp", "type": "answer"}
     GET  /static/...           the page's script, stylesheet and icon
 
-Every error answer is JSON ``{"error": <HTTP reason>, "reason": <what to do>}``.
+Every error answer is JSON ``{"error": <HTTP reason>, "reason": <what to do>}``, and
+every answer, errors and 500s included, carries the security headers. A JSON body of
+any shape (not JSON, not UTF-8, nested a thousand deep, not an object) gets a 400.
 State (the engine, the peers, the token checker) lives in application keys; the
 peers are closed on shutdown. The engine belongs to the caller, who closes it after
 the application is cleaned up.
@@ -17,6 +19,7 @@ the application is cleaned up.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -34,7 +37,17 @@ if TYPE_CHECKING:
     from facecore.config import Settings
     from streamer.live.engine import Engine
 
-__all__ = ["AUTH", "ENGINE", "ICE_SERVERS", "PEERS", "STATIC_DIR", "create_app"]
+__all__ = [
+    "AUTH",
+    "ENGINE",
+    "ICE_SERVERS",
+    "PEERS",
+    "STATIC_DIR",
+    "bad_request",
+    "create_app",
+    "error_response",
+    "read_json_object",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +69,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 LOGIN_ERROR_MARKER = 'id="login-error" hidden'
+LOGIN_ERROR_TEXT = "That token is not right. Check it and try again."
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,7 +87,7 @@ def create_app(
     ice_servers = parse_ice_servers(
         settings.server.ice_servers, settings.origins.get("server.ice_servers")
     )
-    auth = Auth(token, secure=secure)
+    auth = Auth.for_settings(settings, token, secure=secure)
     app = web.Application(middlewares=[_security_headers, auth_middleware(auth)])
     app[AUTH] = auth
     app[ENGINE] = engine
@@ -103,6 +117,9 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         exc.headers.update(SECURITY_HEADERS)
         raise
+    except Exception:  # answered here, not by aiohttp, so that it gets the headers too
+        log.exception("failure on %s %s", request.method, request.path)
+        response = error_response(500, "the server failed on this request; its log says why")
     if not response.prepared:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
@@ -112,6 +129,44 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(
         {"error": HTTPStatus(status).phrase, "reason": reason}, status=status, headers=headers
+    )
+
+
+async def read_json_object(request: web.Request, shape: str) -> dict[str, object]:
+    """The request's body as a JSON object, or ``HTTPBadRequest`` (JSON, naming
+    ``shape``, e.g. ``{"name": string}``) whatever else the body is."""
+    data = await request.read()  # over client_max_size: aiohttp's 413
+    try:
+        body = json.loads(data)
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise _bad_json("the JSON is nested too deeply", shape) from None
+    except UnicodeDecodeError:
+        raise _bad_json("the body is not UTF-8 text", shape) from None
+    except json.JSONDecodeError as exc:
+        raise _bad_json(
+            f"the body is not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})", shape
+        ) from None
+    except ValueError:  # Python's 4300-digit limit on integers
+        raise _bad_json("the JSON holds a number too long to read", shape) from None
+    if not isinstance(body, dict):
+        raise _bad_json(f"the JSON is {_json_kind(body)}, not an object", shape)
+    return body
+
+
+def _json_kind(value: object) -> str:
+    kinds = ((list, "an array"), (str, "a string"), (bool, "a boolean"), ((int, float), "a number"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
+
+
+def _bad_json(problem: str, shape: str) -> web.HTTPBadRequest:
+    return bad_request(f"{problem}; send {shape}")
+
+
+def bad_request(reason: str) -> web.HTTPBadRequest:
+    """A 400 to raise, with the JSON error body."""
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": "Bad Request", "reason": reason}),
+        content_type="application/json",
     )
 
 
@@ -125,29 +180,37 @@ async def _index(request: web.Request) -> web.Response:
 
 
 async def _login_page(request: web.Request) -> web.StreamResponse:
-    if request.app[AUTH].allows(request):
+    if request.app[AUTH].signed_in(request):
         raise web.HTTPSeeOther("/")
     return _page("login.html")
 
 
 async def _login(request: web.Request) -> web.StreamResponse:
     auth = request.app[AUTH]
+    if wait := auth.wait(request):  # before the body: a waiting guesser learns nothing
+        message = f"Too many wrong tokens from this address: wait {wait} s and try again."
+        return _login_error(429, message, {"Retry-After": str(wait)})
     form = await request.post()
     candidate = form.get("token")
-    if isinstance(candidate, str) and auth.token_matches(candidate.strip()):
+    if auth.check_token(request, candidate.strip() if isinstance(candidate, str) else "", "login"):
         response = web.HTTPSeeOther("/")
-        auth.set_cookie(response)
+        auth.sign_in(response)
         raise response
-    log.warning("login with a wrong token from %s", request.remote)
+    return _login_error(401, LOGIN_ERROR_TEXT)
+
+
+def _login_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The login page again, saying ``message``."""
     text = (STATIC_DIR / "login.html").read_text(encoding="utf-8")
-    return _page(
-        "login.html", status=401, text=text.replace(LOGIN_ERROR_MARKER, 'id="login-error"')
-    )
+    shown = text.replace(LOGIN_ERROR_MARKER, 'id="login-error"').replace(LOGIN_ERROR_TEXT, message)
+    response = _page("login.html", status=status, text=shown)
+    response.headers.update(headers or {})
+    return response
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/login")
-    Auth.clear_cookie(response)
+    request.app[AUTH].sign_out(request, response)
     raise response
 
 
@@ -175,20 +238,15 @@ async def _config(request: web.Request) -> web.Response:
 
 
 async def _offer(request: web.Request) -> web.Response:
+    shape = 'a JSON object {"sdp": string, "type": "offer"}'
+    body = await read_json_object(request, shape)
+    sdp, kind = body.get("sdp"), body.get("type")
+    if not (isinstance(sdp, str) and isinstance(kind, str)):
+        return error_response(400, f"expected {shape}")
     try:
-        body = await request.json()
+        offer = RTCSessionDescription(sdp=sdp, type=kind)
     except ValueError:
-        return error_response(400, 'the body is not JSON; send {"sdp": "...", "type": "offer"}')
-    if not (
-        isinstance(body, dict)
-        and isinstance(body.get("sdp"), str)
-        and isinstance(body.get("type"), str)
-    ):
-        return error_response(400, 'expected a JSON object {"sdp": string, "type": "offer"}')
-    try:
-        offer = RTCSessionDescription(sdp=body["sdp"], type=body["type"])
-    except ValueError:
-        return error_response(400, f'expected "type": "offer", got {body["type"]!r}')
+        return error_response(400, f'expected "type": "offer", got {kind!r}')
     try:
         answer = await request.app[PEERS].answer(offer)
     except OfferError as exc:

@@ -1,13 +1,16 @@
 """Signalling checks: which offers the server answers, and the ICE server list.
 
 ``check_offer`` rejects, before any peer connection is made, what cannot be served:
-SDP that does not parse or sends no video (400), or video in no codec the server
-decodes (415). ``parse_ice_servers`` turns ``settings.server.ice_servers`` strings
-into aiortc's ``RTCIceServer`` records, or raises ``ConfigError`` naming the entry.
+SDP that does not parse, lacks WebRTC's DTLS lines or sends no video (400), or video
+in no codec the server decodes (415). Its reasons name the SDP line or section at
+fault; the parser's own exception goes to the log only. ``parse_ice_servers`` turns
+``settings.server.ice_servers`` strings into aiortc's ``RTCIceServer`` records, or
+raises ``ConfigError`` naming the entry.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -17,6 +20,8 @@ from aiortc import sdp as aiortc_sdp
 from facecore.errors import ConfigError
 
 __all__ = ["ACCEPTED_VIDEO_CODECS", "OfferError", "check_offer", "parse_ice_servers"]
+
+log = logging.getLogger(__name__)
 
 ACCEPTED_VIDEO_CODECS = frozenset({"video/vp8", "video/h264"})
 _ICE_SERVER = re.compile(
@@ -71,9 +76,22 @@ def check_offer(description: RTCSessionDescription) -> None:
     try:
         parsed = aiortc_sdp.SessionDescription.parse(description.sdp)
     except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
-        raise OfferError(400, f"the SDP cannot be parsed: {type(exc).__name__} {exc}") from exc
+        number, line = _first_unreadable_line(description.sdp)
+        log.info("unreadable SDP at line %d %r: %s: %s", number, line, type(exc).__name__, exc)
+        shown = line if len(line) <= 80 else line[:80] + "…"
+        raise OfferError(
+            400, f"the offer is not a valid SDP description: line {number} cannot be read: {shown}"
+        ) from exc
     if not parsed.media:
         raise OfferError(400, "the SDP has no media sections")
+    for number, media in enumerate(parsed.media, 1):
+        # aiortc drops a section's DTLS parameters without a valid a=setup line
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise OfferError(
+                400,
+                f"the offer is not a WebRTC offer: media section {number} ({media.kind}) needs "
+                "an a=setup line (actpass, active or passive) and an a=fingerprint line",
+            )
     videos = [
         m for m in parsed.media if m.kind == "video" and m.direction in ("sendrecv", "sendonly")
     ]
@@ -84,3 +102,20 @@ def check_offer(description: RTCSessionDescription) -> None:
         raise OfferError(
             415, f"no video codec the server can take: offered {sorted(offered)}, need VP8 or H264"
         )
+
+
+def _first_unreadable_line(sdp: str) -> tuple[int, str]:
+    """The (1-based number, text) of the line at which ``sdp`` stops parsing: the
+    lines before it parse and adding it fails. Bisects on prefixes, so a large
+    offer costs a few parses, not one per line."""
+    lines = sdp.splitlines()
+    good, bad = 0, len(lines)  # a prefix of `good` lines parses, of `bad` lines does not
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        try:
+            aiortc_sdp.SessionDescription.parse("\r\n".join(lines[:middle]) + "\r\n")
+        except Exception:  # as in check_offer
+            bad = middle
+        else:
+            good = middle
+    return bad, lines[bad - 1] if lines else ""

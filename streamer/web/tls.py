@@ -4,8 +4,10 @@ Phone browsers open the camera only on a secure page, so the server speaks HTTPS
 unless ``--http`` is given. With ``server.cert_file`` and ``server.key_file`` set,
 those are used. Otherwise a self-signed certificate (ECDSA P-256, valid 825 days,
 named for ``localhost``, this host's name and the given addresses) is made on
-first run in ``state_dir/tls/`` (key mode 0600) and reused while it is valid, so
-its fingerprint stays the same: users compare it with the one printed at start.
+first run in ``state_dir/tls/`` (both files 0600, like everything in the state
+directory: the certificate is public, but one rule is easier to audit) and reused
+while it is valid, so its fingerprint stays the same: users compare it with the one
+printed at start.
 """
 
 from __future__ import annotations
@@ -64,14 +66,14 @@ def ensure_certificate(settings: Settings, addresses: Sequence[str] = ()) -> Cer
         return CertificatePair(server.cert_file, server.key_file, self_signed=False)
     directory = settings.state_dir / "tls"
     pair = CertificatePair(directory / CERT_FILE, directory / KEY_FILE, self_signed=True)
-    if not _still_valid(pair.cert):
-        try:
+    try:
+        if _still_valid(pair.cert):
+            os.chmod(pair.cert, 0o600)  # one made by an older version was 0644
+        else:
             ensure_private_dir(directory)
             make_self_signed(pair.cert, pair.key, addresses)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write a self-signed certificate in {directory}: {exc}"
-            ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot write a self-signed certificate in {directory}: {exc}") from exc
     return pair
 
 
@@ -84,7 +86,7 @@ def _still_valid(cert_path: Path) -> bool:
 
 
 def make_self_signed(cert_path: Path, key_path: Path, addresses: Sequence[str] = ()) -> None:
-    """Write a new key (0600) and a self-signed certificate for ``localhost``,
+    """Write a new key and a self-signed certificate (both 0600) for ``localhost``,
     this host's name, 127.0.0.1, ::1 and ``addresses``."""
     key = ec.generate_private_key(ec.SECP256R1())
     hostname = socket.gethostname()
@@ -120,11 +122,15 @@ def make_self_signed(cert_path: Path, key_path: Path, addresses: Sequence[str] =
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _write_private(key_path, key_pem)
+    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key_pem)
-    os.chmod(key_path, 0o600)  # an older file keeps its mode through O_TRUNC
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        fh.write(data)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
 
 
 def fingerprint(cert_path: Path) -> str:
