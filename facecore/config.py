@@ -105,6 +105,9 @@ class ServerSettings:
     max_sessions: int = _bounded(4, lo=1)
     ice_servers: tuple[str, ...] = ()
     max_upload_mb: int = _bounded(10, lo=1)
+    # server processes on the one port (SO_REUSEPORT); 1 = this process alone. A
+    # worker pays off only past one core's worth of video: see docs/benchmarks.md.
+    workers: int = _bounded(1, lo=1, hi=64)
 
 
 @dataclass(frozen=True)

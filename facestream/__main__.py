@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from facestream.cli import main
 
-raise SystemExit(main())
+# guarded: the server's workers (multiprocessing, spawn) import this module again
+if __name__ == "__main__":
+    raise SystemExit(main())

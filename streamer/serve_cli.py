@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from streamer.web.tls import CertificatePair
 
-__all__ = ["register_serve", "serve"]
+__all__ = ["Prepared", "announce_ready", "prepare", "register_serve", "run_server", "serve"]
 
 DESCRIPTION = """\
 Serve the phone page over HTTPS: open one of the printed addresses on a phone on the
@@ -108,62 +109,118 @@ def register_serve(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPa
         metavar="URLS",
         help="comma-separated stun:HOST:PORT / turn:USER:PASS@HOST:PORT for other networks",
     )
+    add(
+        "--workers",
+        dest="server.workers",
+        default=None,
+        metavar="N",
+        help="server processes sharing the port (default 1); a phone stays with the one "
+        "that answered it, and --max-sessions counts per process",
+    )
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the server until SIGINT or SIGTERM."""
+    """Run the server until SIGINT or SIGTERM: in this process, or with
+    ``server.workers`` > 1 in that many worker processes on the one port."""
+    if settings.server.workers > 1:
+        from streamer.workers import supervise
+
+        return supervise(settings, sys.stdout)
     asyncio.run(_serve(settings, sys.stdout))
     return 0
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What every server process shares, made once before any listens."""
+
+    addresses: tuple[str, ...]
+    pair: CertificatePair | None
+    token: str
+    token_created: bool
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Check the ICE servers and make (or load) the certificate and the token."""
+    from streamer.web import announce, tls
+    from streamer.web.auth import load_or_create_token
+    from streamer.web.signalling import parse_ice_servers
+
+    server = settings.server
+    parse_ice_servers(server.ice_servers, settings.origins.get("server.ice_servers"))
+    addresses = tuple(announce.lan_addresses(server.host))
+    pair = None if server.http else tls.ensure_certificate(settings, list(addresses))
+    token, created = load_or_create_token(settings)
+    return Prepared(addresses, pair, token, created)
+
+
+def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextIO) -> None:
+    """Print the addresses (and a new token, the certificate) and tell systemd."""
+    from streamer.web import announce
+    from streamer.web.auth import token_path
+
+    scheme = "http" if settings.server.http else "https"
+    urls = announce.server_urls(scheme, list(prepared.addresses), port)
+    new_token = (prepared.token, token_path(settings)) if prepared.token_created else None
+    print(_startup_text(scheme, urls, prepared.pair, new_token), file=out, flush=True)
+    if urls:
+        # the token rides in the fragment, which browsers never send; only on a
+        # terminal, so it does not end up in a service's journal
+        target = urls[0] + (f"login#token={prepared.token}" if out.isatty() else "")
+        print(announce.qr_text(target), file=out, flush=True)
+    systemd.notify(f"READY=1\nSTATUS=serving on {urls[0] if urls else scheme}")
+
+
 async def _serve(settings: Settings, out: TextIO) -> None:
+    prepared = prepare(settings)
+
+    def listening(port: int) -> None:
+        announce_ready(settings, prepared, port, out)
+
+    await run_server(settings, prepared, listening)
+    print("facestream: shutting down", file=out, flush=True)
+
+
+async def run_server(
+    settings: Settings,
+    prepared: Prepared,
+    listening: Callable[[int], None],
+    *,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until SIGINT or SIGTERM; ``listening(port)`` once the socket is open.
+    ``reuse_port``: share the port with the other workers (SO_REUSEPORT)."""
     from aiohttp import web
 
     from streamer.enroll.api import add_enrollment_routes
     from streamer.enroll.camera import attach_live_enrollment
     from streamer.live.engine import Engine
-    from streamer.web import announce, tls
-    from streamer.web.auth import load_or_create_token, token_path
+    from streamer.web import tls
     from streamer.web.server import create_app
-    from streamer.web.signalling import parse_ice_servers
 
     server = settings.server
-    parse_ice_servers(server.ice_servers, settings.origins.get("server.ice_servers"))
-    addresses = announce.lan_addresses(server.host)
-    ssl_context = None
-    pair = None
-    if not server.http:
-        pair = tls.ensure_certificate(settings, addresses)
-        ssl_context = tls.server_ssl_context(pair)
-    token, created = load_or_create_token(settings)
+    ssl_context = None if prepared.pair is None else tls.server_ssl_context(prepared.pair)
     engine = Engine.from_settings(settings)
     try:
-        app = create_app(settings, engine, token, secure=not server.http)
+        app = create_app(settings, engine, prepared.token, secure=not server.http)
         add_enrollment_routes(app, settings)
         attach_live_enrollment(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context)
+            site = web.TCPSite(
+                runner, server.host, server.port, ssl_context=ssl_context,
+                reuse_port=reuse_port or None,
+            )
             try:
                 await site.start()
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen on {server.host}:{server.port}: {exc.strerror}",
                 ) from exc
-            scheme = "http" if server.http else "https"
-            urls = announce.server_urls(scheme, addresses, _bound_port(runner, server.port))
-            new_token = (token, token_path(settings)) if created else None
-            print(_startup_text(scheme, urls, pair, new_token), file=out, flush=True)
-            if urls:
-                # the token rides in the fragment, which browsers never send; only on a
-                # terminal, so it does not end up in a service's journal
-                target = urls[0] + (f"login#token={token}" if out.isatty() else "")
-                print(announce.qr_text(target), file=out, flush=True)
-            systemd.notify(f"READY=1\nSTATUS=serving on {urls[0] if urls else scheme}")
+            listening(_bound_port(runner, server.port))
             await _wait_for_signal()
             systemd.notify("STOPPING=1")
-            print("facestream: shutting down", file=out, flush=True)
         finally:
             await runner.cleanup()
     finally:

@@ -144,6 +144,7 @@ class Client:
     events: list[dict[str, object]] = field(default_factory=list)
     frames: list[VideoFrame] = field(default_factory=list)
     channel_open: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: str = ""  # the X-Facestream-Worker (pid) that answered the offer
     _reader: asyncio.Task[None] | None = None
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
@@ -163,6 +164,14 @@ class Client:
 async def post_offer(
     server: LiveServer, body: object, *, token: str | None = TOKEN, raw: bytes | None = None
 ) -> tuple[int, dict[str, object]]:
+    status, answer, _ = await post_offer_answered(server, body, token=token, raw=raw)
+    return status, answer
+
+
+async def post_offer_answered(
+    server: LiveServer, body: object, *, token: str | None = TOKEN, raw: bytes | None = None
+) -> tuple[int, dict[str, object], str]:
+    """``post_offer``, and the pid of the process that answered."""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     data = raw if raw is not None else json.dumps(body).encode()
     async with (
@@ -174,7 +183,7 @@ async def post_offer(
             ssl=server.ssl_context if server.ssl_context is not None else True,
         ) as response,
     ):
-        return response.status, await response.json()
+        return response.status, await response.json(), response.headers["X-Facestream-Worker"]
 
 
 async def connect(
@@ -207,7 +216,7 @@ async def connect(
         capabilities = RTCRtpSender.getCapabilities("video").codecs
         transceiver.setCodecPreferences([c for c in capabilities if c.mimeType == codec])
     await pc.setLocalDescription(await pc.createOffer())
-    status, answer = await post_offer(
+    status, answer, client.worker = await post_offer_answered(
         server, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
     )
     if status != 200:

@@ -18,11 +18,15 @@ Wrong tokens (at the login form or as a bearer token) are counted per client
 address (IPv6 by /64): after ``FREE_TRIES`` the client waits 1 s, then twice as
 long after each further wrong token, up to 5 min, and meanwhile gets 429 with
 ``Retry-After`` for anything that presents a token, right or wrong. A signed-in
-browser at that address is not affected. The counts live in this process only.
+browser at that address is not affected. The counts live in this process only:
+with ``serve --workers N`` each worker counts its own, so a guesser spread over
+them gets up to N times the free tries (the waits still double in each).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import ipaddress
@@ -32,7 +36,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,57 +180,104 @@ class FailureLimiter:
 class Sessions:
     """Signed-in browsers: random ids, kept as SHA-256 digests with their expiry
     (wall-clock seconds) in ``path``, which also names the token they were made with:
-    sessions of another token are dropped when loaded."""
+    sessions of another token are dropped when loaded.
+
+    The file is the truth, shared by every server process (``serve --workers``): a
+    change is made under an exclusive ``flock`` on ``path``'s lock file, on what the
+    file holds then, and written back whole (renamed over it); a lookup first reloads
+    the file if it was replaced since it was last read (one ``stat``), so a session
+    opened or ended by one worker is known to the others at their next request."""
 
     path: Path
     token: str
     clock: Callable[[], float] = time.time
     _expiry: dict[str, float] = field(default_factory=dict)
+    _seen: tuple[int, int, int] | None = None  # the file's (inode, mtime, size) when read
 
     def __post_init__(self) -> None:
-        try:
-            stored = json.loads(self.path.read_text(encoding="utf-8"))
-            if stored["token"] == self._token_digest():
-                self._expiry = {str(k): float(v) for k, v in stored["sessions"].items()}
-            else:  # a new token: its sessions are gone for good, not only in memory
+        with self._locked():
+            if self._reload() == "another token":  # its sessions are gone for good
                 log.info("the access token changed: every session is signed out")
                 self._save()
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("cannot read the sessions in %s (%s); everyone signs in again",
-                        self.path, exc)
-        self._prune()
 
     def open(self) -> str:
         """A new session; its id (the cookie's value)."""
         session_id = secrets.token_urlsafe(32)
-        self._prune()
-        self._expiry[_digest(session_id)] = self.clock() + SESSION_LIFETIME_S
-        while len(self._expiry) > MAX_SESSIONS:
-            del self._expiry[next(iter(self._expiry))]
-        self._save()
+        with self._locked():
+            self._reload()
+            self._expiry[_digest(session_id)] = self.clock() + SESSION_LIFETIME_S
+            while len(self._expiry) > MAX_SESSIONS:
+                del self._expiry[next(iter(self._expiry))]
+            self._save()
         return session_id
 
     def valid(self, session_id: str) -> bool:
+        self._reload()
         return self._expiry.get(_digest(session_id), 0.0) > self.clock()
 
     def revoke(self, session_id: str) -> None:
-        if self._expiry.pop(_digest(session_id), None) is not None:
-            self._save()
+        with self._locked():
+            self._reload()
+            if self._expiry.pop(_digest(session_id), None) is not None:
+                self._save()
 
     def _token_digest(self) -> str:
         return hmac.new(self.token.encode(), b"facestream sessions", hashlib.sha256).hexdigest()
 
-    def _prune(self) -> None:
+    def _reload(self) -> str:
+        """Read the file again if it changed since the last read: "same", "read",
+        "another token" (its sessions not taken), "none" or "unreadable"."""
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._expiry, self._seen = {}, None
+            return "none"
+        except OSError:
+            info = None
+        seen = None if info is None else (info.st_ino, info.st_mtime_ns, info.st_size)
+        if seen is not None and seen == self._seen:
+            return "same"
+        self._seen = seen
         now = self.clock()
-        self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+            if stored["token"] != self._token_digest():
+                self._expiry = {}
+                return "another token"
+            sessions = {str(k): float(v) for k, v in stored["sessions"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("cannot read the sessions in %s (%s); everyone signs in again",
+                        self.path, exc)
+            self._expiry = {}
+            return "unreadable"
+        self._expiry = {k: v for k, v in sessions.items() if v > now}
+        return "read"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the lock file beside ``path`` (made 0600); without it (an unwritable
+        state directory) go on unlocked: the save then fails and says so."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            ensure_private_dir(lock.parent)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.error("cannot lock the sessions in %s: %s", lock, exc.strerror)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _save(self) -> None:
         data = {"token": self._token_digest(), "sessions": self._expiry}
         try:
             write_private_file(self.path, json.dumps(data).encode())
-        except OSError as exc:  # the session still works until the server restarts
+            info = self.path.stat()
+            self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except OSError as exc:  # the session still works in this process until it restarts
             log.error("cannot store the sessions in %s: %s", self.path, exc.strerror)
 
 

@@ -10,7 +10,9 @@ Routes::
     GET  /static/...           the page's script, stylesheet and icon
 
 Every error answer is JSON ``{"error": <HTTP reason>, "reason": <what to do>}``, and
-every answer, errors and 500s included, carries the security headers. A JSON body of
+every answer, errors and 500s included, carries the security headers, and
+``X-Facestream-Worker``: the pid of the process that answered (with ``serve
+--workers`` the one that holds a session is the one that answered its offer). A JSON body of
 any shape (not JSON, not UTF-8, nested a thousand deep, not an object) gets a 400.
 State (the engine, the peers, the token checker) lives in application keys; the
 peers are closed on shutdown. The engine belongs to the caller, who closes it after
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -43,6 +46,7 @@ __all__ = [
     "ICE_SERVERS",
     "PEERS",
     "STATIC_DIR",
+    "WORKER_HEADER",
     "bad_request",
     "create_app",
     "error_response",
@@ -68,6 +72,7 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(self), microphone=()",
     "Cache-Control": "no-cache",
 }
+WORKER_HEADER = "X-Facestream-Worker"
 LOGIN_ERROR_MARKER = 'id="login-error" hidden'
 LOGIN_ERROR_TEXT = "That token is not right. Check it and try again."
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -116,6 +121,7 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except web.HTTPException as exc:
         exc.headers.update(SECURITY_HEADERS)
+        exc.headers[WORKER_HEADER] = str(os.getpid())
         raise
     except Exception:  # answered here, not by aiohttp, so that it gets the headers too
         log.exception("failure on %s %s", request.method, request.path)
@@ -123,6 +129,8 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
     if not response.prepared:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        # which process answered (``serve --workers``; an offer's holds its session)
+        response.headers[WORKER_HEADER] = str(os.getpid())
     return response
 
 

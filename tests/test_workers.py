@@ -1,0 +1,169 @@
+"""``facestream serve --workers 2`` as a real process tree: real aiortc phones get
+named faces back from two worker processes on one port, a sign-in made in one
+worker holds (and a sign-out ends it) in the other, a worker killed with SIGKILL is
+started again and serves, and SIGTERM stops them all. Also the shared session file
+on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiortc.contrib.media import MediaPlayer
+from webrtc_support import (
+    REPO_ROOT,
+    TOKEN,
+    Client,
+    LiveServer,
+    build_people_bundle,
+    connect,
+    server_settings,
+)
+
+from streamer.web.auth import COOKIE_NAME, Sessions
+
+CLIP = "media/short_hamilton_clip.mp4"
+
+
+def test_sessions_are_one_set_for_every_process(tmp_path: Path) -> None:
+    path = tmp_path / "server" / "sessions.json"
+    first, second = Sessions(path, TOKEN), Sessions(path, TOKEN)  # two workers' views
+    a = first.open()
+    assert second.valid(a)  # opened by the other: read from the file
+    b = second.open()  # made on what the file held, so ``a`` is kept
+    assert first.valid(a) and first.valid(b) and second.valid(a)
+    first.revoke(b)
+    assert not second.valid(b) and second.valid(a)
+    assert not Sessions(path, "another-token-0123456789").valid(a)
+    assert not first.valid(a)  # the token change dropped them from the file for good
+
+
+def _pids(text: str) -> list[int]:
+    found = re.search(r"2 workers \(pids (\d+), (\d+)\)", text)
+    return [int(found.group(1)), int(found.group(2))] if found else []
+
+
+async def _wait(condition: object, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+        await asyncio.sleep(0.1)
+
+
+async def _named_client(server: LiveServer, clip: Path) -> tuple[Client, MediaPlayer]:
+    player = MediaPlayer(str(clip))
+    client = await connect(server, player.video)
+    return client, player
+
+
+def _named(client: Client) -> bool:
+    return len(client.frames) >= 20 and any(
+        str(e["name"]).replace("-", " ").casefold() == "lin manuel miranda" for e in client.events
+    )
+
+
+async def _worker_of(url: str, cookie: str) -> tuple[int, str]:
+    """A fresh connection (so the kernel may pick either worker): status, worker pid."""
+    async with aiohttp.ClientSession(cookies={COOKIE_NAME: cookie}) as fresh, fresh.get(
+        url + "/api/config"
+    ) as r:
+        return r.status, r.headers["X-Facestream-Worker"]
+
+
+async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
+    shared_dir: Path, shared_file: object, tmp_path: Path
+) -> None:
+    clip = shared_file(CLIP)  # type: ignore[operator]
+    settings = server_settings(shared_dir, tmp_path / "state", tmp_path / "cache")
+    build_people_bundle(settings, shared_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env.update(PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable, "-m", "facestream", "serve", "--workers", "2", "--http",
+        "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
+        "--state-dir", str(settings.state_dir), "--cache-dir", str(settings.cache_dir),
+        "--models-dir", str(shared_dir / "models"),
+    ]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    clients: list[tuple[Client, MediaPlayer]] = []
+    try:
+        await _wait(lambda: _pids(log.read_text()), 120, "two workers listening", log)
+        pids = _pids(log.read_text())
+        port = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
+        assert port, log.read_text()
+        server = LiveServer(f"http://127.0.0.1:{port.group(1)}", web.Application(), None)
+
+        # phones until both workers hold one (the kernel hashes each connection)
+        for _ in range(8):
+            clients.append(await _named_client(server, clip))
+            if {c.worker for c, _ in clients} == {str(p) for p in pids}:
+                break
+        workers = [c.worker for c, _ in clients]
+        assert set(workers) == {str(p) for p in pids}, workers
+        for client, _ in clients:
+            assert await client.wait_for(lambda c=client: _named(c), timeout=60), (
+                client.worker, len(client.frames), client.events[:3])
+
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.url + "/login", data={"token": TOKEN},
+                                 allow_redirects=False) as r:
+                assert r.status == 303
+                cookie = r.cookies[COOKIE_NAME].value
+            seen = {await _worker_of(server.url, cookie) for _ in range(12)}
+            assert {worker for _, worker in seen} == {str(p) for p in pids}, seen
+            assert {status for status, _ in seen} == {200}  # signed in on both
+            async with aiohttp.ClientSession(cookies={COOKIE_NAME: cookie}) as signed, \
+                    signed.post(server.url + "/logout", allow_redirects=False) as r:
+                assert r.status == 303
+            seen = {await _worker_of(server.url, cookie) for _ in range(12)}
+            assert {status for status, _ in seen} == {401}, seen  # signed out on both
+
+        for client, player in clients:
+            await client.close()
+            player.video.stop()
+        clients.clear()
+
+        os.kill(pids[0], signal.SIGKILL)
+        await _wait(lambda: "died (signal SIGKILL)" in log.read_text(), 30, "the death seen", log)
+        await _wait(lambda: len(re.findall(r"worker \d started \(pid", log.read_text())) >= 3,
+                    30, "a new worker", log)
+        new = int(re.findall(r"worker \d started \(pid (\d+)\)", log.read_text())[-1])
+        assert new not in pids
+        deadline = time.monotonic() + 90
+        while not any(c.worker == str(new) for c, _ in clients):  # until it listens
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            client, player = await _named_client(server, clip)
+            clients.append((client, player))
+            if client.worker != str(new):
+                await client.close()
+                player.video.stop()
+                clients.pop()
+                await asyncio.sleep(0.5)
+        assert await clients[-1][0].wait_for(lambda: _named(clients[-1][0]), timeout=60)
+    finally:
+        for client, player in clients:
+            await client.close()
+            player.video.stop()
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, log.read_text()[-3000:]
+    for pid in [pids[1], new]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
