@@ -18,6 +18,11 @@ clients on separate CPUs.
     .venv/bin/python bench/webrtc.py                    # N = 1, 2, 4, 8
     .venv/bin/python bench/webrtc.py --sessions 4 --seconds 30
     .venv/bin/python bench/webrtc.py --server-cpus 0 --client-cpus 1
+    .venv/bin/python bench/webrtc.py --workers 1,2 --sessions 4,8
+
+``--workers 1,2`` runs the real ``facestream serve --http --workers W`` for each W
+in turn (W = 1: one process, as ``serve`` runs by default) instead of the bare
+application, and counts the CPU time of the whole process tree.
 
 Prints a markdown table: per-session returned fps (mean, and the slowest and
 fastest session), latency p50/p99 over every returned frame, p99 over the first and
@@ -33,9 +38,11 @@ import contextlib
 import fractions
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +249,7 @@ async def close_session(session: Session) -> None:
 
 @dataclass(frozen=True)
 class Row:
+    workers: int | None  # serve --workers; None: the bare application in one child
     sessions: int
     fps_mean: float
     fps_min: float
@@ -255,13 +263,22 @@ class Row:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` (all its threads) and of its living
+    descendants (the workers of ``serve --workers``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # gone meanwhile
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            total += sum(cpu_seconds(int(c)) for c in (task / "children").read_text().split())
+    return total
 
 
-async def measure(url: str, server_pid: int, n: int, frames: list[NDArray[np.uint8]],
-                  encoded: list[bytes] | None, args: argparse.Namespace) -> Row:
+async def measure(url: str, server_pid: int, workers: int | None, n: int,
+                  frames: list[NDArray[np.uint8]], encoded: list[bytes] | None,
+                  args: argparse.Namespace) -> Row:
     fps, warmup, seconds = args.fps, args.warmup, args.seconds
     sessions = [await open_session(url, frames, encoded, fps, args.codec) for _ in range(n)]
     await asyncio.sleep(warmup)
@@ -284,6 +301,7 @@ async def measure(url: str, server_pid: int, n: int, frames: list[NDArray[np.uin
         latencies_ms([r[2] for w in windows for r in w if r[0] >= middle]),
     )
     return Row(
+        workers=workers,
         sessions=n,
         fps_mean=float(np.mean(rates)),
         fps_min=float(np.min(rates)),
@@ -303,13 +321,20 @@ def latencies_ms(seconds: list[float]) -> NDArray[np.float64]:
 
 
 async def wait_idle(url: str, timeout: float = 20.0) -> None:
-    """Until the server has released every session."""
+    """Until the server has released every session: asked on 8 fresh connections in
+    a row, so that with several workers each is asked (the kernel picks one each)."""
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        connector=aiohttp.TCPConnector(force_close=True),
+    ) as http:
         while time.monotonic() < deadline:
-            async with http.get(url + "/api/config") as response:
-                if (await response.json())["sessions"] == 0:
-                    return
+            counts = []
+            for _ in range(8):
+                async with http.get(url + "/api/config") as response:
+                    counts.append((await response.json())["sessions"])
+            if not any(counts):
+                return
             await asyncio.sleep(0.2)
     raise RuntimeError("the server kept sessions open after the clients left")
 
@@ -374,42 +399,75 @@ async def serve_child(
 async def run(args: argparse.Namespace) -> list[Row]:
     frames = stamped(clip_frames(args.shared / "media" / "short_hamilton_clip.mp4"))
     encoded = None if args.client_encoding == "live" else encode_clip(frames, args.fps, args.codec)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve-child", tmp, "--shared", str(args.shared),
-             "--max-sessions", str(max(args.sessions)),
-             *(f"--setting={item}" for item in args.setting),
-             *(["--cpus", ",".join(map(str, args.server_cpus))] if args.server_cpus else [])],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            line = await asyncio.get_running_loop().run_in_executor(None, child.stdout.readline)
-            url = f"http://127.0.0.1:{json.loads(line)['port']}"
-            rows = []
-            for n in args.sessions:
-                rows.append(
-                    await measure(url, child.pid, n, frames, encoded, args)
-                )
-                print(f"N={n}: done", file=sys.stderr, flush=True)
-                await wait_idle(url)
-            return rows
-        finally:
-            child.terminate()
-            child.wait(timeout=30)
+        for workers in args.workers or [None]:
+            child, url = await start_server(Path(tmp), workers, args)
+            try:
+                for n in args.sessions:
+                    rows.append(await measure(url, child.pid, workers, n, frames, encoded, args))
+                    print(f"workers={workers} N={n}: done", file=sys.stderr, flush=True)
+                    await wait_idle(url)
+            finally:
+                child.terminate()
+                child.wait(timeout=30)
+    return rows
+
+
+async def start_server(
+    tmp: Path, workers: int | None, args: argparse.Namespace
+) -> tuple[subprocess.Popen[str], str]:
+    """The server child (``workers`` None) or ``facestream serve --workers``, and its URL."""
+    pinned = ["--cpus", ",".join(map(str, args.server_cpus))] if args.server_cpus else []
+    if workers is None:
+        command = [
+            sys.executable, __file__, "--serve-child", str(tmp), "--shared", str(args.shared),
+            "--max-sessions", str(max(args.sessions)),
+            *(f"--setting={item}" for item in args.setting), *pinned,
+        ]
+    else:
+        state, cache = tmp / "state", tmp / "cache"
+        prepare_settings(args.shared, state, cache, max(args.sessions), args.setting)
+        taskset = ["taskset", "-c", pinned[1]] if pinned else []
+        command = [
+            *taskset, sys.executable, "-m", "facestream", "serve", "--http",
+            "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
+            "--workers", str(workers), "--max-sessions", str(max(args.sessions)),
+            "--state-dir", str(state), "--cache-dir", str(cache),
+            "--models-dir", str(args.shared / "models"),
+        ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for item in args.setting if workers is not None else []:
+        key, value = item.split("=", 1)
+        env["FACESTREAM_" + key.upper().replace(".", "_")] = value
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    assert child.stdout is not None
+    url = ""
+    while True:
+        line = await asyncio.get_running_loop().run_in_executor(None, child.stdout.readline)
+        if not line:
+            raise RuntimeError("the server exited before it listened")
+        if workers is None:
+            return child, f"http://127.0.0.1:{json.loads(line)['port']}"
+        if found := re.search(r"(http://127\.0\.0\.1:\d+)/", line):
+            url = found.group(1)
+        if (workers == 1 and "█" in line) or "workers (pids" in line:  # after the addresses
+            # the rest of its output is not read: into the void, not a full pipe
+            threading.Thread(target=child.stdout.read, daemon=True).start()
+            return child, url
 
 
 def table(rows: list[Row], fps: float) -> str:
     lines = [
-        f"| sessions | returned fps per session (sent {fps:g}) | slowest – fastest | "
+        f"| workers | sessions | returned fps per session (sent {fps:g}) | slowest – fastest | "
         "latency p50 | latency p99 | p99 1st / 2nd half | frames returned | "
         "server CPU per frame | client CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.sessions} | {r.fps_mean:.1f} | {r.fps_min:.1f} – {r.fps_max:.1f} | "
+            f"| {r.workers or '-'} | {r.sessions} | "
+            f"{r.fps_mean:.1f} | {r.fps_min:.1f} – {r.fps_max:.1f} | "
             f"{r.p50_ms:.0f} ms | {r.p99_ms:.0f} ms | "
             f"{r.p99_halves_ms[0]:.0f} / {r.p99_halves_ms[1]:.0f} ms | {r.returned:.0%} | "
             f"{r.server_cpu_ms:.0f} ms | {r.client_cpu:.2f} cores |"
@@ -443,6 +501,9 @@ def main() -> None:
                         help="CPUs the server process may use, e.g. 0 (default: all)")
     parser.add_argument("--client-cpus", type=cpus, metavar="LIST",
                         help="CPUs the clients may use, e.g. 1 (default: all)")
+    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")],
+                        help="comma-separated W values: run `facestream serve --workers W` "
+                        "for each (default: the bare application in one child process)")
     parser.add_argument("--cpus", type=cpus, help=argparse.SUPPRESS)  # the server child's
     parser.add_argument("--max-sessions", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--serve-child", type=Path, help=argparse.SUPPRESS)
