@@ -2,7 +2,7 @@
 supervisor that keeps them running.
 
 The parent makes what the workers share once (the token, the certificate, the state
-directory; ``serve_cli.prepare``), resolves port 0 to a real port, then starts the
+directory; ``streamer.serving.prepare``), resolves port 0 to a real port, then starts the
 workers with multiprocessing's *spawn* (fresh interpreters: nothing of the parent's
 state is copied). Each worker runs its own engine and application and binds the
 port with ``SO_REUSEPORT``, so the kernel spreads new connections over them; a
@@ -35,7 +35,7 @@ from typing import TextIO
 from facecore import systemd
 from facecore.config import ServerSettings, Settings
 from facecore.errors import ConfigError
-from streamer.serve_cli import Prepared, announce_ready, prepare, run_server
+from streamer.serving import Prepared, announce_ready, prepare, run_server
 
 __all__ = ["supervise"]
 

@@ -1,0 +1,161 @@
+"""Running the server: what its processes share (``prepare``), the announcement once
+it listens, and one server process's life (``run_server``). ``facestream serve``
+(``streamer/serve_cli.py``) runs one in its own process; ``streamer/workers.py`` runs
+several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from facecore import systemd
+from facecore.config import Settings
+from facecore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from streamer.web.tls import CertificatePair
+
+__all__ = ["Prepared", "announce_ready", "prepare", "run_server"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every server process shares, made once before any listens."""
+
+    addresses: tuple[str, ...]
+    pair: CertificatePair | None
+    token: str
+    token_created: bool
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Check the ICE servers and make (or load) the certificate and the token."""
+    from streamer.web import announce, tls
+    from streamer.web.auth import load_or_create_token
+    from streamer.web.signalling import parse_ice_servers
+
+    server = settings.server
+    parse_ice_servers(server.ice_servers, settings.origins.get("server.ice_servers"))
+    addresses = tuple(announce.lan_addresses(server.host))
+    pair = None if server.http else tls.ensure_certificate(settings, list(addresses))
+    token, created = load_or_create_token(settings)
+    return Prepared(addresses, pair, token, created)
+
+
+def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextIO) -> None:
+    """Print the addresses (and a new token, the certificate) and tell systemd."""
+    from streamer.web import announce
+    from streamer.web.auth import token_path
+
+    scheme = "http" if settings.server.http else "https"
+    urls = announce.server_urls(scheme, list(prepared.addresses), port)
+    new_token = (prepared.token, token_path(settings)) if prepared.token_created else None
+    print(_startup_text(scheme, urls, prepared.pair, new_token), file=out, flush=True)
+    if urls:
+        # the token rides in the fragment, which browsers never send; only on a
+        # terminal, so it does not end up in a service's journal
+        target = urls[0] + (f"login#token={prepared.token}" if out.isatty() else "")
+        print(announce.qr_text(target), file=out, flush=True)
+    systemd.notify(f"READY=1\nSTATUS=serving on {urls[0] if urls else scheme}")
+
+
+async def run_server(
+    settings: Settings,
+    prepared: Prepared,
+    listening: Callable[[int], None],
+    *,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until SIGINT or SIGTERM; ``listening(port)`` once the socket is open.
+    ``reuse_port``: share the port with the other workers (SO_REUSEPORT)."""
+    from aiohttp import web
+
+    from streamer.enroll.api import add_enrollment_routes
+    from streamer.enroll.camera import attach_live_enrollment
+    from streamer.live.engine import Engine
+    from streamer.web import tls
+    from streamer.web.server import create_app
+
+    server = settings.server
+    ssl_context = None if prepared.pair is None else tls.server_ssl_context(prepared.pair)
+    engine = Engine.from_settings(settings)
+    try:
+        app = create_app(settings, engine, prepared.token, secure=not server.http)
+        add_enrollment_routes(app, settings)
+        attach_live_enrollment(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(
+                runner, server.host, server.port, ssl_context=ssl_context,
+                reuse_port=reuse_port or None,
+            )
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {server.host}:{server.port}: {exc.strerror}",
+                ) from exc
+            listening(_bound_port(runner, server.port))
+            await _wait_for_signal()
+            systemd.notify("STOPPING=1")
+        finally:
+            await runner.cleanup()
+    finally:
+        engine.close()
+
+
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    """The port the server listens on (``asked``, unless that was 0: any free one)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked
+
+
+def _startup_text(
+    scheme: str,
+    urls: Sequence[str],
+    pair: CertificatePair | None,
+    new_token: tuple[str, Path] | None,
+) -> str:
+    from streamer.web.tls import fingerprint
+
+    lines = []
+    if scheme == "http":
+        lines.append(
+            "WARNING: plain HTTP (--http): phones will not open the camera; "
+            "use it on this machine (http://localhost) or for tests only."
+        )
+    if pair is not None:
+        kind = "self-signed certificate" if pair.self_signed else "certificate"
+        lines.append(f"{kind}: {pair.cert}")
+        lines.append(f"  SHA-256 fingerprint: {fingerprint(pair.cert)}")
+    if new_token is not None:
+        lines.append(f"access token (new, stored in {new_token[1]}): {new_token[0]}")
+    if urls:
+        local = all("://127." in url or "://[::1]" in url for url in urls)
+        lines.append("open in a browser:" if local else "open on a phone on the same network:")
+        lines.extend(f"  {url}" for url in urls)
+    else:
+        lines.append("no network address found; open it on this machine (localhost)")
+    return "\n".join(lines)
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
