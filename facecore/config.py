@@ -108,6 +108,9 @@ class ServerSettings:
     # server processes on the one port (SO_REUSEPORT); 1 = this process alone. A
     # worker pays off only past one core's worth of video: see docs/benchmarks.md.
     workers: int = _bounded(1, lo=1, hi=64)
+    # Prometheus /metrics on a plain-HTTP listener of its own (0: none); see README
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = _bounded(0, lo=0, hi=65535)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class TrainerSettings:
     poll_seconds: float = _bounded(2.0, lo=0.05)
     keep_versions: int = _bounded(3, lo=1)
     target_far: float = _bounded(1e-3, lo=0.0, hi=1.0)
+    metrics_host: str = "127.0.0.1"  # Prometheus /metrics of the trainer (port 0: none)
+    metrics_port: int = _bounded(0, lo=0, hi=65535)
 
 
 def _no_origins() -> Mapping[str, str]:

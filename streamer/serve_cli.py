@@ -107,11 +107,23 @@ def register_serve(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPa
         help="server processes sharing the port (default 1); a phone stays with the one "
         "that answered it, and --max-sessions counts per process",
     )
+    add(
+        "--metrics-port",
+        dest="server.metrics_port",
+        default=None,
+        metavar="N",
+        help="Prometheus /metrics over plain HTTP on server.metrics_host (default "
+        "127.0.0.1) port N (default 0: none)",
+    )
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Run the server until SIGINT or SIGTERM: in this process, or with
     ``server.workers`` > 1 in that many worker processes on the one port."""
+    if settings.server.metrics_port:  # before anything imports prometheus_client
+        from facecore.metrics_export import use_multiprocess_dir
+
+        use_multiprocess_dir(settings.state_dir / "server" / "metrics")
     if settings.server.workers > 1:
         from streamer.workers import supervise
 

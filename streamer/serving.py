@@ -58,6 +58,12 @@ def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextI
     urls = announce.server_urls(scheme, list(prepared.addresses), port)
     new_token = (prepared.token, token_path(settings)) if prepared.token_created else None
     print(_startup_text(scheme, urls, prepared.pair, new_token), file=out, flush=True)
+    if settings.server.metrics_port:
+        from facecore.metrics_export import serve_metrics
+
+        host = settings.server.metrics_host
+        bound = serve_metrics(host, settings.server.metrics_port)
+        print(f"metrics: http://{host}:{bound}/metrics", file=out, flush=True)
     if urls:
         # the token rides in the fragment, which browsers never send; only on a
         # terminal, so it does not end up in a service's journal

@@ -35,6 +35,7 @@ from typing import TextIO
 from facecore import systemd
 from facecore.config import ServerSettings, Settings
 from facecore.errors import ConfigError
+from facecore.metrics_export import process_dead
 from streamer.serving import Prepared, announce_ready, prepare, run_server
 
 __all__ = ["supervise"]
@@ -134,6 +135,7 @@ def _keep_running(context: multiprocessing.context.SpawnContext, settings: Setti
             worker = alive[item]  # type: ignore[index]
             worker.process.join()
             worker.conn.close()
+            process_dead(worker.process.pid or 0)
             lived = time.monotonic() - worker.started
             if lived > STABLE_S:
                 worker.delay = FIRST_RESTART_S
@@ -166,6 +168,7 @@ def _stop_all(workers: list[_Worker]) -> None:
             worker.process.kill()
             worker.process.join()
         worker.conn.close()
+        process_dead(worker.process.pid or 0)
 
 
 def _receive(conn: Connection) -> tuple[str, object] | None:

@@ -1,8 +1,8 @@
 """``facestream serve --workers 2`` as a real process tree: real aiortc phones get
-named faces back from two worker processes on one port, a sign-in made in one
-worker holds (and a sign-out ends it) in the other, a worker killed with SIGKILL is
-started again and serves, and SIGTERM stops them all. Also the shared session file
-on its own."""
+named faces back from two worker processes on one port, ``/metrics`` sums both
+workers' figures and they move as frames flow, a sign-in made in one worker holds
+(and a sign-out ends it) in the other, a worker killed with SIGKILL is started again
+and serves, and SIGTERM stops them all. Also the shared session file on its own."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiortc.contrib.media import MediaPlayer
+from e2e_support import free_port
+from prometheus_client.parser import text_string_to_metric_families
 from webrtc_support import (
     REPO_ROOT,
     TOKEN,
@@ -72,6 +74,25 @@ def _named(client: Client) -> bool:
     )
 
 
+async def _scrape(url: str) -> Samples:
+    """Every sample of ``url``: (name, labels) -> value."""
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        assert r.status == 200
+        text = await r.text()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _stage_count(samples: Samples, stage: str) -> float:
+    return samples.get(("facestream_stage_seconds_count", (("stage", stage),)), 0.0)
+
+
 async def _worker_of(url: str, cookie: str) -> tuple[int, str]:
     """A fresh connection (so the kernel may pick either worker): status, worker pid."""
     async with aiohttp.ClientSession(cookies={COOKIE_NAME: cookie}) as fresh, fresh.get(
@@ -89,10 +110,10 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
     env.update(PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
     command = [
-        sys.executable, "-m", "facestream", "serve", "--workers", "2", "--http",
-        "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
+        sys.executable, "-m", "facestream", "serve", "--workers", "2", "--max-sessions", "8",
+        "--http", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
         "--state-dir", str(settings.state_dir), "--cache-dir", str(settings.cache_dir),
-        "--models-dir", str(shared_dir / "models"),
+        "--models-dir", str(shared_dir / "models"), "--metrics-port", str(free_port()),
     ]
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
@@ -104,6 +125,8 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         pids = _pids(log.read_text())
         port = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
         assert port, log.read_text()
+        metrics_url = re.search(r"metrics: (http://\S+)", log.read_text())
+        assert metrics_url, log.read_text()
         server = LiveServer(f"http://127.0.0.1:{port.group(1)}", web.Application(), None)
 
         # phones until both workers hold one (the kernel hashes each connection)
@@ -116,6 +139,23 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         for client, _ in clients:
             assert await client.wait_for(lambda c=client: _named(c), timeout=60), (
                 client.worker, len(client.frames), client.events[:3])
+
+        before = await _scrape(metrics_url.group(1))
+        assert before[("facestream_active_sessions", ())] == len(clients)  # both workers'
+        assert before[("facestream_bundle_version", ())] == 1
+        assert 0 < before[("facestream_bundle_created_timestamp_seconds", ())] <= time.time()
+        assert before[("facestream_faces_embedded_total", ())] > 0
+        assert before[("facestream_recognition_batch_faces_count", ())] > 0
+        for stage in ("convert_in", "detect", "recognize", "annotate", "convert_out", "total"):
+            assert _stage_count(before, stage) > 0, stage
+        await asyncio.sleep(2)
+        after = await _scrape(metrics_url.group(1))
+        frames_in = ("facestream_frames_total", (("direction", "in"),))
+        frames_out = ("facestream_frames_total", (("direction", "out"),))
+        # two seconds of 15 fps from each phone: well over one frame each
+        assert after[frames_out] - before[frames_out] > 2 * len(clients), (before, after)
+        assert after[frames_in] >= after[frames_out] > 0
+        assert _stage_count(after, "detect") > _stage_count(before, "detect")
 
         async with aiohttp.ClientSession() as http:
             async with http.post(server.url + "/login", data={"token": TOKEN},

@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from enrollment.store import EnrollmentStore, Person, Sample
-from facecore import systemd
+from facecore import metrics, systemd
 from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, load_bundle
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
@@ -203,9 +203,22 @@ class TrainerService:
     def run_once(self) -> Bundle | None:
         """Bring the published model up to date with the store, both phases (see the
         module docstring). Returns the bundle in force that this run published or
-        settled, or None when there was nothing to do.
+        settled, or None when there was nothing to do. Counted in
+        ``facecore.metrics.TRAINER_RUNS`` and timed in ``TRAINER_RUN_SECONDS``.
 
         Takes the trainer lock first: `TrainerBusyError` when another trainer has it."""
+        start = time.monotonic()
+        outcome = "unfinished"  # failed, stopped or busy
+        try:
+            bundle = self._run_once()
+            outcome = "up_to_date" if bundle is None else "published"
+            return bundle
+        finally:
+            metrics.TRAINER_RUNS.labels(outcome).inc()
+            if outcome != "up_to_date":
+                metrics.TRAINER_RUN_SECONDS.observe(time.monotonic() - start)
+
+    def _run_once(self) -> Bundle | None:
         self.lock.acquire(wait=False)
         revision = self.store.revision()
         if self.up_to_date(revision):

@@ -58,6 +58,11 @@ def _trainer(settings: Settings, args: argparse.Namespace) -> int:
         raise StopRequested(f"stopped by {signal.Signals(signum).name}")
 
     pause = float(os.environ.get(PUBLISH_PAUSE_ENV) or 0.0)
+    if settings.trainer.metrics_port:
+        from facecore.metrics_export import serve_metrics
+
+        port = serve_metrics(settings.trainer.metrics_host, settings.trainer.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.trainer.metrics_host, port)
     previous = signal.signal(signal.SIGTERM, stop)
     service = None
     try:

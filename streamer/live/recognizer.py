@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from facecore import metrics
 from facecore.bundle import Bundle, Gallery
 from facecore.embedder import Embedder
 from streamer.errors import ClosedError
@@ -131,6 +133,11 @@ class BatchRecognizer:
         """Serve ``model`` from the next batch on (None: every face unknown)."""
         with self._cond:
             self._model = model
+        metrics.BUNDLE_VERSION.set(0 if model is None else model.version)
+        created = 0.0 if model is None else model.bundle.manifest.created
+        metrics.BUNDLE_CREATED.set(
+            dt.datetime.fromisoformat(created).timestamp() if isinstance(created, str) else 0.0
+        )
 
     def submit(
         self, chips: NDArray[np.uint8], model: ActiveModel
@@ -227,6 +234,8 @@ class BatchRecognizer:
                 continue
             self.batches += 1
             self.faces += len(chips)
+            metrics.FACES_EMBEDDED.inc(len(chips))
+            metrics.RECOGNITION_BATCH.observe(len(chips))
             start = 0
             for request in usable:
                 end = start + len(request.chips)

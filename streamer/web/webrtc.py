@@ -43,6 +43,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 from numpy.typing import NDArray
 
+from facecore import metrics
 from facecore.cpus import usable_cpus
 from streamer.live.events import UNKNOWN, RecognitionEvent
 from streamer.web.jitter import use_marker_jitter_buffer
@@ -140,9 +141,13 @@ class RecognitionTrack(MediaStreamTrack):
             if loop.time() - queued > FRESH_WAIT:  # others' frames ran: take a newer one
                 with contextlib.suppress(TimeoutError):
                     frame = await asyncio.wait_for(source.recv(), NEWER_FRAME_TIMEOUT)
+                    metrics.FRAMES.labels("dropped").inc()
             assert isinstance(frame, VideoFrame)
             self.frames += 1
+            metrics.FRAMES.labels("in").inc()
+            converting = time.perf_counter()
             image = await loop.run_in_executor(None, _to_bgr, frame)
+            metrics.STAGE_SECONDS.labels("convert_in").observe(time.perf_counter() - converting)
             for listener in self.frame_listeners:
                 listener(image)
             try:
@@ -154,7 +159,13 @@ class RecognitionTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self._on_result(result)
-        return await loop.run_in_executor(None, partial(_to_video_frame, result.frame, frame))
+        for stage, ms in result.timings_ms.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+        converting = time.perf_counter()
+        out = await loop.run_in_executor(None, partial(_to_video_frame, result.frame, frame))
+        metrics.STAGE_SECONDS.labels("convert_out").observe(time.perf_counter() - converting)
+        metrics.FRAMES.labels("out").inc()
+        return out
 
     def stop(self) -> None:
         super().stop()
@@ -357,6 +368,7 @@ class PeerManager:
             )
         session = self._open_session()
         self._sessions[session.id] = session  # before any await: the limit holds
+        metrics.ACTIVE_SESSIONS.set(len(self._sessions))
         try:
             answer = await asyncio.wait_for(
                 self._negotiate(session, offer), self._negotiate_timeout
@@ -413,6 +425,7 @@ class PeerManager:
 
     def _forget(self, session: PeerSession) -> None:
         self._sessions.pop(session.id, None)
+        metrics.ACTIVE_SESSIONS.set(len(self._sessions))
 
     async def close(self) -> None:
         """Close every peer and refuse new offers; safe to call twice."""
