@@ -262,17 +262,18 @@ class Row:
     client_cpu: float  # cores the clients used (encoding, decoding, reading stamps)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads) and of its living
-    descendants (the workers of ``serve --workers``)."""
+def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), and with
+    ``descendants`` of its living descendants (the workers of ``serve --workers``)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:  # gone meanwhile
         return 0.0
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    for task in Path(f"/proc/{pid}/task").glob("*") if descendants else ():
         with contextlib.suppress(FileNotFoundError):
-            total += sum(cpu_seconds(int(c)) for c in (task / "children").read_text().split())
+            children = (task / "children").read_text().split()
+            total += sum(cpu_seconds(int(c), descendants=True) for c in children)
     return total
 
 
@@ -284,10 +285,11 @@ async def measure(url: str, server_pid: int, workers: int | None, n: int,
     await asyncio.sleep(warmup)
     start = time.perf_counter()
     sent0 = [s.track.count for s in sessions]
-    server0, client0 = cpu_seconds(server_pid), cpu_seconds(os.getpid())
+    server0 = cpu_seconds(server_pid, descendants=True)
+    client0 = cpu_seconds(os.getpid())
     await asyncio.sleep(seconds)
     end = time.perf_counter()
-    server_cpu = cpu_seconds(server_pid) - server0
+    server_cpu = cpu_seconds(server_pid, descendants=True) - server0
     client_cpu = cpu_seconds(os.getpid()) - client0
     sent = [s.track.count - c for s, c in zip(sessions, sent0, strict=True)]
     windows = [[r for r in s.received if start <= r[0] < end] for s in sessions]
