@@ -34,7 +34,7 @@ from typing import TextIO
 
 from facecore import systemd
 from facecore.config import ServerSettings, Settings
-from facecore.errors import ConfigError
+from facecore.errors import ConfigError, FacestreamError
 from facecore.metrics_export import process_dead
 from streamer.serving import Prepared, announce_ready, prepare, run_server
 
@@ -234,8 +234,8 @@ def _worker_main(settings: Settings, prepared: Prepared, conn: Connection) -> No
 
     try:
         asyncio.run(run_server(settings, prepared, listening, reuse_port=True))
-    except ConfigError as exc:
-        conn.send(("failed", str(exc)))
+    except FacestreamError as exc:  # a user's error: the parent says it, without a traceback
+        conn.send(("failed", " ".join(str(exc).splitlines())))
         raise SystemExit(2) from None
     finally:
         conn.close()

@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,3 +208,27 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
     for pid in [pids[1], new]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_worker_that_cannot_listen_fails_the_start_clearly(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env.update(PYTHONPATH=str(REPO_ROOT))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "facestream", "serve", "--workers", "2", "--http",
+             "--host", "127.0.0.1", "--port", str(port), "--token", TOKEN,
+             "--state-dir", str(tmp_path / "state"), "--cache-dir", str(tmp_path / "cache"),
+             "--models-dir", str(shared_dir / "models")],
+            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.search(
+        rf"facestream: error: server worker \d did not start: cannot listen on "
+        rf"127\.0\.0\.1:{port}: Address already in use", done.stderr
+    ), done.stderr
+    assert "Traceback" not in done.stderr
