@@ -229,6 +229,6 @@ def test_a_worker_that_cannot_listen_fails_the_start_clearly(
     assert done.returncode == 2, done.stdout + done.stderr
     assert re.search(
         rf"facestream: error: server worker \d did not start: cannot listen on "
-        rf"127\.0\.0\.1:{port}: Address already in use", done.stderr
+        rf"127\.0\.0\.1:{port}: .*address already in use", done.stderr, re.IGNORECASE
     ), done.stderr
     assert "Traceback" not in done.stderr
