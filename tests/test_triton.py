@@ -277,10 +277,12 @@ def test_triton_serving_another_network_is_refused(
 
 class Proxy:
     """A TCP forwarder on a fixed port that can be shut (nothing listens: Triton is
-    down for its clients) and opened again (Triton is back)."""
+    down for its clients) and opened again (Triton is back); with ``delay``, each of
+    Triton's answers arrives that much later (Triton is slow)."""
 
-    def __init__(self, port: int, target: str) -> None:
+    def __init__(self, port: int, target: str, *, delay: float = 0.0) -> None:
         self.port = port
+        self.delay = delay
         host, _, target_port = target.rpartition(":")
         self.target = (host, int(target_port))
         self._server: asyncio.Server | None = None
@@ -304,11 +306,38 @@ class Proxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await source.read(65536):
+                    if source is up_reader:
+                        await asyncio.sleep(self.delay)
                     sink.write(data)
                     await sink.drain()
             sink.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        # shut() ends the connections; a pipe cancelled in its sleep just stops
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_slow_triton_is_a_timeout(
+    settings: Settings, triton_url: str, chips: np.ndarray
+) -> None:
+    proxy = Proxy(free_port(), triton_url)
+    url = f"127.0.0.1:{proxy.port}"
+
+    def embed_while_triton_slows_down() -> None:
+        with TritonConnection(url, timeout_s=10.0, retry_s=0.0) as connection:
+            embedder = _dlib_on(connection, settings)
+            embedder.embed(chips[:1])  # connected, model checked
+            proxy.delay, connection.timeout_s = 0.5, 0.2
+            start = time.monotonic()
+            with pytest.raises(InferenceServerError, match=f"{url} did not answer within 200 ms"):
+                embedder.embed(chips[:2])
+            assert time.monotonic() - start < 1.0
+
+    await proxy.open()
+    try:
+        await asyncio.to_thread(embed_while_triton_slows_down)
+    finally:
+        await proxy.shut()
 
 
 @pytest.fixture(scope="module")
