@@ -99,7 +99,7 @@ class TritonConnection:
 
     def model_config(self, model: str) -> Any:
         """Triton's ``ModelConfig`` message of ``model``."""
-        response = self.call(self._client.get_model_config(model, client_timeout=self.timeout_s))
+        response = self._call(self._client.get_model_config(model, client_timeout=self.timeout_s))
         return response.config
 
     def infer(self, model: str, name: str, data: NDArray[Any], output: str) -> NDArray[Any]:
@@ -109,7 +109,7 @@ class TritonConnection:
 
         tensor = InferInput(name, list(data.shape), np_to_triton_dtype(data.dtype))
         tensor.set_data_from_numpy(data)
-        result = self.call(
+        result = self._call(
             self._client.infer(
                 model,
                 [tensor],
@@ -119,7 +119,7 @@ class TritonConnection:
         )
         return np.asarray(result.as_numpy(output))
 
-    def call(self, request: Coroutine[Any, Any, T]) -> T:
+    def _call(self, request: Coroutine[Any, Any, T]) -> T:
         """Run one request on the loop and wait for it, translating tritonclient's
         errors: `InferenceServerError` when Triton is unreachable or late,
         `ModelLoadError` when it refuses the request."""
