@@ -248,6 +248,10 @@ def test_triton_batches_requests_of_several_threads(
             thread.start()
         for thread in threads:
             thread.join()
+    # Triton counts a request once its response is out: wait for the four
+    deadline = time.monotonic() + 5.0
+    while counts()[0] - before[0] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     inferences, executions = (now - then for now, then in zip(counts(), before, strict=True))
     stats.close()
     assert inferences == 4
