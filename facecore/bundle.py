@@ -68,6 +68,7 @@ class BundleManifest:
     person_ids: tuple[str, ...]  # enrollment ids ("" when built from a folder)
     threshold: float  # cosine similarity at or above which a face is that person
     metrics: dict[str, float] = field(default_factory=dict)
+    threshold_reason: str = ""  # how the trainer chose the threshold ("" before 2026-12)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

@@ -61,11 +61,20 @@ def people_folder(shared_dir: Path, into: Path, people: Iterable[str]) -> Path:
 
 
 def publish_people(settings: Settings, folder: Path) -> Bundle:
-    """Build and publish the one-prototype-per-person bundle of ``folder`` into
-    ``state_dir/bundles``."""
-    from trainer.fitting.gallery import build_folder_bundle
+    """What ``facestream enroll import FOLDER`` then ``facestream trainer --once`` do,
+    in this process: the bundle a user enrolling these people gets, with the
+    trainer's own threshold."""
+    from enrollment.ingest import import_folder
+    from enrollment.store import EnrollmentStore
+    from facecore.detector import Detector
+    from trainer.service import TrainerService
 
-    return build_folder_bundle(folder, settings.state_dir / "bundles", settings)
+    with EnrollmentStore.from_settings(settings) as store:
+        import_folder(store, Detector.from_settings(settings, min_face_px=0), folder, False)
+    with TrainerService(settings, progress=False) as trainer:
+        bundle = trainer.run_once()
+    assert bundle is not None, f"the trainer published nothing for {folder}"
+    return bundle
 
 
 def label_of(bundle: Bundle, surname: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
+from trainer.evaluation.calibrate_cli import register_calibrate
 from trainer.evaluation.cli import register_eval
 from trainer.train_cli import register_trainer
 
@@ -35,6 +36,7 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         "  facestream models prepare --models-dir /srv/facestream-models",
     )
     register_eval(subparsers, parents)
+    register_calibrate(subparsers, parents)
     register_trainer(subparsers, parents)
 
 

@@ -47,9 +47,11 @@ from numpy.typing import NDArray
 from enrollment.store import EnrollmentStore, Person, Sample
 from facecore import metrics, systemd
 from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, load_bundle
+from facecore.calibration import find_calibration
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
 from facecore.publish import bundles_dir, current_bundle_dir, publish
+from facecore.registry import get_spec
 from trainer.backbone import Backbone
 from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
@@ -142,7 +144,14 @@ class TrainerService:
             self.lock = opened.enter_context(TrainerLock(settings.state_dir))
             self.store = opened.enter_context(EnrollmentStore(enrollment_dir(settings)))
             self.backbone = backbone or Backbone.from_settings(settings)
+            self.prior = find_calibration(settings, get_spec(self.backbone.name))
             opened.pop_all()
+        if self.prior is None:
+            log.warning("%s has no population calibration: thresholds come from the "
+                        "gallery's own few scores (run `facestream eval calibrate`)",
+                        self.backbone.name)
+        else:
+            log.info("population calibration: %s", self.prior.describe())
         self.builder = BundleBuilder(
             self.backbone, self.recipe.copies, settings.trainer.target_far, publish_pause
         )
@@ -235,7 +244,7 @@ class TrainerService:
             baseline = select_baseline(
                 clean.clean, roster.labels, people=len(roster.people),
                 target_far=self.settings.trainer.target_far,
-                fallback_threshold=DEFAULT_THRESHOLD, config=self.config,
+                fallback_threshold=DEFAULT_THRESHOLD, config=self.config, prior=self.prior,
             )
         prototypes = roster.fitted(PHASE_BASELINE, clean.computed, baseline)
         current = current_bundle_dir(self.bundles_dir)
@@ -281,7 +290,7 @@ class TrainerService:
             clean, augmented, roster.labels, people=len(roster.people),
             target_far=self.settings.trainer.target_far, fallback_threshold=DEFAULT_THRESHOLD,
             config=self.config, progress=self.progress, baseline=baseline,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint, prior=self.prior,
         )
         if selection.threshold > 1.0:
             log.warning("threshold %.4f is above any cosine: at a false-accept rate of %g "
@@ -299,6 +308,7 @@ class TrainerService:
         log.info("published %s (phase %d): %d people, %s head, threshold %.4f, "
                  "store revision %d", bundle.path.name, fitted.phase, len(fitted.people),
                  bundle.manifest.head_kind, bundle.manifest.threshold, fitted.revision)
+        log.info("threshold: %s", bundle.manifest.threshold_reason)
         self.notify(f"STATUS={describe(bundle)}")
         return bundle
 

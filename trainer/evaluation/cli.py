@@ -25,7 +25,7 @@ from facecore.config import Settings
 from facecore.errors import ConfigError, SourceError
 from trainer.evaluation.evaluate import FAR, FOLDS, Pairs, Verification
 
-__all__ = ["register_eval"]
+__all__ = ["Embedded", "embed_largest_faces", "labelled_images", "register_eval"]
 
 MAX_GENUINE = 3000
 
@@ -107,7 +107,7 @@ def register_eval(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPar
 
 
 @dataclass(frozen=True)
-class _Embedded:
+class Embedded:
     """One pipeline's output for M images: ``vectors`` [M, D], ``found`` [M] bool
     (a face was detected)."""
 
@@ -154,7 +154,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         f"pairs: {int(pairs.same.sum())} genuine + {int((~pairs.same).sum())} impostor "
         f"in {pairs.folds} folds"
     )
-    ours = _embed_facestream(settings, paths)
+    ours = embed_largest_faces(settings, paths)
     columns = [
         _column(
             "facestream",
@@ -188,7 +188,6 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
 def _load_pairs(folder: Path, args: argparse.Namespace) -> tuple[list[Path], Pairs, str]:
     """(images, pairs over them, where they came from) for DIR and --pairs."""
     from trainer.evaluation.evaluate import form_pairs, pairs_from_paths, parse_lfw_pairs
-    from trainer.fitting.gallery import IMAGE_SUFFIXES
 
     if args.pairs is not None:
         try:
@@ -206,13 +205,8 @@ def _load_pairs(folder: Path, args: argparse.Namespace) -> tuple[list[Path], Pai
                 f"e.g. {missing[0]}"
             )
         return paths, pairs, f"pairs from {args.pairs}"
-    people = sorted(p for p in folder.iterdir() if p.is_dir())
-    images = [
-        (image, person.name)
-        for person in people
-        for image in sorted(person.iterdir())
-        if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    images = labelled_images(folder)
+    people = {label for _, label in images}
     try:
         pairs = form_pairs(
             [label for _, label in images], max_genuine=args.max_genuine, folds=FOLDS,
@@ -222,6 +216,20 @@ def _load_pairs(folder: Path, args: argparse.Namespace) -> tuple[list[Path], Pai
         raise SourceError(f"{folder}: {err} (one sub-folder of images per person)") from err
     origin = f"{len(people)} people; pairs formed with seed {args.seed}"
     return [image for image, _ in images], pairs, origin
+
+
+def labelled_images(folder: Path) -> list[tuple[Path, str]]:
+    """(image, person) for every image of ``folder``'s sub-folders, one per person, in
+    sorted order."""
+    from trainer.fitting.gallery import IMAGE_SUFFIXES
+
+    people = sorted(p for p in folder.iterdir() if p.is_dir())
+    return [
+        (image, person.name)
+        for person in people
+        for image in sorted(person.iterdir())
+        if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES
+    ]
 
 
 def _read(path: Path) -> NDArray[np.uint8]:
@@ -240,7 +248,7 @@ def _centred_square(shape: tuple[int, ...]) -> tuple[float, float, float]:
     return (width - side) / 2, (height - side) / 2, float(side)
 
 
-def _embed_facestream(settings: Settings, paths: Sequence[Path]) -> _Embedded:
+def embed_largest_faces(settings: Settings, paths: Sequence[Path]) -> Embedded:
     """Unit embeddings of each image's largest YuNet face (the centred square where
     there is none), batched as the recognizer is configured."""
     from tqdm import tqdm
@@ -269,10 +277,10 @@ def _embed_facestream(settings: Settings, paths: Sequence[Path]) -> _Embedded:
         backbone.embedder.embed(chips[start : start + batch])
         for start in tqdm(range(0, len(chips), batch), desc="facestream: embed", unit="batch")
     ]
-    return _Embedded(np.concatenate(vectors), found)
+    return Embedded(np.concatenate(vectors), found)
 
 
-def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> _Embedded:
+def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> Embedded:
     """dlib's raw descriptors of each image's largest HOG face (the centred square,
     given to the 5-point model as the detection, where there is none)."""
     from tqdm import tqdm
@@ -292,14 +300,14 @@ def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> _Embedded:
             left, top, side = _centred_square(image.shape)
             box = np.array([left, top, left + side - 1, top + side - 1])
         vectors[i] = dlib.descriptors(image, box[None])[0]
-    return _Embedded(vectors, found)
+    return Embedded(vectors, found)
 
 
 def _column(
     title: str,
     pipeline: str,
     score: tuple[str, str, float],
-    embedded: _Embedded,
+    embedded: Embedded,
     scores: NDArray[np.floating],
     pairs: Pairs,
     no_face: str,

@@ -117,6 +117,7 @@ class BundleBuilder:
             person_ids=tuple(p.id for p in fitted.people),
             threshold=selection.threshold if selection else DEFAULT_THRESHOLD,
             metrics=metrics,
+            threshold_reason=selection.calibration.reason if selection else "nobody enrolled",
         )
         bundle = write_bundle(
             directory, backbone=backbone.path, weights=head.unit_weights(), manifest=manifest,
