@@ -15,6 +15,7 @@ from facecore.config import load_settings
 from facecore.errors import ConfigError, SourceError
 from facecore.registry import get_spec, model_cache_dir, resolve_model
 from trainer.dlib.export import prepare_dlib_resnet
+from trainer.dlib.landmarks import prepare_landmark_model
 from trainer.evaluation.cli import register_eval
 from trainer.evaluation.evaluate import (
     Pairs,
@@ -181,6 +182,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cache_dir=model_cache_dir(settings), download=False,
     )
     prepare_dlib_resnet(source, model_cache_dir(settings))
+    prepare_landmark_model(settings, download=False)
     return cache
 
 

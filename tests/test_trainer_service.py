@@ -37,6 +37,7 @@ from facecore.publish import bundles_dir, current_bundle_dir, versions
 from facecore.registry import model_cache_dir, model_path
 from trainer.backbone import Backbone
 from trainer.dlib.export import prepare_dlib_resnet
+from trainer.dlib.landmarks import prepare_landmark_model
 from trainer.errors import TrainerBusyError
 from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, check_export
@@ -57,6 +58,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Pat
     settings = _settings(cache.parent / "unused-state", cache, shared_dir)
     source = model_path(settings, "dlib_resnet_v1_dat", download=False)
     prepare_dlib_resnet(source, model_cache_dir(settings))
+    prepare_landmark_model(settings, download=False)
     return cache
 
 

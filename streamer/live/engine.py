@@ -33,6 +33,7 @@ from facecore.detector import Detector
 from facecore.embedder import Embedder
 from facecore.errors import BundleError, ModelError
 from facecore.faces import Faces
+from facecore.frontend import FrontEnd
 from facecore.publish import bundles_dir, current_bundle_dir
 from streamer.errors import BundleRefusedError, ClosedError
 from streamer.live.annotate import Overlay
@@ -152,6 +153,10 @@ class Engine:
         the serving session when the backbone is the same, else build and warm up a
         new one. Raises `BundleRefusedError` when the bundle cannot serve."""
         manifest = bundle.manifest
+        try:
+            front_end = FrontEnd.of_bundle(bundle)
+        except BundleError as exc:
+            raise BundleRefusedError(str(exc)) from exc
         current = self.recognizer.model
         if (
             current is not None
@@ -167,7 +172,7 @@ class Engine:
                 f"bundle {bundle.path}: its gallery rows have {width} values, "
                 f"its backbone makes {dimension}"
             )
-        return ActiveModel(bundle, embedder)
+        return ActiveModel(bundle, embedder, front_end)
 
     def install(self, model: ActiveModel | None) -> None:
         """Serve ``model`` from the next recognition batch on (None: nobody known)."""

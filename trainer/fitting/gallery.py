@@ -79,6 +79,7 @@ def build_folder_bundle(
             backbone_sha256=backbone.sha256,
             preprocessing=backbone.embedder.preprocessing,
             template=tuple((float(x), float(y)) for x, y in backbone.template),
+            front_end=backbone.front_end.kind,
             head_kind="prototypes",
             head_sha256="",
             labels=names,
@@ -91,6 +92,8 @@ def build_folder_bundle(
             backbone_sha256=backbone.sha256,
             weights=weights,
             manifest=manifest,
+            landmarks=backbone.front_end.predictor_path,
+            landmarks_sha256=backbone.front_end.predictor_sha256 or None,
         )
 
     return publish(bundles_dir, build, keep=settings.trainer.keep_versions)
