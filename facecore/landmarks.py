@@ -91,62 +91,67 @@ class ShapePredictor:
         return int(self.split_thresh.shape[2] + 1).bit_length() - 1
 
     def predict(self, image: NDArray[np.uint8], rects: NDArray[np.floating]) -> NDArray[np.float64]:
-        """Points [N, P, 2] in image pixels for face rectangles [N, 4] (left, top,
-        right, bottom, dlib's convention: the predictor maps (0, 0) to the top-left
-        and (1, 1) to (right, bottom)) in a BGR [H, W, 3] or grey [H, W] image."""
+        """Points [N, P, 2] in whole image pixels, as dlib gives them, for face
+        rectangles [N, 4] (left, top, right, bottom, dlib's convention: the predictor
+        maps (0, 0) to the top-left and (1, 1) to (right, bottom)) in a BGR
+        [H, W, 3] or grey [H, W] image."""
         rects = np.asarray(rects, np.float64).reshape(-1, 4)
         origin = rects[:, None, :2]
         extent = rects[:, None, 2:] - origin
         height, width = image.shape[:2]
         faces = len(rects)
         shape = np.repeat(self.initial_shape[None], faces, axis=0)  # [N, P, 2]
-        trees = np.arange(self.split_thresh.shape[1])
-        rows = np.arange(faces)[:, None, None]
-        for level in range(len(self.anchor)):
-            linear = _similarity_linear(self.initial_shape, shape)  # [N, 2, 2]
-            moved = np.einsum("nij,fj->nfi", linear, self.deltas[level])
+        levels, trees, splits = self.split_thresh.shape
+        points_per_shape = self.leaf_values.shape[3] * 2
+        first_split = np.arange(trees) * splits  # each tree's root in the flat arrays
+        first_leaf = np.arange(trees) * (splits + 1)
+        face_row = np.arange(faces)[:, None] * self.anchor.shape[1]
+        pixels = image.reshape(height * width, -1)
+        mean_shape = self.initial_shape.astype(np.float64)
+        mean_shape -= mean_shape.mean(axis=0)
+        for level in range(levels):
+            linear = _similarity_linear(mean_shape, shape)  # [N, 2, 2]
+            moved = self.deltas[level] @ linear.transpose(0, 2, 1)
             points = moved + shape[:, self.anchor[level]]  # [N, F, 2] float32, like dlib
             at = np.floor(points * extent + origin + 0.5).astype(np.int64)
             x, y = at[..., 0], at[..., 1]
             inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-            sampled = image[np.clip(y, 0, height - 1), np.clip(x, 0, width - 1)]
-            if image.ndim == 3:
-                sampled = _intensity(sampled)
-            values = np.where(inside, sampled, 0).astype(np.float32)  # [N, F]
-            node = np.zeros((faces, len(trees)), np.int64)
-            pairs, thresh = self.split_pixels[level], self.split_thresh[level]
+            sampled = pixels[np.where(inside, y * width + x, 0)]  # [N, F, channels]
+            # dlib's pixel intensity: the integer mean of the channels; 0 outside
+            grey = sampled.sum(axis=2, dtype=np.uint16) // sampled.shape[2]
+            values = np.where(inside, grey, 0).astype(np.float32).ravel()  # N x F
+            pairs = self.split_pixels[level].reshape(-1, 2)
+            thresh = self.split_thresh[level].ravel()
+            node = np.zeros((faces, trees), np.int64)
             for _ in range(self.depth):
-                compared = values[rows, pairs[trees, node]]  # [N, T, 2]
-                node = 2 * node + np.where(
-                    compared[..., 0] - compared[..., 1] > thresh[trees, node], 1, 2
-                )
-            leaves = node - thresh.shape[1]
+                split = first_split + node
+                difference = values[face_row + pairs[split, 0]] - values[face_row + pairs[split, 1]]
+                node = 2 * node + np.where(difference > thresh[split], 1, 2)
+            leaves = self.leaf_values[level].reshape(-1, points_per_shape)[
+                first_leaf + node - splits
+            ]  # [N, T, P * 2]
             # tree by tree in float32, as dlib adds them: the sum's rounding decides
             # which pixel the next level reads when a point falls near a pixel edge
-            steps = np.concatenate([shape[:, None], self.leaf_values[level][trees, leaves]], 1)
-            shape = np.cumsum(steps, axis=1, dtype=np.float32)[:, -1]
-        return shape.astype(np.float64) * extent + origin
+            steps = np.concatenate([shape.reshape(faces, 1, -1), leaves], 1)
+            shape = np.cumsum(steps, axis=1, dtype=np.float32)[:, -1].reshape(faces, -1, 2)
+        # dlib's full_object_detection holds integer points: its chips, the ones
+        # its ResNet was trained on, are cut from the rounded shape
+        return np.floor(shape.astype(np.float64) * extent + origin + 0.5)
 
 
 def _similarity_linear(
-    source: NDArray[np.float32], target: NDArray[np.float32]
+    centred: NDArray[np.float64], target: NDArray[np.floating]
 ) -> NDArray[np.float32]:
-    """The 2x2 part [N, 2, 2] of the least-squares similarity taking ``source`` [P, 2]
-    onto each of ``target`` [N, P, 2] (rotation and scale; reflection cannot occur
+    """The 2x2 part [N, 2, 2] of the least-squares similarity taking a shape [P, 2]
+    (given ``centred`` on its mean) onto each of ``target`` [N, P, 2], in float64 like
+    dlib's find_similarity_transform (rotation and scale; reflection cannot occur
     between two face shapes)."""
-    src = np.asarray(source, np.float64)
     dst = np.asarray(target, np.float64)
-    src = src - src.mean(axis=0)
     dst = dst - dst.mean(axis=1, keepdims=True)
-    norm = float((src**2).sum())
-    a = (src[None, :, 0] * dst[..., 0] + src[None, :, 1] * dst[..., 1]).sum(axis=1) / norm
-    b = (src[None, :, 0] * dst[..., 1] - src[None, :, 1] * dst[..., 0]).sum(axis=1) / norm
-    return np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], 1).astype(np.float32)
-
-
-def _intensity(pixels: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """dlib's pixel intensity of colour pixels [..., 3]: the integer mean of the channels."""
-    return (pixels.astype(np.uint16).sum(axis=-1) // 3).astype(np.uint8)
+    norm = float((centred**2).sum())
+    a = (dst * centred).sum(axis=(1, 2)) / norm
+    b = (dst[..., 1] * centred[:, 0] - dst[..., 0] * centred[:, 1]).sum(axis=1) / norm
+    return np.stack([a, -b, b, a], axis=1).reshape(-1, 2, 2).astype(np.float32)
 
 
 def landmark_box_from(
@@ -159,8 +164,8 @@ def landmark_box_from(
     [N, 5, 2]: centre and side given in the frame of ``reference`` [5, 2] (see
     `LANDMARK_BOX`)."""
     landmarks = np.asarray(landmarks, np.float64).reshape(-1, 5, 2)
-    reference = np.asarray(reference, np.float32)
-    linear = _similarity_linear(reference, landmarks.astype(np.float32)).astype(np.float64)
+    reference = np.asarray(reference, np.float64)
+    linear = _similarity_linear(reference - reference.mean(axis=0), landmarks).astype(np.float64)
     offset = np.asarray(centre, np.float64) - reference.mean(axis=0)
     middle = landmarks.mean(axis=1) + np.einsum("nij,j->ni", linear, offset)
     half = side * np.hypot(linear[:, 0, 0], linear[:, 1, 0])[:, None] / 2.0

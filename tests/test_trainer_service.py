@@ -33,8 +33,9 @@ from facecore.detector import Detector
 from facecore.download import sha256_file
 from facecore.embedder import Embedder
 from facecore.errors import BundleError
+from facecore.frontend import FrontEnd
 from facecore.publish import bundles_dir, current_bundle_dir, versions
-from facecore.registry import model_cache_dir, model_path
+from facecore.registry import get_spec, model_cache_dir, model_path
 from trainer.backbone import Backbone
 from trainer.dlib.export import prepare_dlib_resnet
 from trainer.dlib.landmarks import prepare_landmark_model
@@ -213,13 +214,20 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         assert counting.chips == added * (1 + copies)  # nothing new to embed
         assert len(versions(bundles)) == 3  # keep_versions
 
-    # another alignment template makes other chips: nothing cached is reused
-    moved = replace(backbone, template=backbone.template + np.float32(1.0))
+    # another front end makes other chips: the bundle is rebuilt, nothing cached reused
+    assert backbone.front_end.kind == "dlib_5"
+    assert bundle.manifest.front_end == "dlib_5"
+    assert bundle.manifest.landmarks_sha256 == backbone.front_end.predictor_sha256
+    moved = replace(
+        backbone,
+        front_end=FrontEnd.for_model(settings, get_spec(backbone.name), kind="yunet_template"),
+    )
     counting.chips = 0
     with TrainerService(settings, backbone=moved, recipe=Augmentation(copies=copies),
                         progress=False) as service:
         bundle = service.run_once()
-        assert bundle is not None and bundle.manifest.template[0][0] == moved.template[0][0]
+        assert bundle is not None and bundle.manifest.front_end == "yunet_template"
+        assert bundle.manifest.landmarks_sha256 == ""
         assert counting.chips == first * (1 + copies)
         assert service.run_once() is None
     service.close()  # a second close does nothing
