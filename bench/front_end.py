@@ -98,11 +98,15 @@ def _derive_box(settings: Settings, shared: Path) -> None:
         centre, side = derive_landmark_box(
             np.array(landmarks)[mine], np.array(boxes)[mine], reference
         )
-        print(f"{name} alone, {mine.sum()} faces: centre ({centre[0]:.2f}, {centre[1]:.2f}), "
-              f"side {side:.2f}")
+        print(
+            f"{name} alone, {mine.sum()} faces: centre ({centre[0]:.2f}, {centre[1]:.2f}), "
+            f"side {side:.2f}"
+        )
     centre, side = derive_landmark_box(np.array(landmarks), np.array(boxes), reference)
-    print(f"{len(boxes)} faces found by both: centre ({centre[0]:.2f}, {centre[1]:.2f}), "
-          f"side {side:.2f} (in the frame of the dlib_resnet_v1 template)")
+    print(
+        f"{len(boxes)} faces found by both: centre ({centre[0]:.2f}, {centre[1]:.2f}), "
+        f"side {side:.2f} (in the frame of the dlib_resnet_v1 template)"
+    )
     derived = landmark_box_from(np.array(landmarks), reference, centre, side)
     in_use = landmark_box(np.array(landmarks))
     for label, rects in (("just derived", derived), ("LANDMARK_BOX in use", in_use)):
@@ -113,9 +117,11 @@ def _derive_box(settings: Settings, shared: Path) -> None:
             eyes = np.linalg.norm(theirs[:2].mean(0) - theirs[2:4].mean(0))
             gaps.append(np.sqrt(((ours - theirs) ** 2).sum(1).mean()) / eyes)
         gap = 100 * np.array(gaps)
-        print(f"{label}: landmarks from the box vs from dlib's box, RMS in % of the eye "
-              f"distance: median {np.median(gap):.2f}, p90 {np.percentile(gap, 90):.2f}, "
-              f"max {gap.max():.2f}")
+        print(
+            f"{label}: landmarks from the box vs from dlib's box, RMS in % of the eye "
+            f"distance: median {np.median(gap):.2f}, p90 {np.percentile(gap, 90):.2f}, "
+            f"max {gap.max():.2f}"
+        )
 
 
 def main() -> int:

@@ -210,9 +210,7 @@ def write_bundle(
     if landmarks is None:
         landmarks_sha256 = ""
     else:
-        landmarks_sha256 = _place_file(
-            landmarks, path / LANDMARKS_FILE, landmarks_sha256, None
-        )
+        landmarks_sha256 = _place_file(landmarks, path / LANDMARKS_FILE, landmarks_sha256, None)
         names.append(LANDMARKS_FILE)
     manifest = replace(
         manifest,
@@ -240,9 +238,7 @@ def _assemble(path: Path, manifest: BundleManifest, weights: NDArray[np.float32]
     return Bundle(path, manifest, gallery)
 
 
-def _place_file(
-    source: Path, target: Path, sha256: str | None, link_from: Path | None
-) -> str:
+def _place_file(source: Path, target: Path, sha256: str | None, link_from: Path | None) -> str:
     """Put the backbone (or another model file) at ``target`` (see ``write_bundle``);
     returns its sha256."""
     if sha256:

@@ -173,9 +173,7 @@ class StreamPipeline:
         if model is None or len(picked) == 0:
             return changes, update.track_ids, 0.0
         start = time.perf_counter()
-        chips = await self.engine.run_cpu(
-            model.front_end.chips, frame, faces.landmarks[picked]
-        )
+        chips = await self.engine.run_cpu(model.front_end.chips, frame, faces.landmarks[picked])
         self._check_open()
         result = await self.engine.recognizer.submit(chips, model)
         self._check_open()
