@@ -98,6 +98,16 @@ class FrontEnd:
         predictor = model_path(settings, DLIB_LANDMARKS) if kind == "dlib_5" else None
         return cls.load(kind, spec.template, spec.input_size, predictor)
 
+    def serves(self, manifest: BundleManifest) -> bool:
+        """Whether this front end cuts the chips ``manifest``'s gallery was embedded
+        from (so a new bundle of the same model can reuse it)."""
+        return (
+            self.kind == manifest.front_end
+            and self.predictor_sha256 == manifest.landmarks_sha256
+            and self.size == tuple(manifest.preprocessing.size)
+            and np.array_equal(self.template, np.asarray(manifest.template, np.float32))
+        )
+
     @classmethod
     def of_bundle(cls, bundle: Bundle) -> FrontEnd:
         """The front end ``bundle``'s gallery was embedded with (`check_front_end`
