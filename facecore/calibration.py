@@ -38,7 +38,7 @@ from pathlib import Path
 
 from facecore.config import Settings
 from facecore.errors import ModelError
-from facecore.registry import MODELS, ModelSpec, model_cache_dir
+from facecore.registry import DLIB_LANDMARKS, MODELS, ModelSpec, model_cache_dir
 
 __all__ = [
     "CALIBRATION_FORMAT",
@@ -144,9 +144,13 @@ def weights_sha256(spec: ModelSpec) -> str:
 
 
 def front_end_id(spec: ModelSpec) -> str:
-    """What cuts the model's chips: the landmarks and the template they are warped to."""
+    """What cuts the model's chips: the front end, its landmark model's weights (for
+    "dlib_5") and the template (whose points also place the landmark box)."""
     points = ";".join(f"{x:.2f},{y:.2f}" for x, y in spec.template or ())
-    return f"yunet-5-points>template({points})@{spec.input_size}"
+    predictor = ""
+    if spec.landmarks == "dlib_5":
+        predictor = f"[{weights_sha256(MODELS[DLIB_LANDMARKS])[:12]}]"
+    return f"{spec.landmarks}{predictor}>template({points})@{spec.input_size}"
 
 
 def calibration_path(settings: Settings, spec: ModelSpec) -> Path:

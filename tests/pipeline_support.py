@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
 from facecore.embedder import Embedder, Preprocessing
+from facecore.frontend import FrontEnd
 from facecore.registry import MODELS, model_cache_dir, model_path
 from streamer.live.recognizer import ActiveModel
 
@@ -38,6 +39,7 @@ def live_settings(shared_dir: Path, state_dir: Path, cache_dir: Path, **keys: ob
     converted (once per ``cache_dir``) into ``cache_dir``; ``keys`` are dotted
     settings (``{"tracking.enabled": False}`` as ``**{...}``)."""
     from trainer.dlib.export import prepare_dlib_resnet
+    from trainer.dlib.landmarks import prepare_landmark_model
 
     cli: dict[str, object] = {
         "state_dir": str(state_dir),
@@ -49,6 +51,7 @@ def live_settings(shared_dir: Path, state_dir: Path, cache_dir: Path, **keys: ob
     if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
         source = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(source, model_cache_dir(settings))
+    prepare_landmark_model(settings, download=False)
     return settings
 
 
@@ -147,4 +150,4 @@ def stand_in_bundle(
 
 def active(bundle: Bundle) -> ActiveModel:
     embedder = Embedder.load(bundle.backbone_path, bundle.manifest.preprocessing, device="cpu")
-    return ActiveModel(bundle, embedder)
+    return ActiveModel(bundle, embedder, FrontEnd.of_bundle(bundle))

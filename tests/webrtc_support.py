@@ -67,10 +67,12 @@ def build_people_bundle(settings: Settings, shared_dir: Path) -> None:
     from pipeline_support import publish_people
 
     from trainer.dlib.export import prepare_dlib_resnet
+    from trainer.dlib.landmarks import prepare_landmark_model
 
     if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
         dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(dat, model_cache_dir(settings))
+    prepare_landmark_model(settings, download=False)
     publish_people(settings, shared_dir / "people")
 
 

@@ -191,13 +191,16 @@ class TrainerService:
 
     def built_from(self, revision: int) -> bool:
         """The current bundle was built from store ``revision`` with this backbone,
-        alignment template and preprocessing (settled or not)."""
+        front end (kind, template, landmark model) and preprocessing (settled or not):
+        a bundle from another front end is rebuilt, its vectors re-embedded."""
         manifest = self.current_manifest()
         return (
             manifest is not None
             and manifest.store_revision == revision
             and manifest.backbone_sha256 == self.backbone.sha256
             and manifest.template == self._template()
+            and manifest.front_end == self.backbone.front_end.kind
+            and manifest.landmarks_sha256 == self.backbone.front_end.predictor_sha256
             and manifest.preprocessing == self.backbone.embedder.preprocessing
         )
 

@@ -21,7 +21,6 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore.alignment import align_faces
 from facecore.config import TrackingSettings
 from facecore.faces import Faces
 from streamer.errors import ClosedError
@@ -180,9 +179,7 @@ class StreamPipeline:
         if model is None or len(picked) == 0:
             return changes, update.track_ids, 0.0
         start = time.perf_counter()
-        chips = await self.engine.run_cpu(
-            align_faces, frame, faces.landmarks[picked], model.template, model.chip_size
-        )
+        chips = await self.engine.run_cpu(model.front_end.chips, frame, faces.landmarks[picked])
         self._check_open()
         result = await self.engine.recognizer.submit(chips, model)
         self._check_open()
