@@ -15,7 +15,7 @@ two packages can add verbs to one group::
     subparsers["models"]       facestream models VERB   (facecore: list, fetch, triton-repo;
                                                      trainer: prepare)
     subparsers["enroll"]       facestream enroll VERB   (enrollment)
-    subparsers["eval"]         facestream eval VERB     (trainer: verify)
+    subparsers["eval"]         facestream eval VERB     (trainer: verify, calibrate)
 
 Add a verb with `add_command` (it passes `parents`, which carry the global options
 ``--config --state-dir --cache-dir --models-dir --log-level`` so they are accepted after

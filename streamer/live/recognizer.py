@@ -10,7 +10,7 @@ resolves each future with ``loop.call_soon_threadsafe``. The queue holds at most
 gets None, and ``dropped`` counts its faces), so a slow recognizer never builds up
 delay.
 
-The model (`ActiveModel`: bundle, embedder, alignment geometry) is swapped with
+The model (`ActiveModel`: bundle, embedder, front end) is swapped with
 ``swap()`` from any thread and is read once per batch, so a swap takes effect
 between batches. A future resolves to None (no recognition) when there is no model,
 when its request was dropped, when the new model wants chips of another geometry
@@ -36,6 +36,7 @@ from facecore import metrics
 from facecore.bundle import Bundle, Gallery
 from facecore.embedder import ChipEmbedder
 from facecore.errors import FacestreamError
+from facecore.frontend import FrontEnd
 from streamer.errors import ClosedError
 
 __all__ = ["ActiveModel", "BatchRecognizer", "Recognition"]
@@ -45,10 +46,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class ActiveModel:
-    """What recognition runs with: a bundle and the embedder for its backbone."""
+    """What recognition runs with: a bundle, the embedder for its backbone and the
+    front end that cuts its chips (`facecore.frontend`)."""
 
     bundle: Bundle
     embedder: ChipEmbedder
+    front_end: FrontEnd
 
     @property
     def gallery(self) -> Gallery:
@@ -62,23 +65,9 @@ class ActiveModel:
     def backbone(self) -> str:
         return self.bundle.manifest.backbone_sha256
 
-    @property
-    def template(self) -> NDArray[np.float32]:
-        """[5, 2] where the landmarks go in a chip."""
-        return np.asarray(self.bundle.manifest.template, np.float32)
-
-    @property
-    def chip_size(self) -> tuple[int, int]:
-        """(width, height) of a chip."""
-        return self.bundle.manifest.preprocessing.size
-
     def same_chips(self, other: ActiveModel) -> bool:
-        """Whether chips aligned for ``other`` are right for this model too."""
-        mine, theirs = self.bundle.manifest, other.bundle.manifest
-        return (
-            mine.template == theirs.template
-            and mine.preprocessing.size == theirs.preprocessing.size
-        )
+        """Whether chips cut for ``other`` are right for this model too."""
+        return self.front_end.same_chips(other.front_end)
 
 
 @dataclass(frozen=True)
