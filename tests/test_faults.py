@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from e2e_support import Installation, free_port
+from e2e_support import Installation, Process, free_port
 from pipeline_support import mean_colour_backbone
 
 from enrollment.errors import StoreError
@@ -42,7 +43,8 @@ from facecore.publish import publish
 bundles, backbone = Path(sys.argv[1]), Path(sys.argv[2])
 print("ready", flush=True)
 while True:
-    publish(bundles, lambda d, v: stand_in_bundle(d, backbone, version=v, labels=("a",) * (v % 3 + 1)))
+    labels = lambda v: ("a",) * (v % 3 + 1)
+    publish(bundles, lambda d, v: stand_in_bundle(d, backbone, version=v, labels=labels(v)))
 """
 
 # adds random samples to one person for ever: store root
@@ -172,7 +174,7 @@ def test_a_full_disk_refuses_the_sample_clearly_and_loses_nothing(tiny_disk: Pat
         with filler.open("wb") as out:  # the rest of the disk, but a few kB
             free = shutil.disk_usage(tiny_disk).free
             out.write(b"\0" * max(0, free - 16 * 1024))
-        with pytest.raises(StoreError, match="cannot write the sample file .*No space left"):
+        with pytest.raises(StoreError, match=r"cannot write the sample file .*No space left"):
             store.add_sample(person.id, noise(), LANDMARKS, QUALITY, "photo")
         assert [s.id for s in store.samples(person.id)] == [s.id for s in kept]
     assert _check_store(root) == 3
@@ -227,7 +229,7 @@ def test_run_resumes_a_stream_that_vanishes_and_comes_back(
     assert count > 30, run.output()  # more than the first stream had: it resumed
 
 
-def _wait(condition, timeout: float, what: str, process) -> None:  # noqa: ANN001
+def _wait(condition: Callable[[], object], timeout: float, what: str, process: Process) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
