@@ -169,9 +169,9 @@ def growth(samples: list[Sample], figure: int) -> tuple[float, float, float, flo
     return float(y[0]), float(y[-1]), float(slope * 1000.0), band
 
 
-def table(phases: list[tuple[str, list[Sample], int]]) -> str:
+def table(phases: list[tuple[str, list[Sample], int]], every: int) -> str:
     lines = [
-        "| phase | cycles | lost | figure | at cycle 0 | after warm-up | at the end | "
+        f"| phase | cycles | lost | figure | at cycle 0 | at cycle {every} | at the end | "
         "growth per 1,000 | noise band |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
@@ -250,7 +250,7 @@ def main() -> None:
     phases = asyncio.run(soak(args))
     print(f"\n{cpu_description()}, load average {os.getloadavg()[0]:.1f} at the end, "
           f"{(time.monotonic() - began) / 60:.0f} min\n")
-    print(table(phases))
+    print(table(phases, args.every))
 
 
 if __name__ == "__main__":
