@@ -5,6 +5,8 @@ network stream that vanishes and comes back under a running `facestream run`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -15,10 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import cv2
 import numpy as np
 import pytest
-from e2e_support import Installation, Process, free_port
+from e2e_support import Installation, Process, free_port, until
+from enroll_support import clip_frames
 from pipeline_support import mean_colour_backbone
 
 from enrollment.errors import StoreError
@@ -31,6 +35,7 @@ from facecore.publish import current_bundle_dir, versions
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 SEED = 14
+TOKEN = "faults-test-token-0123456789abcdef"
 LANDMARKS = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
 QUALITY = Quality(face_px=64.0, sharpness=100.0, frontalness=0.9, score=0.8)
 
@@ -146,6 +151,63 @@ def test_a_store_writer_killed_at_random_moments_leaves_a_clean_store(tmp_path: 
         _kill_after(writer, rng.uniform(0.05, 0.4))
         counts.append(_check_store(root))
     assert counts[-1] > 0 and counts == sorted(counts), counts  # commits are kept
+
+
+async def test_the_server_killed_during_uploads_leaves_a_clean_store(
+    shared_dir: Path, shared_file: object, tmp_path: Path
+) -> None:
+    clip = shared_file("media/short_hamilton_clip.mp4")  # type: ignore[operator]
+    photos = [cv2.imencode(".png", f)[1].tobytes() for f in clip_frames(clip, range(84, 144))]
+    setup = Installation.create(shared_dir, tmp_path)
+    rng = random.Random(SEED)
+    committed = 0  # uploads answered 200 so far
+    try:
+        for kill in range(2):
+            server, url = setup.serve(TOKEN)
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                await _listening(http, url, server)
+                if kill == 0:
+                    async with http.post(url + "/api/people", json={"name": "Lin"}) as response:
+                        assert response.status == 201
+                answered: list[int] = []
+                uploads = asyncio.ensure_future(
+                    _upload_forever(http, url, photos[kill::2], answered)
+                )
+                await until(lambda a=answered: a, 60, "an accepted upload", server)
+                await asyncio.sleep(rng.uniform(0.0, 0.3))
+                server.stop(signal.SIGKILL)  # mid-upload: the worker may be writing
+                with contextlib.suppress(aiohttp.ClientError):
+                    await uploads
+            committed += len(answered)
+            assert _check_store(setup.state_dir / "enrollment") >= committed  # all kept
+    finally:
+        setup.stop_all()
+
+
+async def _listening(http: aiohttp.ClientSession, url: str, server: Process) -> None:
+    async def answers() -> bool:
+        try:
+            async with http.get(url + "/api/config") as response:
+                return response.status == 200
+        except aiohttp.ClientConnectionError:
+            return False
+
+    deadline = time.monotonic() + 120
+    while not await answers():
+        assert time.monotonic() < deadline, server.output()[-3000:]
+        await asyncio.sleep(0.1)
+
+
+async def _upload_forever(
+    http: aiohttp.ClientSession, url: str, photos: list[bytes], answered: list[int]
+) -> None:
+    """Upload one photo per request; ``answered`` gets the number of each accepted one."""
+    for number, photo in enumerate(photos):
+        form = aiohttp.FormData()
+        form.add_field("photo", photo, filename=f"{number}.png")
+        async with http.post(url + "/api/people/Lin/samples", data=form) as response:
+            if response.status == 200:
+                answered.append(number)
 
 
 @pytest.fixture
