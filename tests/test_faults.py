@@ -1,7 +1,8 @@
-"""Faults with real processes: a publisher and a store writer killed with SIGKILL at
-seeded random moments, a disk that fills up under the store (a tiny tmpfs), and a
-network stream that vanishes and comes back under a running `facestream run`.
-(A bundle corrupted on disk: tests/test_reload.py.)"""
+"""Faults with real processes: a bundle publisher, a store writer and `facestream
+serve` taking uploads, each killed with SIGKILL at seeded random moments; a disk that
+fills up under the store (a tiny tmpfs, needs root); a network stream that vanishes
+and comes back under a running `facestream run`. (A bundle corrupted on disk:
+tests/test_reload.py; an HTTP camera that vanishes: tests/test_sources.py.)"""
 
 from __future__ import annotations
 
