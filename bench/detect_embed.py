@@ -33,13 +33,14 @@ import onnxruntime as ort
 from machine import cpu_description, shared_dir
 from numpy.typing import NDArray
 
-from facecore.alignment import align_faces
 from facecore.config import load_settings
 from facecore.detector import Detector
 from facecore.embedder import Embedder
+from facecore.frontend import FrontEnd
 from facecore.registry import DETECTOR, MODELS, model_cache_dir, model_path
 from trainer.backbone import preprocessing_of
 from trainer.dlib.export import prepare_dlib_resnet
+from trainer.dlib.landmarks import prepare_landmark_model
 from trainer.dlib.reference import DlibPipeline
 
 THREADS = 2
@@ -108,13 +109,14 @@ def main() -> int:
     spec = MODELS["dlib_resnet_v1"]
     source = model_path(settings, "dlib_resnet_v1_dat")
     onnx = prepare_dlib_resnet(source, model_cache_dir(settings))
+    prepare_landmark_model(settings)
     embedder = Embedder.load(onnx, preprocessing_of(spec), device="cpu", threads=THREADS)
-    template = np.asarray(spec.template, np.float32)
+    front_end = FrontEnd.for_model(settings, spec)
     chips = []
     detector = Detector(yunet)
     for name in ("obama.jpg", "biden.jpg", "two_people.jpg", "lin-manuel-miranda.png"):
         image = cv2.imread(str(shared / "media" / name))
-        chips.append(align_faces(image, detector.detect(image).landmarks, template, embedder.size))
+        chips.append(front_end.chips(image, detector.detect(image).landmarks))
     pool = np.concatenate(chips)
     for batch in (1, 8, 32):
         chips_batch = pool[np.arange(batch) % len(pool)]

@@ -35,9 +35,9 @@ import onnxruntime as ort
 from machine import shared_dir
 from numpy.typing import NDArray
 
-from facecore.alignment import align_faces
 from facecore.detector import Detector
 from facecore.embedder import CHIPS, Embedder, Preprocessing
+from facecore.frontend import FrontEnd
 from facecore.registry import MODELS
 from facecore.sessions import create_session, gpu_present
 from trainer.backbone import preprocessing_of
@@ -78,12 +78,15 @@ def _clip_frames(shared: Path, count: int) -> list[NDArray[np.uint8]]:
     return frames[::4]
 
 
-def _chip_pool(shared: Path, detector: Detector, size: tuple[int, int]) -> NDArray[np.uint8]:
-    template = np.asarray(MODELS["dlib_resnet_v1"].template, np.float32)
+def _chip_pool(shared: Path, detector: Detector, landmarks: Path) -> NDArray[np.uint8]:
+    """The shared photos' faces, cut as the dlib ResNet's front end cuts them."""
+    spec = MODELS["dlib_resnet_v1"]
+    assert spec.template is not None and spec.input_size is not None
+    front_end = FrontEnd.load(spec.landmarks, spec.template, spec.input_size, landmarks)
     chips = []
     for name in ("obama.jpg", "biden.jpg", "two_people.jpg", "lin-manuel-miranda.png"):
         image = cv2.imread(str(shared / "media" / name))
-        chips.append(align_faces(image, detector.detect(image).landmarks, template, size))
+        chips.append(front_end.chips(image, detector.detect(image).landmarks))
     return np.concatenate(chips)
 
 
@@ -183,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="the dlib ResNet ONNX (`facestream models prepare` makes it)",
     )
+    parser.add_argument(
+        "--landmarks",
+        type=Path,
+        required=True,
+        help="the dlib 5-point landmark model .npz (`facestream models prepare` makes it)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if not (gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()):
@@ -191,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = shared_dir()
     yunet = shared / "models" / "face_detection_yunet_2026may.onnx"
     frames = _clip_frames(shared, count=120)
-    pool = _chip_pool(shared, Detector(yunet, device="cpu"), MODELS["dlib_resnet_v1"].input_size)
+    pool = _chip_pool(shared, Detector(yunet, device="cpu"), args.landmarks)
     recognition, embedding_gap = _recognition(args.recognizer, pool)
     detection, box_gap = _detection(yunet, frames)
     header = (

@@ -9,8 +9,8 @@ temporary file; decoding is part of the cost) and each tracking mode, two feeds:
   camera): per-frame latency from the frame's arrival to its annotated result,
   p50 and p99, and how many frames were skipped.
 
-Recognition uses a bundle of ``../shared/people`` (one prototype per person) built
-into a temporary state folder; "named" is the share of face detections that carried
+Recognition uses the bundle ``enroll import ../shared/people`` and ``trainer --once``
+make, in a temporary state folder; "named" is the share of face detections that carried
 a name, and the names seen. Tracking off recognises every face in every frame (the
 baseline). All rows come from one run; the load average says how busy the machine was.
 
@@ -34,16 +34,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
-from machine import cpu_description, shared_dir
+from machine import cpu_description, enroll_and_train, shared_dir
 
+from facecore.bundle import load_bundle
 from facecore.config import Settings, load_settings
+from facecore.publish import current_bundle_dir
 from facecore.registry import MODELS, model_cache_dir, model_path
 from streamer.live.engine import Engine
 from streamer.live.pipeline import FrameResult
 from streamer.live.runner import run_source
 from streamer.live.sources import CaptureSource, SourceFrame, parse_source
 from trainer.dlib.export import prepare_dlib_resnet
-from trainer.fitting.gallery import build_folder_bundle
 
 STAGES = ("detect", "recognize", "annotate", "total")
 
@@ -232,9 +233,8 @@ def main() -> int:
         if not (model_cache_dir(settings) / spec.filename).is_file():
             source = model_path(settings, "dlib_resnet_v1_dat")
             prepare_dlib_resnet(source, model_cache_dir(settings))
-        bundle = build_folder_bundle(
-            args.shared / "people", settings.state_dir / "bundles", settings
-        )
+        enroll_and_train(settings, args.shared / "people")
+        bundle = load_bundle(current_bundle_dir(settings.state_dir / "bundles") or Path())
         clip = args.shared / "media" / "short_hamilton_clip.mp4"
         load_before = os.getloadavg()
         rows = []

@@ -347,10 +347,11 @@ async def wait_idle(url: str, timeout: float = 20.0) -> None:
 def prepare_settings(
     shared: Path, state: Path, cache: Path, max_sessions: int, overrides: list[str]
 ) -> object:
+    from machine import enroll_and_train
+
     from facecore.config import load_settings
     from facecore.registry import MODELS, model_cache_dir, model_path
     from trainer.dlib.export import prepare_dlib_resnet
-    from trainer.fitting.gallery import build_folder_bundle
 
     settings = load_settings(
         {
@@ -366,7 +367,7 @@ def prepare_settings(
         dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(dat, model_cache_dir(settings))
     if not (state / "bundles" / "current").exists():
-        build_folder_bundle(shared / "people", state / "bundles", settings)
+        enroll_and_train(settings, shared / "people")
     return settings
 
 

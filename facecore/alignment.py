@@ -1,9 +1,15 @@
-"""Face alignment: warp a face to a recognizer's input chip from its 5 landmarks.
+"""Face alignment: warp a face to a recognizer's input chip.
 
-Training and serving both call ``align_faces`` so the network always sees chips of
-the geometry it was fitted on. A template is [5, 2] float32: where the 5 YuNet
-landmarks (right eye, left eye, nose tip, right mouth corner, left mouth corner)
-should land in a chip of ``size`` (width, height) pixels.
+Two geometries, both a similarity warp of the image (`warp_chip`):
+
+* ``align_faces``: a template [5, 2] float32 says where the 5 YuNet landmarks (right
+  eye, left eye, nose tip, right mouth corner, left mouth corner) land in a chip of
+  ``size`` (width, height) pixels;
+* ``dlib_chip_transform``: dlib's own chip (``get_face_chip_details`` then
+  ``extract_image_chip``) from dlib's 5 points (eye corners and the base of the nose).
+
+Training and serving never call these directly for recognition chips: they go through
+`facecore.frontend.FrontEnd`, which picks the geometry the model wants.
 """
 
 from __future__ import annotations
@@ -12,7 +18,28 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["align_face", "align_faces", "crop_with_margin", "similarity_transform"]
+__all__ = [
+    "DLIB_MEAN_FACE_5",
+    "align_face",
+    "align_faces",
+    "chip_mapping",
+    "crop_with_margin",
+    "dlib_chip_transform",
+    "similarity_transform",
+    "warp_chip",
+]
+
+# dlib's mean face for its 5-point shape (get_face_chip_details, in
+# dlib/image_transforms/interpolation.h): where the image-left eye's outer and inner
+# corners, the image-right eye's outer and inner corners and the base of the nose sit
+# in a unit square chip before padding.
+DLIB_MEAN_FACE_5: tuple[tuple[float, float], ...] = (
+    (0.8595674595992, 0.2134981538014),
+    (0.6460604764104, 0.2289674387677),
+    (0.1205750620789, 0.2137274526848),
+    (0.3340850613712, 0.2290642403242),
+    (0.4901123135679, 0.6277975316475),
+)
 
 
 def similarity_transform(
@@ -44,12 +71,20 @@ def align_face(
     template: NDArray[np.floating],
     size: tuple[int, int],
 ) -> NDArray[np.uint8]:
-    """One chip [h, w, 3] uint8 in the image's colour order.
+    """One chip [h, w, 3] uint8 in the image's colour order (`warp_chip`)."""
+    return warp_chip(image, similarity_transform(landmarks, template), size)
+
+
+def warp_chip(
+    image: NDArray[np.uint8], matrix: NDArray[np.floating], size: tuple[int, int]
+) -> NDArray[np.uint8]:
+    """The chip of ``size`` (width, height) that the [2, 3] similarity ``matrix``
+    (image -> chip pixels) maps the image onto, bilinear, black outside the image.
 
     When the face is more than twice the chip's size, the region around it is
     halved with a Gaussian pyramid first, so the bilinear warp does not alias.
     """
-    matrix = similarity_transform(landmarks, template)
+    matrix = np.asarray(matrix, np.float64)
     scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
     if scale < 0.5:
         image, matrix = _shrink_region(image, matrix, size, scale)
@@ -70,6 +105,42 @@ def align_faces(
     for i, points in enumerate(landmarks):
         chips[i] = align_face(image, points, template, size)
     return chips
+
+
+def chip_mapping(
+    rect: tuple[float, float, float, float], angle: float, size: tuple[int, int]
+) -> NDArray[np.float64]:
+    """The [2, 3] similarity mapping image pixels to chip pixels for dlib's
+    ``chip_details`` (``rect`` left, top, right, bottom in the image, ``angle`` in
+    radians, ``size`` the chip's columns and rows), as ``get_mapping_to_chip`` builds
+    it: the rect's corners, rotated by ``angle`` about its centre, go to the chip's
+    corners (top-left -> (0, 0), top-right -> (cols - 1, 0), bottom-right ->
+    (cols - 1, rows - 1))."""
+    left, top, right, bottom = rect
+    centre = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotation = np.array([[cos, -sin], [sin, cos]])
+    corners = np.array([[left, top], [right, top], [right, bottom]]) - centre
+    cols, rows = size
+    chip = np.array([[0.0, 0.0], [cols - 1.0, 0.0], [cols - 1.0, rows - 1.0]])
+    return similarity_transform(corners @ rotation.T + centre, chip)
+
+
+def dlib_chip_transform(
+    shape: NDArray[np.floating], size: int = 150, padding: float = 0.25
+) -> NDArray[np.float64]:
+    """The [2, 3] image -> chip matrix of dlib's ``get_face_chip_details(shape, size,
+    padding)`` for dlib's 5 points ``shape`` [5, 2]: the similarity from the padded
+    mean face (`DLIB_MEAN_FACE_5`, scaled to ``size``) onto the points gives the
+    chip's angle and scale, its rect is the chip's square (``size`` times that scale
+    wide) around the mapped chip centre, and `chip_mapping` turns that into the warp."""
+    mean_face = (np.asarray(DLIB_MEAN_FACE_5) + padding) / (2 * padding + 1) * size
+    to_image = similarity_transform(mean_face, shape)
+    angle = float(np.arctan2(to_image[1, 0], to_image[0, 0]))
+    scale = float(np.hypot(to_image[0, 0], to_image[1, 0]))
+    cx, cy = to_image[:, :2] @ np.array([size / 2.0, size / 2.0]) + to_image[:, 2]
+    half = (size * scale - 1.0) / 2.0  # dlib's centered_drect: right - left = width - 1
+    return chip_mapping((cx - half, cy - half, cx + half, cy + half), angle, (size, size))
 
 
 def _shrink_region(

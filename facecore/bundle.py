@@ -6,6 +6,8 @@ A bundle is a directory::
                     threshold, metrics
     backbone.onnx   the recognition network (chips -> embeddings)
     head.npz        ``weights`` [K, D] float32, one unit-length row per person
+    landmarks.npz   the landmark model the front end runs (``front_end`` "dlib_5"
+                    only; `facecore.landmarks`), so the streamer needs no other file
 
 The backbone and the head stay separate files: a new bundle that only adds a
 person keeps the same backbone hash, so a running server swaps in the new [K, D]
@@ -39,6 +41,7 @@ __all__ = [
     "BACKBONE_FILE",
     "FORMAT_VERSION",
     "HEAD_FILE",
+    "LANDMARKS_FILE",
     "MANIFEST_FILE",
     "Bundle",
     "BundleManifest",
@@ -51,6 +54,7 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 BACKBONE_FILE = "backbone.onnx"
 HEAD_FILE = "head.npz"
+LANDMARKS_FILE = "landmarks.npz"
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,12 @@ class BundleManifest:
     person_ids: tuple[str, ...]  # enrollment ids ("" when built from a folder)
     threshold: float  # cosine similarity at or above which a face is that person
     metrics: dict[str, float] = field(default_factory=dict)
+    threshold_reason: str = ""  # how the trainer chose the threshold ("" before 2026-12)
     format_version: int = FORMAT_VERSION
+    # how its chips were cut (`facecore.frontend`); bundles from before the field
+    # existed were all cut with the template
+    front_end: str = "yunet_template"
+    landmarks_sha256: str = ""  # of LANDMARKS_FILE; "" when the front end needs none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
@@ -149,10 +158,10 @@ def load_bundle(path: Path) -> Bundle:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"bundle {path} has no readable {MANIFEST_FILE}: {exc}") from exc
-    for name, expected in (
-        (BACKBONE_FILE, manifest.backbone_sha256),
-        (HEAD_FILE, manifest.head_sha256),
-    ):
+    files = [(BACKBONE_FILE, manifest.backbone_sha256), (HEAD_FILE, manifest.head_sha256)]
+    if manifest.landmarks_sha256:
+        files.append((LANDMARKS_FILE, manifest.landmarks_sha256))
+    for name, expected in files:
         try:
             actual = sha256_file(path / name)
         except OSError as exc:
@@ -177,6 +186,8 @@ def write_bundle(
     manifest: BundleManifest,
     backbone_sha256: str | None = None,
     link_from: Path | None = None,
+    landmarks: Path | None = None,
+    landmarks_sha256: str | None = None,
 ) -> Bundle:
     """Write a complete bundle into the new directory ``path`` (hashes filled in)
     and fsync it. Publishing it (the pointer switch) is ``facecore.publish``'s job.
@@ -187,17 +198,29 @@ def write_bundle(
     (a model cache on another mount), from the bundle ``link_from`` (the previous
     one, beside ``path``) if its manifest names the same hash. Otherwise it is copied
     and hashed as it is copied; a copy that does not hash to ``backbone_sha256`` is
-    a ``BundleError``."""
+    a ``BundleError``.
+
+    ``landmarks``, the front end's landmark model when it has one, goes in as
+    ``LANDMARKS_FILE`` the same way (``landmarks_sha256``: its known hash)."""
     path = Path(path)
     path.mkdir(mode=0o700)
-    digest = _place_backbone(backbone, path / BACKBONE_FILE, backbone_sha256, link_from)
+    digest = _place_file(backbone, path / BACKBONE_FILE, backbone_sha256, link_from)
     weights = np.asarray(weights, np.float32)
     np.savez(path / HEAD_FILE, weights=weights)
+    names = [BACKBONE_FILE, HEAD_FILE, MANIFEST_FILE]
+    if landmarks is None:
+        landmarks_sha256 = ""
+    else:
+        landmarks_sha256 = _place_file(landmarks, path / LANDMARKS_FILE, landmarks_sha256, None)
+        names.append(LANDMARKS_FILE)
     manifest = replace(
-        manifest, backbone_sha256=digest, head_sha256=sha256_file(path / HEAD_FILE)
+        manifest,
+        backbone_sha256=digest,
+        head_sha256=sha256_file(path / HEAD_FILE),
+        landmarks_sha256=landmarks_sha256,
     )
     (path / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-    for name in (BACKBONE_FILE, HEAD_FILE, MANIFEST_FILE):
+    for name in names:
         fsync_path(path / name)
     fsync_path(path)
     return _assemble(path, manifest, weights)
@@ -216,10 +239,9 @@ def _assemble(path: Path, manifest: BundleManifest, weights: NDArray[np.float32]
     return Bundle(path, manifest, gallery)
 
 
-def _place_backbone(
-    source: Path, target: Path, sha256: str | None, link_from: Path | None
-) -> str:
-    """Put the backbone at ``target`` (see ``write_bundle``); returns its sha256."""
+def _place_file(source: Path, target: Path, sha256: str | None, link_from: Path | None) -> str:
+    """Put the backbone (or another model file) at ``target`` (see ``write_bundle``);
+    returns its sha256."""
     if sha256:
         candidates = [source]
         if link_from is not None and _backbone_hash(link_from) == sha256:
@@ -237,10 +259,10 @@ def _place_backbone(
                 digest.update(chunk)
                 dst.write(chunk)
     except OSError as exc:
-        raise BundleError(f"cannot copy the backbone {source} into {target}: {exc}") from exc
+        raise BundleError(f"cannot copy {source} into {target}: {exc}") from exc
     if sha256 and digest.hexdigest() != sha256:
         raise BundleError(
-            f"the backbone {source} has sha256 {digest.hexdigest()}, expected {sha256}: "
+            f"{source} has sha256 {digest.hexdigest()}, expected {sha256}: "
             "it changed since it was loaded"
         )
     return digest.hexdigest()

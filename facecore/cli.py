@@ -14,7 +14,7 @@ two packages can add verbs to one group::
     subparsers["config"]       facestream config VERB   (facecore: show)
     subparsers["models"]       facestream models VERB   (facecore: list, fetch; trainer: prepare)
     subparsers["enroll"]       facestream enroll VERB   (enrollment)
-    subparsers["eval"]         facestream eval VERB     (trainer: verify)
+    subparsers["eval"]         facestream eval VERB     (trainer: verify, calibrate)
 
 Add a verb with `add_command` (it passes `parents`, which carry the global options
 ``--config --state-dir --cache-dir --models-dir --log-level`` so they are accepted after

@@ -1,6 +1,7 @@
 """Embedder: aligned face chips in, L2-normalised embeddings out, one ONNX call a batch.
 
-Chips are [N, H, W, 3] uint8 in OpenCV's BGR order, as ``align_faces`` makes them.
+Chips are [N, H, W, 3] uint8 in OpenCV's BGR order, as ``facecore.frontend.FrontEnd``
+cuts them.
 The network's own input convention (size, colour order, mean, scale) comes from
 its ``Preprocessing`` record, written next to the model, and is checked against
 the graph at load time, never guessed from it.

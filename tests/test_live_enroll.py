@@ -22,10 +22,10 @@ from enroll_support import (
 from numpy.typing import NDArray
 
 from enrollment.store import EnrollmentStore, Quality
-from facecore.alignment import align_faces
 from facecore.config import Settings
 from facecore.detector import Detector
 from facecore.embedder import Embedder, Preprocessing
+from facecore.frontend import FrontEnd
 from facecore.registry import ARCFACE_112_TEMPLATE, MODELS, model_path
 from streamer.enroll.api import add_enrollment_routes
 from streamer.enroll.camera import attach_live_enrollment
@@ -240,12 +240,11 @@ def _assert_same_person(
         Preprocessing(spec.input_size, spec.colour, spec.mean, spec.scale),
         device="cpu",
     )
-    template = np.asarray(spec.template, np.float32)
+    front_end = FrontEnd.for_model(settings, spec)  # the stored crops, cut as served
 
     def embed(images: list[NDArray[np.uint8]], points: list[NDArray[np.float32]]) -> NDArray:
         chips = [
-            align_faces(image, face[None], template, spec.input_size)
-            for image, face in zip(images, points, strict=True)
+            front_end.chips(image, face[None]) for image, face in zip(images, points, strict=True)
         ]
         return embedder.embed(np.concatenate(chips))
 

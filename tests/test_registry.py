@@ -72,7 +72,8 @@ def test_registry_entries_are_consistent() -> None:
         if spec.derived_from is not None:
             source = MODELS[spec.derived_from]
             assert source.sha256 is not None
-            assert spec.filename == f"{name}-{source.sha256[:16]}.onnx"
+            suffix = {"recognizer": ".onnx", "landmarks": ".npz"}[spec.kind]
+            assert spec.filename == f"{name}-{source.sha256[:16]}{suffix}"
         if spec.kind == "recognizer":
             assert spec.template is not None and len(spec.template) == 5
             # the eyes are about level (dlib's chip tilts them by 1 degree, see
@@ -81,6 +82,9 @@ def test_registry_entries_are_consistent() -> None:
             assert rx < lx and ry == pytest.approx(ly, abs=1.5)
     dlib = MODELS["dlib_resnet_v1"]
     assert (dlib.input_size, dlib.colour, dlib.embedding_size) == ((150, 150), "rgb", 128)
+    # dlib's ResNet is fed dlib's own chips; SFace keeps its template
+    assert (dlib.landmarks, MODELS["sface_2021dec"].landmarks) == ("dlib_5", "yunet_template")
+    assert MODELS["dlib_shape_predictor_5"].derived_from == "dlib_shape_predictor_5_dat"
     assert dlib.scale == pytest.approx(1 / 256)
     sface = MODELS["sface_2021dec"]
     assert (sface.colour, sface.mean, sface.scale) == ("rgb", (0.0, 0.0, 0.0), 1.0)

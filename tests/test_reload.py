@@ -107,6 +107,18 @@ def test_a_gallery_of_another_width_is_refused(
     assert engine.bundle_version == 1
 
 
+def test_a_bundle_of_another_front_end_is_refused(
+    engine: Engine, tmp_path: Path, backbone: Path
+) -> None:
+    """A dlib ResNet gallery embedded from template chips (a bundle from before the
+    dlib_5 front end) would not match the chips the model now wants."""
+    bundle = stand_in_bundle(tmp_path / "v8", backbone, version=8)
+    stale = replace(bundle, manifest=replace(bundle.manifest, backbone_name="dlib_resnet_v1"))
+    with pytest.raises(BundleRefusedError, match=r"'yunet_template' front end.*rebuild"):
+        engine.swap_bundle(stale)
+    assert engine.bundle_version == 1
+
+
 def test_engine_starts_from_the_published_bundle(
     yunet_path: Path, tmp_path: Path, backbone: Path
 ) -> None:

@@ -105,6 +105,33 @@ def test_recognition_on_appearance_better_view_and_interval() -> None:
     assert frames == [0, 5, 15, 25]
 
 
+def test_an_unknown_face_is_looked_at_again_sooner_than_a_named_one() -> None:
+    tracker = _tracker(unknown_recheck_frames=3)
+    box = (100, 100, 180, 190)
+    asked = []
+    for frame in range(30):
+        update = tracker.update(_faces(box), _quality(1))
+        if update.recognize[0]:
+            asked.append(frame)
+            # unknown (0.6 < 0.8) until frame 9, then clearly Ada
+            embedding = _toward(0, 0.6 if frame < 9 else 0.99)
+            tracker.observe(update.track_ids, embedding[None], _quality(1, 0.9))
+    # unknown: every 3 frames; named at 18, once four views of Ada outweigh the three
+    # unknown ones by switch_ratio (1.5); then every recheck_frames (10)
+    assert asked == [0, 3, 6, 9, 12, 15, 18, 28]
+    assert tracker.views(update.track_ids)[0].name == "Ada"
+
+    nobody = Tracker(SETTINGS, unknown_recheck_frames=3)
+    nobody.set_model(Gallery.empty(4, 0.8), "backbone-1")
+    asked = []
+    for frame in range(12):
+        update = nobody.update(_faces(box), _quality(1))
+        if update.recognize[0]:
+            asked.append(frame)
+            nobody.observe(update.track_ids, _toward(0, 0.99)[None], _quality(1))
+    assert asked == [0, 10]  # with nobody enrolled there is no one to find
+
+
 def test_dropped_recognition_is_asked_again() -> None:
     tracker = _tracker()
     update = tracker.update(_faces((0, 0, 50, 50)), _quality(1))

@@ -33,10 +33,12 @@ from facecore.detector import Detector
 from facecore.download import sha256_file
 from facecore.embedder import Embedder
 from facecore.errors import BundleError
+from facecore.frontend import FrontEnd
 from facecore.publish import bundles_dir, current_bundle_dir, versions
-from facecore.registry import model_cache_dir, model_path
+from facecore.registry import get_spec, model_cache_dir, model_path
 from trainer.backbone import Backbone
 from trainer.dlib.export import prepare_dlib_resnet
+from trainer.dlib.landmarks import prepare_landmark_model
 from trainer.errors import TrainerBusyError
 from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, check_export
@@ -57,6 +59,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Pat
     settings = _settings(cache.parent / "unused-state", cache, shared_dir)
     source = model_path(settings, "dlib_resnet_v1_dat", download=False)
     prepare_dlib_resnet(source, model_cache_dir(settings))
+    prepare_landmark_model(settings, download=False)
     return cache
 
 
@@ -211,13 +214,20 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         assert counting.chips == added * (1 + copies)  # nothing new to embed
         assert len(versions(bundles)) == 3  # keep_versions
 
-    # another alignment template makes other chips: nothing cached is reused
-    moved = replace(backbone, template=backbone.template + np.float32(1.0))
+    # another front end makes other chips: the bundle is rebuilt, nothing cached reused
+    assert backbone.front_end.kind == "dlib_5"
+    assert bundle.manifest.front_end == "dlib_5"
+    assert bundle.manifest.landmarks_sha256 == backbone.front_end.predictor_sha256
+    moved = replace(
+        backbone,
+        front_end=FrontEnd.for_model(settings, get_spec(backbone.name), kind="yunet_template"),
+    )
     counting.chips = 0
     with TrainerService(settings, backbone=moved, recipe=Augmentation(copies=copies),
                         progress=False) as service:
         bundle = service.run_once()
-        assert bundle is not None and bundle.manifest.template[0][0] == moved.template[0][0]
+        assert bundle is not None and bundle.manifest.front_end == "yunet_template"
+        assert bundle.manifest.landmarks_sha256 == ""
         assert counting.chips == first * (1 + copies)
         assert service.run_once() is None
     service.close()  # a second close does nothing
@@ -225,8 +235,9 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
 
 # The first three photos of each LFW-10 person (two show a second face as large: 28
 # samples), split half and half: a split on which the fitted cosine head beats the
-# prototypes (held-out accuracy 1.0 against 0.94).
-WINNING_FIT = FitConfig(seed=5, held_out_fraction=0.5)
+# prototypes (held-out accuracy 0.89 against 0.83 with the dlib_5 front end's chips;
+# seed 5 was that split for the template's chips).
+WINNING_FIT = FitConfig(seed=3, held_out_fraction=0.5)
 
 
 def test_a_fitted_head_that_beats_the_prototypes_follows_them(

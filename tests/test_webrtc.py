@@ -117,6 +117,10 @@ async def test_clip_comes_back_annotated_with_lin_manuel_miranda_named(
                 timeout=30,
             )
             assert named, (len(client.frames), client.events[:5])
+            # Lin is first seen from below (unknown) and named a second later: keep
+            # streaming a little so that named frames come back
+            since = len(client.frames)
+            assert await client.wait_for(lambda: len(client.frames) >= since + 30, timeout=15)
             assert client.channel_open.is_set()
             pairs = _pair_with_sent(list(client.frames), source.sent)
         finally:
@@ -131,7 +135,7 @@ async def test_clip_comes_back_annotated_with_lin_manuel_miranda_named(
     assert sum(boxed) >= len(pairs) // 2, (known, unknown)
     assert sum(k > 150 for k in known) >= 5, known  # named ones among them
     event = next(e for e in client.events if _same_person(e["name"], "Lin-Manuel Miranda"))
-    assert set(event) == {"time", "stream", "track", "name", "confidence", "box"}
+    assert set(event) == {"time", "stream", "frame", "track", "name", "confidence", "box"}
     x0, y0, x1, y1 = event["box"]
     assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 360
     assert 0.0 < float(event["confidence"]) <= 1.0

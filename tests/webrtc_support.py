@@ -64,13 +64,16 @@ def build_people_bundle(settings: Settings, shared_dir: Path) -> None:
     """Convert the dlib ResNet into the settings' cache (once per cache) and publish a
     bundle of the shared people (Lin-Manuel Miranda, Alex Lacamoire, Barack Obama,
     Joe Biden) into ``state_dir/bundles``."""
+    from pipeline_support import publish_people
+
     from trainer.dlib.export import prepare_dlib_resnet
-    from trainer.fitting.gallery import build_folder_bundle
+    from trainer.dlib.landmarks import prepare_landmark_model
 
     if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
         dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(dat, model_cache_dir(settings))
-    build_folder_bundle(shared_dir / "people", settings.state_dir / "bundles", settings)
+    prepare_landmark_model(settings, download=False)
+    publish_people(settings, shared_dir / "people")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The recognition backbone the trainer embeds with: the registry's recognizer,
-its preprocessing and its alignment template, loaded once."""
+its preprocessing and its front end (how chips are cut), loaded once."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore.alignment import align_faces
 from facecore.config import Settings
 from facecore.download import sha256_file
 from facecore.embedder import Embedder, Preprocessing
+from facecore.frontend import FrontEnd
 from facecore.registry import MODELS, ModelSpec, model_path
 
 __all__ = ["Backbone", "preprocessing_of"]
@@ -29,7 +29,12 @@ class Backbone:
     path: Path
     sha256: str
     embedder: Embedder
-    template: NDArray[np.float32]  # [5, 2] chip pixels
+    front_end: FrontEnd
+
+    @property
+    def template(self) -> NDArray[np.float32]:
+        """[5, 2] chip pixels: the model's template (recorded in bundles)."""
+        return self.front_end.template
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Backbone:
@@ -49,28 +54,23 @@ class Backbone:
             path=path,
             sha256=sha256_file(path),
             embedder=embedder,
-            template=np.asarray(spec.template, np.float32),
+            front_end=FrontEnd.for_model(settings, spec),
         )
 
     def embed_faces(
         self, image: NDArray[np.uint8], landmarks: NDArray[np.floating]
     ) -> NDArray[np.float32]:
         """Unit embeddings [N, D] of the faces with ``landmarks`` [N, 5, 2] in ``image``."""
-        chips = align_faces(image, landmarks, self.template, self.embedder.size)
-        return self.embedder.embed(chips)
+        return self.embedder.embed(self.front_end.chips(image, landmarks))
 
     def embed_crops(
         self, crops: list[NDArray[np.uint8]], landmarks: NDArray[np.floating]
     ) -> NDArray[np.float32]:
         """Unit embeddings [N, D] of enrollment crops, each with its landmarks [5, 2]."""
-        chips = (
-            np.stack(
-                [
-                    align_faces(crop, points[None], self.template, self.embedder.size)[0]
-                    for crop, points in zip(crops, landmarks, strict=True)
-                ]
-            )
-            if len(crops)
-            else np.zeros((0, *self.embedder.size[::-1], 3), np.uint8)
-        )
-        return self.embedder.embed(chips)
+        chips = [
+            self.front_end.chips(crop, points[None])
+            for crop, points in zip(crops, landmarks, strict=True)
+        ]
+        if not chips:
+            return np.zeros((0, self.embedder.dimension), np.float32)
+        return self.embedder.embed(np.concatenate(chips))

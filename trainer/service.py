@@ -47,9 +47,11 @@ from numpy.typing import NDArray
 from enrollment.store import EnrollmentStore, Person, Sample
 from facecore import metrics, systemd
 from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, load_bundle
+from facecore.calibration import find_calibration
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
 from facecore.publish import bundles_dir, current_bundle_dir, publish
+from facecore.registry import get_spec
 from trainer.backbone import Backbone
 from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
@@ -142,7 +144,14 @@ class TrainerService:
             self.lock = opened.enter_context(TrainerLock(settings.state_dir))
             self.store = opened.enter_context(EnrollmentStore(enrollment_dir(settings)))
             self.backbone = backbone or Backbone.from_settings(settings)
+            self.prior = find_calibration(settings, get_spec(self.backbone.name))
             opened.pop_all()
+        if self.prior is None:
+            log.warning("%s has no population calibration: thresholds come from the "
+                        "gallery's own few scores (run `facestream eval calibrate`)",
+                        self.backbone.name)
+        else:
+            log.info("population calibration: %s", self.prior.describe())
         self.builder = BundleBuilder(
             self.backbone, self.recipe.copies, settings.trainer.target_far, publish_pause
         )
@@ -182,13 +191,16 @@ class TrainerService:
 
     def built_from(self, revision: int) -> bool:
         """The current bundle was built from store ``revision`` with this backbone,
-        alignment template and preprocessing (settled or not)."""
+        front end (kind, template, landmark model) and preprocessing (settled or not):
+        a bundle from another front end is rebuilt, its vectors re-embedded."""
         manifest = self.current_manifest()
         return (
             manifest is not None
             and manifest.store_revision == revision
             and manifest.backbone_sha256 == self.backbone.sha256
             and manifest.template == self._template()
+            and manifest.front_end == self.backbone.front_end.kind
+            and manifest.landmarks_sha256 == self.backbone.front_end.predictor_sha256
             and manifest.preprocessing == self.backbone.embedder.preprocessing
         )
 
@@ -235,7 +247,7 @@ class TrainerService:
             baseline = select_baseline(
                 clean.clean, roster.labels, people=len(roster.people),
                 target_far=self.settings.trainer.target_far,
-                fallback_threshold=DEFAULT_THRESHOLD, config=self.config,
+                fallback_threshold=DEFAULT_THRESHOLD, config=self.config, prior=self.prior,
             )
         prototypes = roster.fitted(PHASE_BASELINE, clean.computed, baseline)
         current = current_bundle_dir(self.bundles_dir)
@@ -281,7 +293,7 @@ class TrainerService:
             clean, augmented, roster.labels, people=len(roster.people),
             target_far=self.settings.trainer.target_far, fallback_threshold=DEFAULT_THRESHOLD,
             config=self.config, progress=self.progress, baseline=baseline,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint, prior=self.prior,
         )
         if selection.threshold > 1.0:
             log.warning("threshold %.4f is above any cosine: at a false-accept rate of %g "
@@ -299,6 +311,7 @@ class TrainerService:
         log.info("published %s (phase %d): %d people, %s head, threshold %.4f, "
                  "store revision %d", bundle.path.name, fitted.phase, len(fitted.people),
                  bundle.manifest.head_kind, bundle.manifest.threshold, fitted.revision)
+        log.info("threshold: %s", bundle.manifest.threshold_reason)
         self.notify(f"STATUS={describe(bundle)}")
         return bundle
 

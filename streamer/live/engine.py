@@ -7,8 +7,10 @@ one `BatchRecognizer` (its batcher thread alone owns the ONNX session) and the
 current bundle. Each stream gets its own `StreamPipeline` from ``pipeline()``.
 
 A bundle becomes an `ActiveModel` in ``prepare()``: a bundle with the backbone
-already serving reuses that session (only the gallery changes); a new backbone gets
-a new session, warmed up and checked against the gallery, in the caller's thread.
+already serving reuses that session and front end (only the gallery changes); a
+new backbone gets a new session, warmed up and checked against the gallery, in the
+caller's thread. A bundle cut with another front end than its model now wants is
+refused (`facecore.frontend.check_front_end`).
 ``install()`` hands it to the recognizer, which switches between two batches.
 """
 
@@ -33,6 +35,7 @@ from facecore.detector import Detector
 from facecore.embedder import Embedder
 from facecore.errors import BundleError, ModelError
 from facecore.faces import Faces
+from facecore.frontend import FrontEnd, check_front_end
 from facecore.publish import bundles_dir, current_bundle_dir
 from streamer.errors import BundleRefusedError, ClosedError
 from streamer.live.annotate import Overlay
@@ -153,6 +156,14 @@ class Engine:
         new one. Raises `BundleRefusedError` when the bundle cannot serve."""
         manifest = bundle.manifest
         current = self.recognizer.model
+        try:
+            check_front_end(manifest)
+            if current is not None and current.front_end.serves(manifest):
+                front_end = current.front_end  # same landmark model: no need to load it again
+            else:
+                front_end = FrontEnd.of_bundle(bundle)
+        except BundleError as exc:
+            raise BundleRefusedError(str(exc)) from exc
         if (
             current is not None
             and current.backbone == manifest.backbone_sha256
@@ -167,7 +178,7 @@ class Engine:
                 f"bundle {bundle.path}: its gallery rows have {width} values, "
                 f"its backbone makes {dimension}"
             )
-        return ActiveModel(bundle, embedder)
+        return ActiveModel(bundle, embedder, front_end)
 
     def install(self, model: ActiveModel | None) -> None:
         """Serve ``model`` from the next recognition batch on (None: nobody known)."""

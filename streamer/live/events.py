@@ -2,11 +2,12 @@
 
 As JSON, one object per line::
 
-    {"time": 1767225600.123, "stream": "phone-1", "track": 7, "name": "Ada Lovelace",
-     "confidence": 0.913, "box": [120, 48, 212, 160]}
+    {"time": 1767225600.123, "stream": "phone-1", "frame": 412, "track": 7,
+     "name": "Ada Lovelace", "confidence": 0.913, "box": [120, 48, 212, 160]}
 
-``name`` is ``"unknown"`` for a face no known person matches; ``box`` is
-``[x0, y0, x1, y1]`` in frame pixels.
+``frame`` is the frame's number in the stream, from 0, as the pipeline received it
+(for ``run`` on a file, its position in the file); ``name`` is ``"unknown"`` for a
+face no known person matches; ``box`` is ``[x0, y0, x1, y1]`` in frame pixels.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ UNKNOWN = "unknown"
 class RecognitionEvent:
     time: float  # unix seconds
     stream: str
+    frame: int  # number of the frame in the stream, from 0
     track: int
     name: str  # "unknown" allowed
     confidence: float
@@ -38,6 +40,7 @@ class RecognitionEvent:
             {
                 "time": round(self.time, 3),
                 "stream": self.stream,
+                "frame": self.frame,
                 "track": self.track,
                 "name": self.name,
                 "confidence": round(self.confidence, 3),

@@ -21,7 +21,6 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore.alignment import align_faces
 from facecore.config import TrackingSettings
 from facecore.faces import Faces
 from streamer.errors import ClosedError
@@ -59,6 +58,7 @@ class FrameResult:
     tracks: tuple[TrackView, ...]  # one per face found, in detection order
     events: tuple[RecognitionEvent, ...]  # identity first decided or changed in this frame
     timings_ms: Mapping[str, float]  # detect, recognize, annotate, total
+    number: int  # the frame's place in the stream, from 0, in the order it came in
 
 
 class RateMeter:
@@ -93,7 +93,8 @@ class StreamPipeline:
         self.engine = engine
         self.stream_id = stream_id
         self.overlay = overlay
-        self.frames = 0
+        self.frames = 0  # frames done
+        self._received = 0  # frames given to `process`
         self.fps = 0.0  # frames finished per second, smoothed
         self._tracker = Tracker(engine.tracking)
         self._model: ActiveModel | None = None
@@ -109,6 +110,7 @@ class StreamPipeline:
         if self._closed:
             raise ClosedError(f"the pipeline of stream {self.stream_id} is closed")
         start = time.perf_counter()
+        number, self._received = self._received, self._received + 1
         # Take the turn before detecting: detections of overlapping calls may finish in
         # either order, but tracking must see the frames in the order they came.
         previous, mine = self._turn, asyncio.get_running_loop().create_future()
@@ -139,7 +141,10 @@ class StreamPipeline:
             "annotate": (end - annotating) * 1000.0,
             "total": (end - start) * 1000.0,
         }
-        return FrameResult(annotated, views, self._events(changes), types.MappingProxyType(timings))
+        return FrameResult(
+            annotated, views, self._events(changes, number), types.MappingProxyType(timings),
+            number,
+        )
 
     def close(self) -> None:
         """Forget this stream's tracks. Safe to call twice."""
@@ -174,9 +179,7 @@ class StreamPipeline:
         if model is None or len(picked) == 0:
             return changes, update.track_ids, 0.0
         start = time.perf_counter()
-        chips = await self.engine.run_cpu(
-            align_faces, frame, faces.landmarks[picked], model.template, model.chip_size
-        )
+        chips = await self.engine.run_cpu(model.front_end.chips, frame, faces.landmarks[picked])
         self._check_open()
         result = await self.engine.recognizer.submit(chips, model)
         self._check_open()
@@ -188,7 +191,9 @@ class StreamPipeline:
             changes.extend(self._tracker.observe(ids, result.embeddings, quality[picked]))
         return changes, update.track_ids, (time.perf_counter() - start) * 1000.0
 
-    def _events(self, changes: list[IdentityChange]) -> tuple[RecognitionEvent, ...]:
+    def _events(
+        self, changes: list[IdentityChange], number: int
+    ) -> tuple[RecognitionEvent, ...]:
         """One event per track whose identity changed (the last change wins)."""
         latest = {change.track_id: change for change in changes}
         stamp = time.time()
@@ -196,6 +201,7 @@ class StreamPipeline:
             RecognitionEvent(
                 time=stamp,
                 stream=self.stream_id,
+                frame=number,
                 track=change.track_id,
                 name=change.name if change.name is not None else UNKNOWN,
                 confidence=change.confidence,

@@ -9,7 +9,7 @@ at most ``max_queued`` faces: past that, the oldest request is dropped (its futu
 gets None, and ``dropped`` counts its faces), so a slow recognizer never builds up
 delay.
 
-The model (`ActiveModel`: bundle, embedder, alignment geometry) is swapped with
+The model (`ActiveModel`: bundle, embedder, front end) is swapped with
 ``swap()`` from any thread and is read once per batch, so a swap takes effect
 between batches. A future resolves to None (no recognition) when there is no model,
 when its request was dropped, when the new model wants chips of another geometry
@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from facecore import metrics
 from facecore.bundle import Bundle, Gallery
 from facecore.embedder import Embedder
+from facecore.frontend import FrontEnd
 from streamer.errors import ClosedError
 
 __all__ = ["ActiveModel", "BatchRecognizer", "Recognition"]
@@ -42,10 +43,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False)
 class ActiveModel:
-    """What recognition runs with: a bundle and the embedder for its backbone."""
+    """What recognition runs with: a bundle, the embedder for its backbone and the
+    front end that cuts its chips (`facecore.frontend`)."""
 
     bundle: Bundle
     embedder: Embedder
+    front_end: FrontEnd
 
     @property
     def gallery(self) -> Gallery:
@@ -59,23 +62,9 @@ class ActiveModel:
     def backbone(self) -> str:
         return self.bundle.manifest.backbone_sha256
 
-    @property
-    def template(self) -> NDArray[np.float32]:
-        """[5, 2] where the landmarks go in a chip."""
-        return np.asarray(self.bundle.manifest.template, np.float32)
-
-    @property
-    def chip_size(self) -> tuple[int, int]:
-        """(width, height) of a chip."""
-        return self.bundle.manifest.preprocessing.size
-
     def same_chips(self, other: ActiveModel) -> bool:
-        """Whether chips aligned for ``other`` are right for this model too."""
-        mine, theirs = self.bundle.manifest, other.bundle.manifest
-        return (
-            mine.template == theirs.template
-            and mine.preprocessing.size == theirs.preprocessing.size
-        )
+        """Whether chips cut for ``other`` are right for this model too."""
+        return self.front_end.same_chips(other.front_end)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ thumbnail changes by more than ``SCENE_CUT`` grey levels on average) ends every 
 
 A face is recognised when its track appears, when a better view of it comes (a
 `view_quality` at least ``better_view_gain`` times the best one recognised so far),
-and at least every ``recheck_frames`` frames. At most ``max_recognitions_per_frame``
-faces are recognised in one frame, new faces first, the best views first; the others
-wait a frame or two, so a cut to a crowd or the re-checks of faces that appeared
-together do not stall one frame. Each recognition adds an observation
-(embedding, view quality) to the track's bounded history; the track's name is a vote
-over that history against the current gallery:
+and at least every ``recheck_frames`` frames; a track still unknown to a gallery of
+people is re-checked every ``unknown_recheck_frames`` frames, so that a known face
+first seen from a poor angle gathers the evidence to be named within a second. At
+most ``max_recognitions_per_frame`` faces are recognised in one frame, new faces
+first, the best views first; the others wait a frame or two, so a cut to a crowd or
+the re-checks of faces that appeared together do not stall one frame. Each
+recognition adds an observation (embedding, view quality) to the track's bounded
+history; the track's name is a vote over that history against the current gallery:
 
 - an observation votes for its best match when the similarity reaches the gallery's
   threshold (first threshold), with weight quality x similarity; otherwise it votes
@@ -201,6 +203,7 @@ class Tracker:
         *,
         better_view_gain: float = 1.3,
         min_recheck_gap: int = 5,
+        unknown_recheck_frames: int = 5,
         history: int = 16,
         switch_ratio: float = 1.5,
         max_recognitions_per_frame: int = 4,
@@ -208,6 +211,7 @@ class Tracker:
         self.settings = settings
         self.better_view_gain = better_view_gain
         self.min_recheck_gap = min_recheck_gap
+        self.unknown_recheck_frames = unknown_recheck_frames
         self.max_recognitions_per_frame = max_recognitions_per_frame
         # tracking off: recognise every face every frame, named from that frame alone
         self.history = history if settings.enabled else 1
@@ -267,6 +271,7 @@ class Tracker:
         changes = []
         wanted: list[int] = []  # faces never (or not successfully) recognised
         due: list[int] = []  # re-checks: a better view, or the interval is up
+        someone_to_find = self._gallery is not None and len(self._gallery.labels) > 0
         for i in (int(i) for i in np.argsort(-quality, kind="stable")):
             track = self._tracks[int(track_ids[i])]
             if self._backbone is None:
@@ -276,11 +281,12 @@ class Tracker:
                 continue
             since = frame - track.last_recognized
             better = quality[i] >= track.best_quality * self.better_view_gain
+            interval = self.settings.recheck_frames
+            if track.decided and track.name is None and someone_to_find:
+                interval = min(interval, self.unknown_recheck_frames)
             if not self.settings.enabled or track.needs_recognition:
                 wanted.append(i)
-            elif since >= self.settings.recheck_frames or (
-                better and since >= self.min_recheck_gap
-            ):
+            elif since >= interval or (better and since >= self.min_recheck_gap):
                 due.append(i)
         budget = self.max_recognitions_per_frame if self.settings.enabled else len(faces)
         for i in (wanted + due)[:budget]:  # the rest wait a frame or two, still wanted or due

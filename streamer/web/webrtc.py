@@ -249,6 +249,7 @@ class PeerSession:
                 RecognitionEvent(
                     time=time.time(),
                     stream=self.id,
+                    frame=result.number,
                     track=view.track_id,
                     name=view.name if view.name is not None else UNKNOWN,
                     confidence=view.confidence,

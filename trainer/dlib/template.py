@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore.alignment import similarity_transform
+from facecore.alignment import chip_mapping, similarity_transform
 
 __all__ = [
     "DLIB_CHIP_PADDING",
@@ -37,6 +37,7 @@ __all__ = [
     "ChipGeometry",
     "TemplateFit",
     "compare_chip",
+    "derive_landmark_box",
     "derive_template",
     "evaluate_template",
     "to_chip",
@@ -64,14 +65,7 @@ class ChipGeometry:
         ``get_mapping_to_chip`` builds it: the rect's corners, rotated by ``angle``
         about its centre, go to the chip's corners (top-left -> (0, 0), top-right ->
         (cols - 1, 0), bottom-right -> (cols - 1, rows - 1))."""
-        left, top, right, bottom = self.rect
-        centre = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
-        cos, sin = np.cos(self.angle), np.sin(self.angle)
-        rotation = np.array([[cos, -sin], [sin, cos]])
-        corners = np.array([[left, top], [right, top], [right, bottom]]) - centre
-        cols, rows = self.size
-        chip = np.array([[0.0, 0.0], [cols - 1.0, 0.0], [cols - 1.0, rows - 1.0]])
-        return similarity_transform(corners @ rotation.T + centre, chip)
+        return chip_mapping(self.rect, self.angle, self.size)
 
 
 def to_chip(matrix: NDArray[np.floating], points: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -89,6 +83,27 @@ def derive_template(chip_points: NDArray[np.floating]) -> NDArray[np.float64]:
     if chip_points.ndim != 3 or chip_points.shape[1:] != (5, 2) or len(chip_points) == 0:
         raise ValueError(f"expected chip points [F, 5, 2] with F > 0, got {chip_points.shape}")
     return np.median(chip_points, axis=0)
+
+
+def derive_landmark_box(
+    landmarks: NDArray[np.floating],
+    boxes: NDArray[np.floating],
+    reference: NDArray[np.floating],
+) -> tuple[tuple[float, float], float]:
+    """The ``(centre, side)`` of `facecore.landmarks.LANDMARK_BOX`: dlib's detector
+    boxes [F, 4] (left, top, right, bottom) of F faces, mapped into the frame of
+    ``reference`` [5, 2] by the similarity that fits each face's YuNet ``landmarks``
+    [F, 5, 2] onto it; the per-coordinate median of the centres and the median side
+    (the mean of width and height, ``right - left`` as dlib's predictor measures it)."""
+    centres, sides = [], []
+    for points, box in zip(np.asarray(landmarks), np.asarray(boxes, np.float64), strict=True):
+        matrix = similarity_transform(points, reference)
+        centres.append(to_chip(matrix, (box[:2] + box[2:]) / 2))
+        sides.append((box[2] - box[0] + box[3] - box[1]) / 2 * np.hypot(*matrix[:, 0]))
+    if not sides:
+        raise ValueError("no faces to measure the landmark box on")
+    centre = np.median(np.array(centres), axis=0)
+    return (float(centre[0]), float(centre[1])), float(np.median(sides))
 
 
 @dataclass(frozen=True)

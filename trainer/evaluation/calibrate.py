@@ -15,10 +15,21 @@ A fitted head's other rows were trained with ``p``'s samples as negatives, which
 flatters them; ``trainer.fitting.selection`` therefore re-fits the head without ``p``'s group
 of people before scoring ``p`` as a stranger (``unseen_scores``).
 
-The threshold is the smallest one whose false-accept rate is at most the target for
-both kinds. With few impostor scores the empirical rate cannot resolve a small target
-(100 scores cannot show 1e-3), so a normal distribution fitted to the scores gives the
-tail too, and the higher of the two thresholds is used.
+The gallery's own threshold is the smallest one whose false-accept rate is at most the
+target for both kinds. With few impostor scores the empirical rate cannot resolve a
+small target (100 scores cannot show 1e-3), so a normal distribution fitted to the
+scores gives the tail too, and the higher of the two thresholds is used.
+
+A small gallery's own scores say little, so the published threshold starts from the
+model's population calibration (`facecore.calibration`: the threshold that keeps a
+gallery of this many people at the target rate) and moves towards the gallery's own
+threshold only as its evidence grows: the gallery's weight is its impostor count over
+``OWN_EVIDENCE / target_far`` (the count at which ten false accepts are expected),
+capped at one. The prior describes probes scored against probes (or prototypes); a
+fitted head's rows score every probe differently, so for it the prior is moved by
+``prior_shift``: how far the median of its impostor scores lies from the prototypes'
+on the same strangers (`trainer.fitting.selection`). Without a population
+calibration the gallery's own threshold is used alone, and the reason says so.
 
 Probe-to-probe scores (``pair_scores``) describe the backbone itself; the report
 plots them, the threshold does not use them (a gallery row is not a probe).
@@ -32,6 +43,8 @@ from statistics import NormalDist
 import numpy as np
 from numpy.typing import NDArray
 
+from facecore.calibration import PopulationCalibration, per_row_far
+
 __all__ = [
     "Calibration",
     "OpenSetScores",
@@ -44,6 +57,7 @@ __all__ = [
     "unseen_scores",
 ]
 
+OWN_EVIDENCE = 10  # expected false accepts at which the gallery's own scores take over
 MAX_PAIR_PROBES = 3000  # pairs grow as N^2: a larger store is subsampled for them
 
 
@@ -100,12 +114,15 @@ class PairScores:
 class Calibration:
     """A threshold and how it was reached (see the module docstring)."""
 
-    threshold: float  # max(empirical, gaussian) over both kinds, or the fallback
-    empirical: float  # from the scores alone (-inf when there were none)
+    threshold: float  # the prior moved towards the gallery's own by ``weight``
+    empirical: float  # from the gallery's scores alone (-inf when there were none)
     gaussian: float  # from normal fits to the scores (-inf when there were none)
     target_far: float
     impostor_count: int  # open-set and pair scores together
-    fallback: bool  # True when there were no impostor scores at all
+    fallback: bool  # True when there was neither a prior nor an impostor score
+    prior: float  # the population calibration's threshold (nan: the model has none)
+    weight: float  # how far the gallery's own threshold counts, 0..1
+    reason: str  # one line for the log and the manifest
 
 
 def known_scores(
@@ -179,17 +196,50 @@ def calibrate_threshold(impostor: NDArray[np.float32], target_far: float) -> tup
     return empirical, float(gaussian)
 
 
-def calibrate(scores: OpenSetScores, target_far: float, fallback: float) -> Calibration:
-    """The threshold whose false-accept rate is at most ``target_far`` for both open-set
-    and pair impostors; ``fallback`` when there are no impostor scores at all."""
+def calibrate(
+    scores: OpenSetScores,
+    target_far: float,
+    fallback: float,
+    *,
+    prior: PopulationCalibration | None = None,
+    people: int = 1,
+    prior_shift: float = 0.0,
+) -> Calibration:
+    """The threshold for a gallery of ``people`` at an open-set false-accept rate of
+    ``target_far``: the population ``prior`` moved towards the gallery's own threshold
+    (at most ``target_far`` for both open-set and pair impostors) as its evidence
+    grows; without a prior, the gallery's own, or ``fallback`` with no impostor score."""
     found = [calibrate_threshold(s, target_far) for s in (scores.impostor, scores.pairs)]
     empirical = max(e for e, _ in found)
     gaussian = max(g for _, g in found)
     count = len(scores.impostor) + len(scores.pairs)
-    if count == 0:
-        return Calibration(fallback, empirical, gaussian, target_far, 0, True)
-    threshold = max(empirical, gaussian)
-    return Calibration(float(threshold), empirical, gaussian, target_far, count, False)
+    own = float(max(empirical, gaussian))
+    if prior is None:
+        if count == 0:
+            reason = (f"no population calibration for this model and no impostor score: "
+                      f"the default {fallback:.4f} (run `facestream eval calibrate`)")
+            return Calibration(fallback, empirical, gaussian, target_far, 0, True, np.nan, 1.0,
+                               reason)
+        reason = (f"no population calibration for this model: the gallery's own {count} "
+                  f"impostor scores alone give {own:.4f} (run `facestream eval calibrate`)")
+        return Calibration(own, empirical, gaussian, target_far, count, False, np.nan, 1.0,
+                           reason)
+    row_far = per_row_far(target_far, people)
+    start = prior.threshold(row_far) + prior_shift
+    weight = min(1.0, count * target_far / OWN_EVIDENCE) if count else 0.0
+    threshold = start + weight * (own - start) if count else start
+    reason = (
+        f"population prior {start:.4f} ({prior.describe()}; per-row false-accept rate "
+        f"{row_far:.2e} with {people} {'person' if people == 1 else 'people'} enrolled, "
+        f"target {target_far:g}"
+        + (f"; moved {prior_shift:+.4f} for a fitted head" if prior_shift else "")
+        + ")"
+        + (f", the gallery's own {count} impostor scores ({own:.4f}) weigh {weight:.2f}"
+           if count else ", no impostor score of the gallery's own")
+        + f": {threshold:.4f}"
+    )
+    return Calibration(float(threshold), empirical, gaussian, target_far, count, False, start,
+                       weight, reason)
 
 
 def roc_curve(

@@ -1,8 +1,9 @@
 """``facestream eval verify DIR``: face verification accuracy on a labelled folder.
 
-It is how detectors, alignments and backbones are compared: every image is embedded
-once (the face YuNet finds, aligned with the recognizer's template), each pair is
-scored (cosine similarity), and `trainer.evaluation.evaluate` runs the 10-fold protocol.
+It is how detectors, front ends and backbones are compared: every image is embedded
+once (the face YuNet finds, cut into a chip by the recognizer's front end, or by each
+``--front-end`` candidate: one column each), each pair is scored (cosine
+similarity), and `trainer.evaluation.evaluate` runs the 10-fold protocol.
 ``--reference dlib`` scores the same pairs with dlib-bin's own pipeline
 (`trainer.dlib.reference`) for comparison.
 
@@ -16,6 +17,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,7 +27,18 @@ from facecore.config import Settings
 from facecore.errors import ConfigError, SourceError
 from trainer.evaluation.evaluate import FAR, FOLDS, Pairs, Verification
 
-__all__ = ["register_eval"]
+if TYPE_CHECKING:
+    from trainer.backbone import Backbone
+
+__all__ = [
+    "Candidate",
+    "Column",
+    "Embedded",
+    "embed_largest_faces",
+    "labelled_images",
+    "register_eval",
+    "run_verify",
+]
 
 MAX_GENUINE = 3000
 
@@ -34,14 +47,22 @@ Measure face verification on DIR, a folder with one sub-folder of images per per
 (any format OpenCV reads, ORL's .pgm included). Pairs of images are formed
 deterministically (every genuine pair up to --max-genuine, as many impostor pairs, at
 least one per fold; --seed) or read from an LFW-format pairs file (--pairs). Each
-image's largest face is detected with YuNet, aligned with the recognizer's template
-and embedded; a pair's score is the cosine similarity of its two embeddings.
+image's largest face is detected with YuNet, cut into a chip by the recognizer's front
+end (or each --front-end candidate) and embedded; a pair's score is the cosine
+similarity of its two embeddings.
 
 Reported: accuracy over 10 folds (mean ± standard deviation; each fold's threshold is
 chosen on the other nine), the threshold chosen on all pairs, the true-accept rate at
 a false-accept rate of 1e-3 with its threshold, and how many images had no face."""
 
 EPILOG = """\
+front ends (--front-end, any number of them; default: the model's own):
+  yunet_template        YuNet's 5 landmarks fitted onto the model's template
+  dlib_5                dlib's 5-point landmarks (numpy port) in a box derived from
+                        YuNet's landmarks, then dlib's chip geometry
+  dlib_5:yunet_box      the same, with YuNet's box given to the landmark model
+  add +flip to any      average each face's embedding with its mirror image's
+
 images without a detected face (--no-face):
   fallback  (default) the centred square of the image (side: its shorter side) is
             taken as the face: the recognizer's chip is cut from it, and dlib's
@@ -51,6 +72,7 @@ images without a detected face (--no-face):
 examples:
   facestream eval verify ../shared/people
   facestream eval verify ../shared/datasets/lfw10 --reference dlib
+  facestream eval verify ../shared/datasets/orl --front-end yunet_template dlib_5+flip
   facestream eval verify ~/lfw --pairs ~/lfw/pairs.txt"""
 
 
@@ -87,6 +109,14 @@ def register_eval(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPar
         "landmarks, its chip and descriptor, Euclidean distance); needs dlib-bin",
     )
     parser.add_argument(
+        "--front-end",
+        dest="front_ends",
+        nargs="+",
+        metavar="NAME",
+        type=_candidate,
+        help="front ends to compare, one column each (default: the model's; see below)",
+    )
+    parser.add_argument(
         "--no-face",
         dest="no_face",
         choices=("fallback", "exclude"),
@@ -107,16 +137,49 @@ def register_eval(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPar
 
 
 @dataclass(frozen=True)
-class _Embedded:
+class Candidate:
+    """A front end to measure: its kind, which box the dlib_5 landmark model gets
+    ("landmarks": derived from YuNet's landmarks, "yunet": YuNet's box), and whether
+    each embedding is averaged with the mirror image's."""
+
+    kind: str
+    box: str = "landmarks"
+    flip: bool = False
+
+    @property
+    def name(self) -> str:
+        box = ":yunet_box" if self.box == "yunet" else ""
+        return f"{self.kind}{box}{'+flip' if self.flip else ''}"
+
+
+def _candidate(text: str) -> Candidate:
+    """``--front-end``'s value: ``KIND[:yunet_box][+flip]``."""
+    from facecore.frontend import FRONT_ENDS
+
+    name, flip, rest = text.partition("+")
+    kind, _, box = name.partition(":")
+    if kind not in FRONT_ENDS or box not in ("", "yunet_box") or rest not in ("", "flip") or (
+        box and kind != "dlib_5"
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one of {', '.join(FRONT_ENDS)}, dlib_5:yunet_box, "
+            "each optionally followed by +flip"
+        )
+    return Candidate(kind, "yunet" if box else "landmarks", bool(flip))
+
+
+@dataclass(frozen=True)
+class Embedded:
     """One pipeline's output for M images: ``vectors`` [M, D], ``found`` [M] bool
     (a face was detected)."""
 
     vectors: NDArray[np.float32]
     found: NDArray[np.bool_]
+    ms_per_face: float  # the front end's time (landmarks and chip), per image
 
 
 @dataclass(frozen=True)
-class _Column:
+class Column:
     """One pipeline's results, ready to print."""
 
     def threshold(self, value: float) -> str:
@@ -128,17 +191,43 @@ class _Column:
     relation: str  # how a score is compared with the threshold, e.g. "similarity >="
     sign: float  # shown value = sign * internal score (dlib's distances are negated)
     no_face: int
+    ms_per_face: float
     pairs: Pairs
     verification: Verification
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    run_verify(
+        settings,
+        args.folder,
+        args.front_ends,
+        reference=args.reference,
+        pairs_file=args.pairs,
+        no_face=args.no_face,
+        max_genuine=args.max_genuine,
+        seed=args.seed,
+    )
+    return 0
+
+
+def run_verify(
+    settings: Settings,
+    folder: Path,
+    candidates: Sequence[Candidate] | None,
+    *,
+    reference: str | None = None,
+    pairs_file: Path | None = None,
+    no_face: str = "fallback",
+    max_genuine: int = MAX_GENUINE,
+    seed: int = 0,
+) -> list[Column]:
+    """``eval verify``: print the report and return its columns (one per front-end
+    candidate, default the model's own, then dlib-bin's with ``reference="dlib"``)."""
     from facecore.registry import DETECTOR, get_spec
 
-    folder: Path = args.folder
     if not folder.is_dir():
         raise SourceError(f"{folder} is not a folder")
-    if args.max_genuine < 1:
+    if max_genuine < 1:
         raise ConfigError("--max-genuine must be at least 1")
     spec = get_spec(settings.recognition.model)
     if spec.kind != "recognizer":
@@ -148,25 +237,29 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
             value=spec.name,
             origin=settings.origins.get("recognition.model"),
         )
-    paths, pairs, origin = _load_pairs(folder, args)
+    paths, pairs, origin = _load_pairs(folder, pairs_file, max_genuine, seed)
     print(f"{folder}: {len(paths)} images; {origin}")
     print(
         f"pairs: {int(pairs.same.sum())} genuine + {int((~pairs.same).sum())} impostor "
         f"in {pairs.folds} folds"
     )
-    ours = _embed_facestream(settings, paths)
-    columns = [
-        _column(
-            "facestream",
-            f"{DETECTOR} + {spec.name}",
-            ("cosine similarity", "similarity >=", 1.0),
-            ours,
-            np.sum(ours.vectors[pairs.first] * ours.vectors[pairs.second], axis=1),
-            pairs,
-            args.no_face,
+    candidates = list(candidates or [Candidate(spec.landmarks)])
+    columns = []
+    for embedded, candidate in zip(
+        _embed_facestream(settings, paths, candidates), candidates, strict=True
+    ):
+        columns.append(
+            _column(
+                "facestream" if len(candidates) == 1 else candidate.name,
+                f"{DETECTOR} + {candidate.name} + {spec.name}",
+                ("cosine similarity", "similarity >=", 1.0),
+                embedded,
+                np.sum(embedded.vectors[pairs.first] * embedded.vectors[pairs.second], axis=1),
+                pairs,
+                no_face,
+            )
         )
-    ]
-    if args.reference == "dlib":
+    if reference == "dlib":
         theirs = _embed_dlib(settings, paths)
         difference = theirs.vectors[pairs.first] - theirs.vectors[pairs.second]
         distance = np.linalg.norm(difference, axis=1)
@@ -178,50 +271,68 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
                 theirs,
                 -distance,
                 pairs,
-                args.no_face,
+                no_face,
             )
         )
-    _print_report(columns, len(paths), args.no_face)
-    return 0
+    _print_report(columns, len(paths), no_face)
+    return columns
 
 
-def _load_pairs(folder: Path, args: argparse.Namespace) -> tuple[list[Path], Pairs, str]:
+def _load_pairs(
+    folder: Path, pairs_file: Path | None, max_genuine: int, seed: int
+) -> tuple[list[Path], Pairs, str]:
     """(images, pairs over them, where they came from) for DIR and --pairs."""
     from trainer.evaluation.evaluate import form_pairs, pairs_from_paths, parse_lfw_pairs
-    from trainer.fitting.gallery import IMAGE_SUFFIXES
 
-    if args.pairs is not None:
+    if pairs_file is not None:
         try:
-            rows = parse_lfw_pairs(args.pairs.read_text(encoding="utf-8"))
+            rows = parse_lfw_pairs(pairs_file.read_text(encoding="utf-8"))
         except OSError as err:
-            raise SourceError(f"cannot read the pairs file {args.pairs}: {err.strerror}") from err
+            raise SourceError(f"cannot read the pairs file {pairs_file}: {err.strerror}") from err
         except ValueError as err:
-            raise SourceError(f"{args.pairs}: {err}") from err
+            raise SourceError(f"{pairs_file}: {err}") from err
         names, pairs = pairs_from_paths(rows)
         paths = [folder / name for name in names]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise SourceError(
-                f"{len(missing)} images named in {args.pairs} are not in {folder}, "
+                f"{len(missing)} images named in {pairs_file} are not in {folder}, "
                 f"e.g. {missing[0]}"
             )
-        return paths, pairs, f"pairs from {args.pairs}"
+        return paths, pairs, f"pairs from {pairs_file}"
+    images = labelled_images(folder)
+    people = {label for _, label in images}
+    try:
+        pairs = form_pairs(
+            [label for _, label in images], max_genuine=max_genuine, folds=FOLDS, seed=seed,
+        )
+    except ValueError as err:
+        raise SourceError(f"{folder}: {err} (one sub-folder of images per person)") from err
+    origin = f"{len(people)} people; pairs formed with seed {seed}"
+    return [image for image, _ in images], pairs, origin
+
+
+def labelled_images(folder: Path) -> list[tuple[Path, str]]:
+    """(image, person) for every image of ``folder``'s sub-folders, one per person, in
+    sorted order."""
+    from trainer.fitting.gallery import IMAGE_SUFFIXES
+
     people = sorted(p for p in folder.iterdir() if p.is_dir())
-    images = [
+    return [
         (image, person.name)
         for person in people
         for image in sorted(person.iterdir())
         if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES
     ]
-    try:
-        pairs = form_pairs(
-            [label for _, label in images], max_genuine=args.max_genuine, folds=FOLDS,
-            seed=args.seed,
-        )
-    except ValueError as err:
-        raise SourceError(f"{folder}: {err} (one sub-folder of images per person)") from err
-    origin = f"{len(people)} people; pairs formed with seed {args.seed}"
-    return [image for image, _ in images], pairs, origin
+
+
+def embed_largest_faces(settings: Settings, paths: Sequence[Path]) -> Embedded:
+    """Unit embeddings of each image's largest face through the model's own front end
+    (the centred square where no face is found: ``found`` says which)."""
+    from facecore.registry import get_spec
+
+    spec = get_spec(settings.recognition.model)
+    return _embed_facestream(settings, paths, [Candidate(spec.landmarks)])[0]
 
 
 def _read(path: Path) -> NDArray[np.uint8]:
@@ -240,46 +351,83 @@ def _centred_square(shape: tuple[int, ...]) -> tuple[float, float, float]:
     return (width - side) / 2, (height - side) / 2, float(side)
 
 
-def _embed_facestream(settings: Settings, paths: Sequence[Path]) -> _Embedded:
-    """Unit embeddings of each image's largest YuNet face (the centred square where
-    there is none), batched as the recognizer is configured."""
+def _embed_facestream(
+    settings: Settings, paths: Sequence[Path], candidates: Sequence[Candidate]
+) -> list[Embedded]:
+    """For each candidate, unit embeddings of each image's largest YuNet face (the
+    centred square where there is none), batched as the recognizer is configured."""
+    import time
+
     from tqdm import tqdm
 
-    from facecore.alignment import align_faces
     from facecore.detector import Detector
+    from facecore.frontend import FrontEnd
+    from facecore.registry import get_spec
     from trainer.backbone import Backbone
 
     detector = Detector.from_settings(settings)
     backbone = Backbone.from_settings(settings)
+    spec_front_end = backbone.front_end
+    front_ends = {
+        c.kind: spec_front_end if c.kind == spec_front_end.kind
+        else FrontEnd.for_model(settings, get_spec(backbone.name), kind=c.kind)
+        for c in candidates
+    }
     width, height = size = backbone.embedder.size
     found = np.zeros(len(paths), bool)
-    chips = np.zeros((len(paths), height, width, 3), np.uint8)
+    chips = np.zeros((len(candidates), len(paths), height, width, 3), np.uint8)
+    seconds = np.zeros(len(candidates))
     for i, path in enumerate(tqdm(paths, desc="facestream: detect, align", unit="image")):
         image = _read(path)
         faces = detector.detect(image).largest()
         found[i] = len(faces) == 1
+        left, top, side = _centred_square(image.shape)
         if found[i]:
-            landmarks = faces.landmarks
+            landmarks, box = faces.landmarks, faces.xyxy
         else:
-            left, top, side = _centred_square(image.shape)
             landmarks = (backbone.template * (side / max(size)) + (left, top))[None]
-        chips[i] = align_faces(image, landmarks, backbone.template, size)[0]
+            box = np.array([[left, top, left + side - 1, top + side - 1]])
+        for j, candidate in enumerate(candidates):
+            start = time.perf_counter()
+            chips[j, i] = front_ends[candidate.kind].chips(
+                image, landmarks, box if candidate.box == "yunet" else None
+            )[0]
+            seconds[j] += time.perf_counter() - start
     batch = settings.recognition.batch_size
-    vectors = [
-        backbone.embedder.embed(chips[start : start + batch])
-        for start in tqdm(range(0, len(chips), batch), desc="facestream: embed", unit="batch")
-    ]
-    return _Embedded(np.concatenate(vectors), found)
+    results = []
+    for j, candidate in enumerate(candidates):
+        vectors = np.concatenate([
+            _embed(backbone, chips[j, start : start + batch], candidate.flip)
+            for start in tqdm(
+                range(0, len(paths), batch), desc=f"facestream: embed {candidate.name}",
+                unit="batch",
+            )
+        ])
+        results.append(Embedded(vectors, found, 1000 * seconds[j] / max(len(paths), 1)))
+    return results
 
 
-def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> _Embedded:
+def _embed(backbone: Backbone, chips: NDArray[np.uint8], flip: bool) -> NDArray[np.float32]:
+    """Unit embeddings of ``chips``; with ``flip``, of the mean of each chip's and its
+    mirror image's embedding."""
+    vectors = backbone.embedder.embed(chips)
+    if not flip:
+        return vectors
+    mean = vectors + backbone.embedder.embed(np.ascontiguousarray(chips[:, :, ::-1]))
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> Embedded:
     """dlib's raw descriptors of each image's largest HOG face (the centred square,
     given to the 5-point model as the detection, where there is none)."""
+    import time
+
     from tqdm import tqdm
 
     from trainer.dlib.reference import DlibPipeline
 
     dlib = DlibPipeline.from_settings(settings)
+    seconds = 0.0
     found = np.zeros(len(paths), bool)
     vectors = np.zeros((len(paths), 128), np.float32)
     for i, path in enumerate(tqdm(paths, desc="dlib-bin: detect, embed", unit="image")):
@@ -291,19 +439,22 @@ def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> _Embedded:
         else:
             left, top, side = _centred_square(image.shape)
             box = np.array([left, top, left + side - 1, top + side - 1])
+        start = time.perf_counter()
+        dlib.chips(image, box[None])
+        seconds += time.perf_counter() - start
         vectors[i] = dlib.descriptors(image, box[None])[0]
-    return _Embedded(vectors, found)
+    return Embedded(vectors, found, 1000 * seconds / max(len(paths), 1))
 
 
 def _column(
     title: str,
     pipeline: str,
     score: tuple[str, str, float],
-    embedded: _Embedded,
+    embedded: Embedded,
     scores: NDArray[np.floating],
     pairs: Pairs,
     no_face: str,
-) -> _Column:
+) -> Column:
     from trainer.evaluation.evaluate import verify
 
     keep = np.ones(len(pairs), bool)
@@ -313,31 +464,32 @@ def _column(
         verification = verify(np.asarray(scores)[keep], pairs[keep], FAR)
     except ValueError as err:
         raise SourceError(f"{title}: too few pairs left to measure: {err}") from err
-    return _Column(
+    return Column(
         title=title,
         pipeline=pipeline,
         score=score[0],
         relation=score[1],
         sign=score[2],
         no_face=int((~embedded.found).sum()),
+        ms_per_face=embedded.ms_per_face,
         pairs=pairs[keep],
         verification=verification,
     )
 
 
-def _print_report(columns: Sequence[_Column], images: int, no_face: str) -> None:
-    def row(label: str, cell: Callable[[_Column], str]) -> list[str]:
+def _print_report(columns: Sequence[Column], images: int, no_face: str) -> None:
+    def row(label: str, cell: Callable[[Column], str]) -> list[str]:
         return [label, *(cell(c) for c in columns)]
 
-    def tar(c: _Column) -> str:
+    def tar(c: Column) -> str:
         t = c.verification.tar
         return f"{100 * t.tar:.2f}% (measured FAR {t.achieved_far:.1e})"
 
-    def folds(c: _Column) -> str:
+    def folds(c: Column) -> str:
         low, high = np.sort(c.sign * c.verification.fold_threshold)[[0, -1]]
         return f"{low:.3f} .. {high:.3f}"
 
-    def accuracy(c: _Column) -> str:
+    def accuracy(c: Column) -> str:
         v = c.verification
         return f"{100 * v.accuracy:.2f}% ± {100 * v.accuracy_std:.2f}% ({c.pairs.folds} folds)"
 
@@ -346,6 +498,7 @@ def _print_report(columns: Sequence[_Column], images: int, no_face: str) -> None
         row("pipeline", lambda c: c.pipeline),
         row("score", lambda c: c.score),
         row("no face detected", lambda c: f"{c.no_face} of {images} images"),
+        row("landmarks + chip", lambda c: f"{c.ms_per_face:.1f} ms per face"),
         row("pairs scored", lambda c: f"{len(c.pairs)} ({c.verification.genuine} genuine)"),
         row("accuracy", accuracy),
         row("threshold (all pairs)", lambda c: c.threshold(c.verification.threshold)),

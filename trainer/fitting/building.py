@@ -111,16 +111,20 @@ class BundleBuilder:
             backbone_sha256=backbone.sha256,
             preprocessing=backbone.embedder.preprocessing,
             template=tuple((float(x), float(y)) for x, y in backbone.template),
+            front_end=backbone.front_end.kind,
             head_kind=selection.kind if selection else "prototypes",
             head_sha256="",
             labels=tuple(p.name for p in fitted.people),
             person_ids=tuple(p.id for p in fitted.people),
             threshold=selection.threshold if selection else DEFAULT_THRESHOLD,
             metrics=metrics,
+            threshold_reason=selection.calibration.reason if selection else "nobody enrolled",
         )
         bundle = write_bundle(
             directory, backbone=backbone.path, weights=head.unit_weights(), manifest=manifest,
             backbone_sha256=backbone.sha256, link_from=link_from,
+            landmarks=backbone.front_end.predictor_path,
+            landmarks_sha256=backbone.front_end.predictor_sha256 or None,
         )
         difference = check_export(bundle, head, probes)
         if fitted.phase == PHASE_FITTED:

@@ -2,8 +2,8 @@
 
 The store caches one vector per (sample content hash, key). Clean embeddings are
 kept under ``embedding_key(backbone)``: the backbone's sha256 and a fingerprint of
-its alignment template and preprocessing (a chip, hence its embedding, depends on
-all three); the ``copies`` augmented embeddings of a sample are kept as one
+its front end (kind, template, landmark model) and preprocessing (a chip, hence its
+embedding, depends on all of them); the ``copies`` augmented embeddings of a sample are kept as one
 flattened [copies * D] vector under ``"<embedding key>+<recipe key>"``. A change of
 backbone, alignment or augmentation recipe therefore never reuses stale vectors.
 Only missing vectors are computed: a sample is embedded clean when its clean vector
@@ -24,7 +24,6 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from enrollment.store import EnrollmentStore, Sample
-from facecore.alignment import align_faces
 from trainer.backbone import Backbone
 from trainer.fitting.augment import Augmentation, augment_chips, seed_of
 
@@ -42,11 +41,14 @@ class SampleEmbeddings:
 
 def embedding_key(backbone: Backbone) -> str:
     """The cache key of a backbone's clean embeddings: ``<sha256>/<fingerprint of the
-    template and preprocessing>``."""
-    chips = json.dumps(
-        [np.asarray(backbone.template, np.float64).round(6).tolist(),
-         asdict(backbone.embedder.preprocessing)],
-    )
+    front end and preprocessing>``. The template-only front end keeps the
+    fingerprint it had before front ends existed, so its cache stays valid."""
+    parts: list[object] = [np.asarray(backbone.template, np.float64).round(6).tolist(),
+                           asdict(backbone.embedder.preprocessing)]
+    front_end = backbone.front_end
+    if front_end.kind != "yunet_template":
+        parts.append([front_end.kind, front_end.predictor_sha256])
+    chips = json.dumps(parts)
     return f"{backbone.sha256}/{hashlib.sha256(chips.encode()).hexdigest()[:16]}"
 
 
@@ -116,9 +118,8 @@ def _embed_batch(
 ) -> tuple[dict[str, NDArray[np.float32]], dict[str, NDArray[np.float32]]]:
     """In a single ONNX call: the clean embedding of each of ``plain``, and the
     ``recipe.copies`` augmented embeddings of each of ``varied``."""
-    size = backbone.embedder.size
     chips = {
-        s.sha256: align_faces(store.load_crop(s), s.landmarks[None], backbone.template, size)[0]
+        s.sha256: backbone.front_end.chips(store.load_crop(s), s.landmarks[None])[0]
         for s in (*plain, *varied)
     }
     copies = recipe.copies if recipe is not None and varied else 0

@@ -9,12 +9,14 @@ cosine head, judged on a held-out split.
    on the training samples' clean and augmented embeddings, stopped early on the
    held-out loss, with the prototypes' calibrated threshold (3) as its "unknown"
    level.
-3. Each is calibrated for the target false-accept rate (``trainer.evaluation.calibrate``) on
-   strangers: people are dealt into groups, and each group's samples are scored
-   against the same kind of head built without that group (prototypes of the
-   others; the cosine head fitted on the others for the same number of epochs), so
-   every impostor score comes from a person the head never saw. Then each is scored
-   by its identification accuracy on the held-out samples at that threshold.
+3. Each is calibrated for the target false-accept rate (``trainer.evaluation.calibrate``:
+   the model's population calibration for this many people, moved towards the
+   gallery's own evidence as it grows) on strangers: people are dealt into groups,
+   and each group's samples are scored against the same kind of head built without
+   that group (prototypes of the others; the cosine head fitted on the others for the
+   same number of epochs), so every impostor score comes from a person the head never
+   saw. Then each is scored by its identification accuracy on the held-out samples at
+   that threshold.
 4. The cosine head is published only when its accuracy is strictly higher; on a tie
    the simpler baseline wins. The published weights are then rebuilt from *all*
    samples (prototypes of all samples; or the cosine head re-fitted on all samples for
@@ -38,6 +40,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from facecore.calibration import PopulationCalibration
 from trainer.evaluation.calibrate import (
     Calibration,
     OpenSetScores,
@@ -95,6 +98,8 @@ class Candidate:
             "frr": self.scores.false_reject_rate(self.threshold),
             "probes": float(len(self.scores.genuine)),
             "impostor_scores": float(self.calibration.impostor_count),
+            "threshold_prior": self.calibration.prior,
+            "threshold_gallery_weight": self.calibration.weight,
         }
 
 
@@ -110,6 +115,12 @@ class Selection:
     fit: FitResult | None  # the held-out fit that chose the epoch count
     probes: NDArray[np.float32]  # [M, D] the embeddings the candidates were scored on
     reason: str
+
+    @property
+    def calibration(self) -> Calibration:
+        """How the published head's threshold was reached."""
+        chosen = self.cosine if self.kind == "cosine" and self.cosine else self.baseline
+        return chosen.calibration
 
 
 def stratified_split(labels: NDArray[np.intp], fraction: float, seed: int) -> Split:
@@ -140,6 +151,7 @@ def select_baseline(
     target_far: float,
     fallback_threshold: float,
     config: FitConfig,
+    prior: PopulationCalibration | None = None,
 ) -> Selection:
     """The prototype baseline alone, exactly as ``select_head`` builds and judges it,
     with no fitting: the prototypes of all samples, with the threshold calibrated on
@@ -154,7 +166,7 @@ def select_baseline(
     pairs = pair_scores(clean, labels, config.seed)
     everyone = _prototype_matrix(clean, labels, people)
     no_copies = np.zeros((len(clean), 0, clean.shape[1]), np.float32)  # nothing is fitted
-    data = _Data(clean, no_copies, labels, people, config, target_far, fallback_threshold)
+    data = _Data(clean, no_copies, labels, people, config, target_far, fallback_threshold, prior)
     if len(split.held_out) == 0:
         baseline = data.candidate("prototypes", everyone, split.train, split.train)
         return Selection(
@@ -183,6 +195,7 @@ def select_head(
     progress: bool = True,
     baseline: Selection | None = None,
     checkpoint: Callable[[], None] = lambda: None,
+    prior: PopulationCalibration | None = None,
 ) -> Selection:
     """Choose and build the head to publish (see the module docstring).
 
@@ -194,13 +207,13 @@ def select_head(
     if baseline is None:
         baseline = select_baseline(
             clean, labels, people=people, target_far=target_far,
-            fallback_threshold=fallback_threshold, config=config,
+            fallback_threshold=fallback_threshold, config=config, prior=prior,
         )
     split = baseline.split
     if len(split.held_out) == 0:
         return baseline
     data = _Data(clean, augmented, labels, people, config, target_far, fallback_threshold,
-                 checkpoint)
+                 prior, checkpoint)
     train, held = split.train, split.held_out
     initial = _prototype_matrix(clean[train], labels[train], people)
     reject = _reject_level(baseline.threshold)
@@ -243,6 +256,7 @@ class _Data:
     config: FitConfig
     target_far: float
     fallback_threshold: float
+    prior: PopulationCalibration | None  # the model's population calibration
     checkpoint: Callable[[], None] = lambda: None  # called before each fit
 
     def candidate(
@@ -258,7 +272,15 @@ class _Data:
         genuine, rival = known_scores(self.clean[probes], self.labels[probes], weights)
         impostor, pair = self.strangers(train, fitting)
         scores = OpenSetScores(genuine, rival, impostor, pair)
-        return Candidate(kind, scores, calibrate(scores, self.target_far, self.fallback_threshold))
+        shift = 0.0
+        if fitting is not None and len(pair):
+            _, prototype_pairs = self.strangers(train, None)
+            shift = float(np.median(pair) - np.median(prototype_pairs))
+        calibration = calibrate(
+            scores, self.target_far, self.fallback_threshold, prior=self.prior,
+            people=self.people, prior_shift=shift,
+        )
+        return Candidate(kind, scores, calibration)
 
     def training_set(
         self, samples: NDArray[np.intp], rows: NDArray[np.intp] | None = None
