@@ -55,6 +55,7 @@ bench: install-test
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/heads.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/clip_reference.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/enroll_latency.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/soak.py
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ACTIVE_SESSIONS",
+    "ASYNCIO_TASKS",
     "BUNDLE_CREATED",
     "BUNDLE_VERSION",
     "FACES_EMBEDDED",
@@ -55,6 +56,12 @@ FRAMES = Counter(
 )
 ACTIVE_SESSIONS = Gauge(
     "facestream_active_sessions", "WebRTC sessions open", multiprocess_mode="livesum"
+)
+ASYNCIO_TASKS = Gauge(
+    "facestream_asyncio_tasks",
+    "Tasks alive on the server's event loop, sampled every second: with no session "
+    "open it should stay flat (growth across many sessions is a leak)",
+    multiprocess_mode="livesum",
 )
 FACES_EMBEDDED = Counter("facestream_faces_embedded", "Faces run through the recognizer")
 RECOGNITION_BATCH = Histogram(

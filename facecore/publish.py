@@ -6,9 +6,10 @@ Layout under a bundles directory::
     current -> v000002        a symlink, switched with an atomic rename
 
 A writer builds the next bundle in a hidden temporary directory, renames it to its
-version name, then replaces ``current``. A crash at any step leaves ``current``
-pointing at a complete bundle; leftovers (any hidden entry) are removed by the next
-publish. The model files of a published bundle are never modified; only the
+version name, then replaces ``current``; an old version is renamed to a hidden name
+before it is removed. A crash at any step leaves ``current`` pointing at a complete
+bundle and every ``vNNNNNN`` complete; leftovers (any hidden entry) are removed by
+the next publish. The model files of a published bundle are never modified; only the
 trainer's training report beside them may be completed later, file by file with a
 rename (see ``trainer.fitting.building``). One writer at a time: the trainer holds
 ``state_dir/trainer.lock`` (``trainer.lock``).
@@ -86,7 +87,11 @@ def publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int =
     os.replace(link, bundles_dir / CURRENT)
     fsync_path(bundles_dir)
     for old in versions(bundles_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(bundles_dir / f"v{old:06d}", ignore_errors=True)
+        # hidden by a rename first: a crash mid-removal leaves a leftover, never a
+        # half-deleted vNNNNNN
+        doomed = bundles_dir / f".pruned-v{old:06d}"
+        os.rename(bundles_dir / f"v{old:06d}", doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return replace(bundle, path=bundles_dir / name)
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Prepared", "announce_ready", "prepare", "run_server"]
 
+TASK_SAMPLE_S = 1.0  # how often the event loop's task count is put into the metrics
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -110,7 +112,10 @@ async def run_server(
                     f"cannot listen on {server.host}:{server.port}: {exc.strerror}",
                 ) from exc
             listening(_bound_port(runner, server.port))
+            sampler = asyncio.create_task(_sample_tasks()) if server.metrics_port else None
             await _wait_for_signal()
+            if sampler is not None:
+                sampler.cancel()
             systemd.notify("STOPPING=1")
         finally:
             await runner.cleanup()
@@ -153,6 +158,17 @@ def _startup_text(
     else:
         lines.append("no network address found; open it on this machine (localhost)")
     return "\n".join(lines)
+
+
+async def _sample_tasks() -> None:
+    """Keep ``facestream_asyncio_tasks`` current: in multiprocess mode (the server's
+    whenever metrics are on) the listener reads what each process last set, so a
+    gauge cannot be computed at scrape time."""
+    from facecore import metrics
+
+    while True:
+        metrics.ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
+        await asyncio.sleep(TASK_SAMPLE_S)
 
 
 async def _wait_for_signal() -> None:

@@ -235,9 +235,10 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
 
 # The first three photos of each LFW-10 person (two show a second face as large: 28
 # samples), split half and half: a split on which the fitted cosine head beats the
-# prototypes (held-out accuracy 0.89 against 0.83 with the dlib_5 front end's chips;
-# seed 5 was that split for the template's chips).
-WINNING_FIT = FitConfig(seed=3, held_out_fraction=0.5)
+# prototypes (held-out accuracy 0.94 against 0.83, 18 probes, with the dlib_5 front
+# end's chips and the population calibration's threshold; of seeds 0-11, four splits
+# favour the head, seven tie, one favours the prototypes).
+WINNING_FIT = FitConfig(seed=4, held_out_fraction=0.5)
 
 
 def test_a_fitted_head_that_beats_the_prototypes_follows_them(

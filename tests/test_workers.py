@@ -144,6 +144,7 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         before = await _scrape(metrics_url.group(1))
         assert before[("facestream_active_sessions", ())] == len(clients)  # both workers'
         assert before[("facestream_bundle_version", ())] == 1
+        assert before[("facestream_asyncio_tasks", ())] > 0  # both workers' event loops
         assert 0 < before[("facestream_bundle_created_timestamp_seconds", ())] <= time.time()
         assert before[("facestream_faces_embedded_total", ())] > 0
         assert before[("facestream_recognition_batch_faces_count", ())] > 0
