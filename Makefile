@@ -9,7 +9,11 @@ SHARED ?= $(abspath ../shared)
 # ffmpeg to make the browser's fake-camera file.
 DEB_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig systemd ffmpeg xvfb xdotool
 
-.PHONY: serve test bench lint install install-test system-packages
+# The tests' Triton server (tests/triton_support.py) runs from a venv of its own:
+# nvidia-pytriton needs numpy < 2, which .venv cannot have.
+TRITON_VENV ?= .venv-triton
+
+.PHONY: serve test bench lint install install-test system-packages triton-env
 
 $(BIN)/facestream: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +26,13 @@ install: $(BIN)/facestream
 install-test: install
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[trainer,test]'
 
+$(TRITON_VENV)/.installed: constraints-triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet -c constraints-triton.txt nvidia-pytriton onnxruntime
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
+
 system-packages:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -33,7 +44,7 @@ serve: install
 	$(BIN)/facestream models prepare
 	$(BIN)/facestream serve
 
-test: install-test system-packages
+test: install-test system-packages triton-env
 	$(BIN)/facestream models prepare --models-dir $(SHARED)/models
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python -m pytest
 

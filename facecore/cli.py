@@ -12,7 +12,8 @@ two packages can add verbs to one group::
 
     subparsers["facestream"]   facestream VERB          (serve, run, webcam, trainer)
     subparsers["config"]       facestream config VERB   (facecore: show)
-    subparsers["models"]       facestream models VERB   (facecore: list, fetch; trainer: prepare)
+    subparsers["models"]       facestream models VERB   (facecore: list, fetch, triton-repo;
+                                                     trainer: prepare)
     subparsers["enroll"]       facestream enroll VERB   (enrollment)
     subparsers["eval"]         facestream eval VERB     (trainer: verify, calibrate)
 
@@ -37,9 +38,10 @@ from __future__ import annotations
 import argparse
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from facecore.config import Settings
-from facecore.errors import ChecksumError, ModelNotFoundError
+from facecore.errors import ChecksumError, ModelError, ModelNotFoundError
 from facecore.registry import DETECTOR, MODELS, get_spec, model_cache_dir, model_path
 
 __all__ = ["Handler", "HelpFormatter", "Subparsers", "add_command", "register"]
@@ -136,6 +138,43 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
     fetch.add_argument(
         "--force", action="store_true", help="delete the cached copy first and download again"
     )
+    triton = add_command(
+        subparsers["models"],
+        "triton-repo",
+        parents=parents,
+        handler=_models_triton_repo,
+        help="write a Triton Inference Server model repository for the recognizer",
+        description="Write the recognition model into a Triton model repository, "
+        "DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx, for recognition.backend = "
+        "'triton'. The model takes uint8 chips (the preprocessing is in the graph), runs "
+        "on Triton's onnxruntime backend and is batched by Triton's dynamic batcher; its "
+        "input and output names and dims come from the ONNX file. Start Triton with "
+        "--model-repository DIR; the streamer checks on its first request that the "
+        "model is the bundle's backbone.",
+        epilog="examples:\n"
+        "  facestream models triton-repo /srv/triton/models\n"
+        "  facestream models triton-repo /srv/triton/models --max-batch-size 128 "
+        "--max-queue-delay-us 1000",
+    )
+    triton.add_argument("directory", type=Path, metavar="DIR", help="the model repository")
+    triton.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the recognizer to write (default: the recognition.model setting)",
+    )
+    # the defaults live in facecore.triton_repo, which imports onnx: not at start-up
+    triton.add_argument(
+        "--max-batch-size",
+        type=int,
+        metavar="N",
+        help="the most faces Triton runs at once (default 64)",
+    )
+    triton.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        metavar="US",
+        help="how long Triton waits for more requests to batch, in microseconds (default 2000)",
+    )
 
 
 def _config_show(settings: Settings, args: argparse.Namespace) -> int:
@@ -160,6 +199,33 @@ def _models_list(settings: Settings, args: argparse.Namespace) -> int:
     w0, w1, w2 = (max(len(row[i]) for row in rows) for i in range(3))
     for name, kind, licence, status in rows:
         print(f"{name:<{w0}}  {kind:<{w1}}  {licence:<{w2}}  {status}")
+    return 0
+
+
+def _models_triton_repo(settings: Settings, args: argparse.Namespace) -> int:
+    from facecore.embedder import Preprocessing
+    from facecore.triton_repo import write_triton_repo
+
+    spec = get_spec(args.model or settings.recognition.model)
+    if spec.kind != "recognizer":
+        raise ModelError(f"{spec.name} is a {spec.kind}, not a recognizer")
+    assert spec.input_size and spec.colour and spec.mean and spec.scale is not None
+    preprocessing = Preprocessing(
+        size=spec.input_size, colour=spec.colour, mean=spec.mean, scale=spec.scale
+    )
+    given = {"max_batch_size": args.max_batch_size, "max_queue_delay_us": args.max_queue_delay_us}
+    config = write_triton_repo(
+        args.directory,
+        model_path(settings, spec.name),
+        name=spec.name,
+        preprocessing=preprocessing,
+        **{key: value for key, value in given.items() if value is not None},
+    )
+    print(
+        f"{spec.name}: {args.directory / spec.name} ({config.input.name} "
+        f"{list(config.input.dims)} -> {config.output.name} {list(config.output.dims)}, "
+        f"batches of up to {config.max_batch_size})"
+    )
     return 0
 
 

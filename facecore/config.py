@@ -57,6 +57,7 @@ DEFAULT_ORIGIN = "default"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 Device = Literal["auto", "cpu", "cuda"]
 DetectorBackend = Literal["onnxruntime", "opencv"]
+RecognitionBackend = Literal["onnxruntime", "triton"]
 
 
 def _bounded(default: typing.Any, lo: float | None = None, hi: float | None = None) -> typing.Any:
@@ -80,7 +81,16 @@ class DetectionSettings:
 @dataclass(frozen=True)
 class RecognitionSettings:
     model: str = "dlib_resnet_v1"  # a recognizer name from facecore.registry.MODELS
-    device: Device = "auto"
+    # "onnxruntime": a session in this process; "triton": a Triton Inference Server
+    # (its model repository made by `facestream models triton-repo`), which batches
+    # across every worker and box that uses it
+    backend: RecognitionBackend = "onnxruntime"
+    triton_url: str = "localhost:8001"  # Triton's gRPC address, host:port
+    # one request's limit; past it (or with Triton down) faces are unknown and
+    # Triton is asked again after triton_retry_s
+    triton_timeout_ms: float = _bounded(1000.0, lo=1.0)
+    triton_retry_s: float = _bounded(2.0, lo=0.0)
+    device: Device = "auto"  # the onnxruntime back-end's device
     threads: int = _bounded(0, lo=0)  # 0 = ONNX Runtime's default
     batch_size: int = _bounded(32, lo=1)
     batch_wait_ms: float = _bounded(3.0, lo=0.0)

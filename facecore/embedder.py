@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -27,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from facecore.errors import ModelLoadError
 from facecore.sessions import create_session
 
-__all__ = ["CHIPS", "Embedder", "Preprocessing", "with_chip_input"]
+__all__ = ["CHIPS", "ChipEmbedder", "Embedder", "Preprocessing", "with_chip_input"]
 
 CHIPS = "chips_uint8_bgr"  # the input name of a network rewritten by with_chip_input
 
@@ -88,6 +89,22 @@ def with_chip_input(model: onnx.ModelProto, preprocessing: Preprocessing) -> onn
     del graph.node[:]
     graph.node.extend(nodes + network_nodes)
     return rewritten
+
+
+class ChipEmbedder(Protocol):
+    """What serving needs of an embedder: `Embedder` runs the network in this process,
+    `facecore.triton.TritonEmbedder` on a Triton server."""
+
+    preprocessing: Preprocessing
+    dimension: int  # D, the width of an embedding
+
+    def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """[N, H, W, 3] uint8 BGR chips -> [N, D] float32, each row of unit length."""
+        ...
+
+    def embed_raw(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """The network's output as it is, [N, D] float32."""
+        ...
 
 
 class Embedder:

@@ -10,11 +10,14 @@ Anything else is a bug and keeps its traceback.
     │   ├── ModelNotFoundError not on disk and not downloadable: names the file, the
     │   │                      URLs tried and the exact path where to put it by hand
     │   ├── ChecksumError      a file's sha256 or size is not the pinned one
-    │   └── ModelLoadError     the runtime (ONNX Runtime, cv2) refused a file
+    │   └── ModelLoadError     the runtime (ONNX Runtime, cv2) refused a file, or a
+    │                          Triton model is not the one the bundle needs
+    ├── InferenceServerError   the inference server (Triton) is unreachable or did not
+    │                          answer in time: names its URL; may pass by itself
     ├── BundleError            a trained bundle is missing, incomplete or inconsistent
     └── SourceError            a video or image source cannot be opened or read
 
-Foreign errors (OSError, onnxruntime, cv2, sqlite3) are translated where they happen,
+Foreign errors (OSError, onnxruntime, cv2, sqlite3, tritonclient) are translated where they happen,
 with `raise ... from err`, so the cause stays visible with `--log-level debug`.
 """
 
@@ -28,6 +31,7 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "FacestreamError",
+    "InferenceServerError",
     "ModelError",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -136,6 +140,18 @@ class ChecksumError(ModelError):
 
 class ModelLoadError(ModelError):
     """The inference runtime could not load or run a model file."""
+
+
+class InferenceServerError(FacestreamError):
+    """The inference server cannot be reached or did not answer within its timeout.
+
+    Unlike `ModelLoadError` this may pass: the live recognizer marks faces unknown
+    and tries again. `url` is the server's address."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"the Triton server at {url} {reason}")
 
 
 class BundleError(FacestreamError):

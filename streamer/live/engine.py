@@ -12,6 +12,11 @@ new backbone gets a new session, warmed up and checked against the gallery, in t
 caller's thread. A bundle cut with another front end than its model now wants is
 refused (`facecore.frontend.check_front_end`).
 ``install()`` hands it to the recognizer, which switches between two batches.
+
+With ``recognition.backend = "triton"`` the engine holds one `TritonConnection`
+instead, and a backbone's embedder is a `TritonEmbedder` of the model named as the
+bundle's backbone; a Triton that does not answer the warm-up does not refuse the
+bundle (faces are unknown until Triton answers), a Triton serving another network does.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from facecore.bundle import Bundle, load_bundle
 from facecore.config import RecognitionSettings, Settings, TrackingSettings
 from facecore.cpus import usable_cpus
 from facecore.detector import Detector
-from facecore.embedder import Embedder
-from facecore.errors import BundleError, ModelError
+from facecore.embedder import ChipEmbedder, Embedder
+from facecore.errors import BundleError, InferenceServerError, ModelError
 from facecore.faces import Faces
 from facecore.frontend import FrontEnd, check_front_end
 from facecore.publish import bundles_dir, current_bundle_dir
+from facecore.triton import TritonConnection, TritonEmbedder
 from streamer.errors import BundleRefusedError, ClosedError
 from streamer.live.annotate import Overlay
 from streamer.live.fonts import FontSet
@@ -78,6 +84,13 @@ class Engine:
         self.fonts = fonts
         self.recognition = recognition or RecognitionSettings()
         self.tracking = tracking or TrackingSettings()
+        self._triton: TritonConnection | None = None
+        if self.recognition.backend == "triton":
+            self._triton = TritonConnection(
+                self.recognition.triton_url,
+                timeout_s=self.recognition.triton_timeout_ms / 1000.0,
+                retry_s=self.recognition.triton_retry_s,
+            )
         self.recognizer = BatchRecognizer(
             batch_size=self.recognition.batch_size, batch_wait_ms=self.recognition.batch_wait_ms
         )
@@ -86,6 +99,8 @@ class Engine:
                 self.recognizer.swap(self.prepare(bundle))
             except BundleRefusedError:
                 self.recognizer.close()
+                if self._triton is not None:
+                    self._triton.close()
                 raise
         self._pool = ThreadPoolExecutor(
             max_workers=workers or min(4, usable_cpus()), thread_name_prefix="facestream-cpu"
@@ -233,19 +248,34 @@ class Engine:
         for pipeline in list(self._pipelines):
             pipeline.close()
         self.recognizer.close()
+        if self._triton is not None:
+            self._triton.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _new_embedder(self, bundle: Bundle) -> tuple[Embedder, int]:
+    def _new_embedder(self, bundle: Bundle) -> tuple[ChipEmbedder, int]:
         """A session for the bundle's backbone, run once on a warm-up batch."""
         width, height = bundle.manifest.preprocessing.size
+        embedder: ChipEmbedder
         try:
-            embedder = Embedder.load(
-                bundle.backbone_path,
-                bundle.manifest.preprocessing,
-                device=self.recognition.device,
-                threads=self.recognition.threads,
-            )
+            if self._triton is not None:
+                embedder = TritonEmbedder(
+                    self._triton,
+                    bundle.manifest.backbone_name,
+                    bundle.manifest.preprocessing,
+                    backbone_sha256=bundle.manifest.backbone_sha256,
+                    dimension=int(bundle.gallery.weights.shape[1]),
+                )
+            else:
+                embedder = Embedder.load(
+                    bundle.backbone_path,
+                    bundle.manifest.preprocessing,
+                    device=self.recognition.device,
+                    threads=self.recognition.threads,
+                )
             out = embedder.embed_raw(np.full((WARM_UP_BATCH, height, width, 3), 128, np.uint8))
+        except InferenceServerError as exc:
+            log.error("%s; bundle %s serves once Triton answers", exc, bundle.path)
+            return embedder, embedder.dimension
         except ModelError as exc:
             raise BundleRefusedError(
                 f"bundle {bundle.path}: its backbone cannot serve: {exc}"

@@ -3,9 +3,10 @@ Runtime session.
 
 Streams ``submit()`` aligned chips from the asyncio loop and await a future. The
 batcher takes the oldest waiting request, waits at most ``batch_wait_ms`` for more
-to arrive (up to ``batch_size`` faces), runs them through one ``Embedder.embed``
-call, and resolves each future with ``loop.call_soon_threadsafe``. The queue holds
-at most ``max_queued`` faces: past that, the oldest request is dropped (its future
+to arrive (up to ``batch_size`` faces), runs them through one ``embed`` call of the
+model's embedder (an in-process ONNX Runtime session or a Triton server), and
+resolves each future with ``loop.call_soon_threadsafe``. The queue holds at most
+``max_queued`` faces: past that, the oldest request is dropped (its future
 gets None, and ``dropped`` counts its faces), so a slow recognizer never builds up
 delay.
 
@@ -13,7 +14,8 @@ The model (`ActiveModel`: bundle, embedder, front end) is swapped with
 ``swap()`` from any thread and is read once per batch, so a swap takes effect
 between batches. A future resolves to None (no recognition) when there is no model,
 when its request was dropped, when the new model wants chips of another geometry
-than those submitted, or when the recognizer closed.
+than those submitted, when the embedder failed (Triton down or slow: the error is
+logged once, and each later batch tries again), or when the recognizer closed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from numpy.typing import NDArray
 
 from facecore import metrics
 from facecore.bundle import Bundle, Gallery
-from facecore.embedder import Embedder
+from facecore.embedder import ChipEmbedder
+from facecore.errors import FacestreamError
 from facecore.frontend import FrontEnd
 from streamer.errors import ClosedError
 
@@ -47,7 +50,7 @@ class ActiveModel:
     front end that cuts its chips (`facecore.frontend`)."""
 
     bundle: Bundle
-    embedder: Embedder
+    embedder: ChipEmbedder
     front_end: FrontEnd
 
     @property
@@ -111,6 +114,8 @@ class BatchRecognizer:
         self.batches = 0  # embedder calls made
         self.faces = 0  # faces embedded
         self.dropped = 0  # faces dropped from a full queue
+        self.failed = 0  # faces of batches the embedder failed on
+        self._failing = False  # the last batch failed: its error is logged, not each one
         self._thread = threading.Thread(target=self._run, name="facestream-recognizer", daemon=True)
         self._thread.start()
 
@@ -202,6 +207,17 @@ class BatchRecognizer:
             self._queued_faces -= size
             return batch, self._model
 
+    def _report_failure(self, exc: Exception, faces: int) -> None:
+        """Count a failed batch; log the first of a run of failures only."""
+        self.failed += faces
+        if self._failing:
+            return
+        self._failing = True
+        if isinstance(exc, FacestreamError):  # says what is wrong: no traceback needed
+            log.error("recognition failed, faces are unknown until it works again: %s", exc)
+        else:
+            log.exception("recognition of a batch of %d faces failed", faces)
+
     def _run(self) -> None:
         while (work := self._next_batch()) is not None:
             batch, model = work
@@ -216,11 +232,14 @@ class BatchRecognizer:
             )
             try:
                 embeddings = model.embedder.embed(chips)
-            except Exception:  # onnxruntime's errors have no common exported base
-                log.exception("recognition of a batch of %d faces failed", len(chips))
+            except Exception as exc:  # onnxruntime's errors have no common exported base
+                self._report_failure(exc, len(chips))
                 for request in usable:
                     self._finish(request, None)
                 continue
+            if self._failing:
+                self._failing = False
+                log.info("recognition works again")
             self.batches += 1
             self.faces += len(chips)
             metrics.FACES_EMBEDDED.inc(len(chips))
