@@ -18,9 +18,10 @@ two packages can add verbs to one group::
     subparsers["eval"]         facestream eval VERB     (trainer: verify, calibrate)
 
 Add a verb with `add_command` (it passes `parents`, which carry the global options
-``--config --state-dir --cache-dir --models-dir --log-level`` so they are accepted after
-the verb too). The handler is called as ``handler(settings, args) -> exit status`` with
-the `Settings` loaded once by the composition root.
+``--config --state-dir --cache-dir --models-dir --bundles-dir --log-level`` so they are
+accepted after the verb too). The handler is called as
+``handler(settings, args) -> exit status`` with the `Settings` loaded once by the
+composition root.
 
 An option that overrides a setting takes the setting's dotted key as its ``dest`` and
 ``default=None`` (``None`` = not given), e.g.

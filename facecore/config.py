@@ -141,6 +141,9 @@ class Settings:
     state_dir: Path  # biometric data: galleries, bundles (kept private, mode 0700)
     cache_dir: Path  # downloaded and converted model files
     models_dir: Path | None = None  # a folder of model files put there by hand
+    # where the trainer publishes and every streamer follows bundles (a shared
+    # filesystem for several boxes); None: state_dir/bundles
+    bundles_dir: Path | None = None
     font: Path | None = None  # TrueType font for names; None = the drawing code's default
     log_level: LogLevel = "info"
     detection: DetectionSettings = field(default_factory=DetectionSettings)

@@ -43,9 +43,12 @@ _VERSION = re.compile(r"^v(\d{6})$")
 
 
 def bundles_dir(settings: Settings) -> Path:
-    """Where the trainer publishes and the streamer follows ``current``:
-    ``state_dir/bundles``."""
-    return settings.state_dir / "bundles"
+    """Where the trainer publishes and the streamer follows ``current``: the
+    ``bundles_dir`` setting, else ``state_dir/bundles``. ``current`` holds a relative
+    name and every step of a publish is a rename in this one directory, so the
+    pointer stays atomic on a shared filesystem (NFS renames are atomic on the
+    server) mounted at any path on each box."""
+    return settings.bundles_dir or settings.state_dir / "bundles"
 
 
 def versions(bundles_dir: Path) -> list[int]:

@@ -91,6 +91,14 @@ def _global_options() -> argparse.ArgumentParser:
         help="a folder of model files put there by hand (looked at before the cache)",
     )
     add(
+        "--bundles-dir",
+        dest="bundles_dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="where model bundles are published and followed (default: STATE_DIR/bundles; "
+        "a shared folder for several boxes)",
+    )
+    add(
         "--log-level",
         dest="log_level",
         choices=LOG_LEVELS,

@@ -109,6 +109,27 @@ def test_readme_commands_name_lin_and_no_one_wrongly(
     )
 
 
+def test_a_second_box_names_people_from_the_first_box_s_bundles(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """Two installations (two boxes) with one ``--bundles-dir`` (a shared folder): the
+    trainer of the box that holds the people publishes there, and ``run`` on the other
+    box, which has no people of its own, names Lin from that bundle."""
+    shared_bundles = tmp_path / "shared-bundles"
+    trainer_box = Installation.create(shared_dir, tmp_path / "trainer-box")
+    streamer_box = Installation.create(shared_dir, tmp_path / "streamer-box")
+    for box in (trainer_box, streamer_box):
+        box.global_options += ["--bundles-dir", str(shared_bundles)]
+    trainer_box.run("enroll", "import", str(shared_dir / "people"))
+    published = trainer_box.run("trainer", "--once", timeout=300)
+    assert f"published {shared_bundles / 'v000001'}" in published, published
+    assert not trainer_box.bundles.exists()  # nothing under its state_dir/bundles
+
+    summary = streamer_box.run("run", "--source", str(shared_dir / CLIP), timeout=300)
+    assert f"names seen: {LIN}" in summary, summary
+    assert "no one is enrolled yet" in streamer_box.run("enroll", "list")
+
+
 def test_the_default_model_ships_its_population_calibration(shared_dir: Path) -> None:
     """The calibration the trainer uses out of the box exists, matches the model and
     the front end, and was measured on the shared labelled sets."""
