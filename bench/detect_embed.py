@@ -35,10 +35,9 @@ from numpy.typing import NDArray
 
 from facecore.config import load_settings
 from facecore.detector import Detector
-from facecore.embedder import Embedder
+from facecore.embedder import Embedder, Preprocessing
 from facecore.frontend import FrontEnd
 from facecore.registry import DETECTOR, MODELS, model_cache_dir, model_path
-from trainer.backbone import preprocessing_of
 from trainer.dlib.export import prepare_dlib_resnet
 from trainer.dlib.landmarks import prepare_landmark_model
 from trainer.dlib.reference import DlibPipeline
@@ -110,7 +109,7 @@ def main() -> int:
     source = model_path(settings, "dlib_resnet_v1_dat")
     onnx = prepare_dlib_resnet(source, model_cache_dir(settings))
     prepare_landmark_model(settings)
-    embedder = Embedder.load(onnx, preprocessing_of(spec), device="cpu", threads=THREADS)
+    embedder = Embedder.load(onnx, Preprocessing.of_model(spec), device="cpu", threads=THREADS)
     front_end = FrontEnd.for_model(settings, spec)
     chips = []
     detector = Detector(yunet)

@@ -40,7 +40,6 @@ from facecore.embedder import CHIPS, Embedder, Preprocessing
 from facecore.frontend import FrontEnd
 from facecore.registry import MODELS
 from facecore.sessions import create_session, gpu_present
-from trainer.backbone import preprocessing_of
 
 BATCHES = (1, 8, 32, 128)
 REPEATS = 20
@@ -105,7 +104,7 @@ def _run_float(
 
 
 def _recognition(onnx: Path, pool: NDArray[np.uint8]) -> tuple[list[dict[str, object]], float]:
-    preprocessing = preprocessing_of(MODELS["dlib_resnet_v1"])
+    preprocessing = Preprocessing.of_model(MODELS["dlib_resnet_v1"])
     embedders = {
         device: Embedder.load(onnx, preprocessing, device=device) for device in ("cuda", "cpu")
     }

@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from facecore.config import Settings
-from facecore.errors import ChecksumError, ModelError, ModelNotFoundError
+from facecore.errors import ChecksumError, ModelNotFoundError
 from facecore.registry import DETECTOR, MODELS, get_spec, model_cache_dir, model_path
 
 __all__ = ["Handler", "HelpFormatter", "Subparsers", "add_command", "register"]
@@ -208,12 +208,7 @@ def _models_triton_repo(settings: Settings, args: argparse.Namespace) -> int:
     from facecore.triton_repo import write_triton_repo
 
     spec = get_spec(args.model or settings.recognition.model)
-    if spec.kind != "recognizer":
-        raise ModelError(f"{spec.name} is a {spec.kind}, not a recognizer")
-    assert spec.input_size and spec.colour and spec.mean and spec.scale is not None
-    preprocessing = Preprocessing(
-        size=spec.input_size, colour=spec.colour, mean=spec.mean, scale=spec.scale
-    )
+    preprocessing = Preprocessing.of_model(spec)
     given = {"max_batch_size": args.max_batch_size, "max_queue_delay_us": args.max_queue_delay_us}
     config = write_triton_repo(
         args.directory,

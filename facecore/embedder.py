@@ -25,10 +25,19 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from facecore.errors import ModelLoadError
+from facecore.errors import ModelError, ModelLoadError
+from facecore.registry import ModelSpec
 from facecore.sessions import create_session
 
-__all__ = ["CHIPS", "ChipEmbedder", "Embedder", "Preprocessing", "with_chip_input"]
+__all__ = [
+    "CHIPS",
+    "ChipEmbedder",
+    "Embedder",
+    "Preprocessing",
+    "check_chips",
+    "unit_rows",
+    "with_chip_input",
+]
 
 CHIPS = "chips_uint8_bgr"  # the input name of a network rewritten by with_chip_input
 
@@ -46,6 +55,20 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.colour not in ("rgb", "bgr"):
             raise ValueError(f"colour must be 'rgb' or 'bgr', got {self.colour!r}")
+
+    @classmethod
+    def of_model(cls, spec: ModelSpec) -> Preprocessing:
+        """The input convention the registry pins for the recognizer ``spec``; raises
+        `ModelError` for a model that is not a recognizer."""
+        if (
+            spec.kind != "recognizer"
+            or spec.input_size is None
+            or spec.colour is None
+            or spec.mean is None
+            or spec.scale is None
+        ):
+            raise ModelError(f"{spec.name} is a {spec.kind}, not a recognizer")
+        return cls(size=spec.input_size, colour=spec.colour, mean=spec.mean, scale=spec.scale)
 
 
 def with_chip_input(model: onnx.ModelProto, preprocessing: Preprocessing) -> onnx.ModelProto:
@@ -89,6 +112,22 @@ def with_chip_input(model: onnx.ModelProto, preprocessing: Preprocessing) -> onn
     del graph.node[:]
     graph.node.extend(nodes + network_nodes)
     return rewritten
+
+
+def check_chips(chips: NDArray[np.uint8], size: tuple[int, int]) -> None:
+    """Raise ValueError unless ``chips`` are [N, height, width, 3] uint8 for ``size``
+    (width, height)."""
+    width, height = size
+    if chips.ndim != 4 or chips.shape[1:] != (height, width, 3) or chips.dtype != np.uint8:
+        raise ValueError(
+            f"expected chips [N, {height}, {width}, 3] uint8, got {chips.dtype} {chips.shape}"
+        )
+
+
+def unit_rows(raw: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Each row of ``raw`` [N, D] scaled to unit length (a zero row stays zero)."""
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    return raw / np.maximum(norms, np.float32(1e-12))
 
 
 class ChipEmbedder(Protocol):
@@ -152,17 +191,11 @@ class Embedder:
 
     def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """[N, H, W, 3] uint8 BGR chips -> [N, D] float32, each row of unit length."""
-        raw = self.embed_raw(chips)
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return raw / np.maximum(norms, np.float32(1e-12))
+        return unit_rows(self.embed_raw(chips))
 
     def embed_raw(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """The network's output as it is, [N, D] float32."""
-        width, height = self.preprocessing.size
-        if chips.ndim != 4 or chips.shape[1:] != (height, width, 3) or chips.dtype != np.uint8:
-            raise ValueError(
-                f"expected chips [N, {height}, {width}, 3] uint8, got {chips.dtype} {chips.shape}"
-            )
+        check_chips(chips, self.preprocessing.size)
         if len(chips) == 0:
             return np.zeros((0, self.dimension), np.float32)
         (out,) = self.session.run([self.output_name], {self.input_name: chips})

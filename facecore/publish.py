@@ -47,7 +47,8 @@ def bundles_dir(settings: Settings) -> Path:
     ``bundles_dir`` setting, else ``state_dir/bundles``. ``current`` holds a relative
     name and every step of a publish is a rename in this one directory, so the
     pointer stays atomic on a shared filesystem (NFS renames are atomic on the
-    server) mounted at any path on each box."""
+    server) mounted at any path on each box; how soon another box sees it is its
+    NFS client's attribute caching."""
     return settings.bundles_dir or settings.state_dir / "bundles"
 
 

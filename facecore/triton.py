@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore.embedder import CHIPS, Preprocessing
+from facecore.embedder import CHIPS, Preprocessing, check_chips, unit_rows
 from facecore.errors import InferenceServerError, ModelLoadError
 from facecore.triton_repo import PARAM_BACKBONE_SHA256, PARAM_PREPROCESSING, preprocessing_text
 
@@ -136,6 +136,7 @@ class TritonConnection:
             raise InferenceServerError(
                 self.url, f"{failure}; asking again in {self.retry_s - since:.1f} s"
             )
+        late = f"did not answer within {self.timeout_s * 1000:.0f} ms"
         try:
             # the client's own deadline ends the request; the margin covers a loop
             # that is slow to report it
@@ -144,18 +145,16 @@ class TritonConnection:
             status = str(exc.status())
             if status not in _UNAVAILABLE:
                 raise ModelLoadError(f"Triton at {self.url} refused the request: {exc}") from exc
-            late = status == "StatusCode.DEADLINE_EXCEEDED"
             reason = (
-                f"did not answer within {self.timeout_s * 1000:.0f} ms"
-                if late
+                late
+                if status == "StatusCode.DEADLINE_EXCEEDED"
                 else f"is unreachable ({exc.message()})"
             )
             self._failed(reason)
             raise InferenceServerError(self.url, reason) from exc
         except TimeoutError as exc:
-            reason = f"did not answer within {self.timeout_s * 1000:.0f} ms"
-            self._failed(reason)
-            raise InferenceServerError(self.url, reason) from exc
+            self._failed(late)
+            raise InferenceServerError(self.url, late) from exc
         with self._lock:
             self._failed_at = None
         return answer
@@ -198,17 +197,11 @@ class TritonEmbedder:
 
     def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """[N, H, W, 3] uint8 BGR chips -> [N, D] float32, each row of unit length."""
-        raw = self.embed_raw(chips)
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return raw / np.maximum(norms, np.float32(1e-12))
+        return unit_rows(self.embed_raw(chips))
 
     def embed_raw(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """The network's output as it is, [N, D] float32."""
-        width, height = self.preprocessing.size
-        if chips.ndim != 4 or chips.shape[1:] != (height, width, 3) or chips.dtype != np.uint8:
-            raise ValueError(
-                f"expected chips [N, {height}, {width}, 3] uint8, got {chips.dtype} {chips.shape}"
-            )
+        check_chips(chips, self.preprocessing.size)
         if len(chips) == 0:
             return np.zeros((0, self.dimension), np.float32)
         output = self.output_name or self._check_model()

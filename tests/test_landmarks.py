@@ -190,7 +190,7 @@ def _manifest(**fields: object) -> BundleManifest:
         store_revision=0,
         backbone_name="dlib_resnet_v1",
         backbone_sha256="",
-        preprocessing=Preprocessing((150, 150), "rgb", (122.782, 117.001, 104.298), 1 / 256),
+        preprocessing=Preprocessing.of_model(SPEC),
         template=SPEC.template or (),
         head_kind="prototypes",
         head_sha256="",

@@ -234,11 +234,8 @@ def _assert_same_person(
     """Every stored view is Lin-Manuel Miranda by the real dlib ResNet: closer to his
     shared photo than any view is to Barack Obama's."""
     spec = MODELS["dlib_resnet_v1"]
-    assert spec.input_size and spec.colour and spec.mean and spec.scale and spec.template
     embedder = Embedder.load(
-        model_path(settings, spec.name),
-        Preprocessing(spec.input_size, spec.colour, spec.mean, spec.scale),
-        device="cpu",
+        model_path(settings, spec.name), Preprocessing.of_model(spec), device="cpu"
     )
     front_end = FrontEnd.for_model(settings, spec)  # the stored crops, cut as served
 

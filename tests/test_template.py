@@ -14,10 +14,9 @@ from numpy.typing import NDArray
 
 from facecore.alignment import align_face, align_faces
 from facecore.detector import Detector
-from facecore.embedder import Embedder
+from facecore.embedder import Embedder, Preprocessing
 from facecore.errors import ModelError
 from facecore.registry import MODELS, get_spec, resolve_model
-from trainer.backbone import preprocessing_of
 from trainer.dlib.export import prepare_dlib_resnet
 from trainer.dlib.reference import SHAPE_PREDICTOR_5, DlibPipeline, match_boxes
 from trainer.dlib.template import (
@@ -53,7 +52,8 @@ def dlib(dlib_files: tuple[Path, Path]) -> DlibPipeline:
 @pytest.fixture(scope="module")
 def embedder(dlib_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Embedder:
     onnx = prepare_dlib_resnet(dlib_files[1], tmp_path_factory.mktemp("models"))
-    return Embedder.load(onnx, preprocessing_of(MODELS["dlib_resnet_v1"]), device="cpu", threads=2)
+    preprocessing = Preprocessing.of_model(MODELS["dlib_resnet_v1"])
+    return Embedder.load(onnx, preprocessing, device="cpu", threads=2)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,7 @@ from streamer.live.engine import Engine
 from streamer.live.fonts import FontSet
 
 DLIB = "dlib_resnet_v1"
+DLIB_PREPROCESSING = Preprocessing.of_model(MODELS[DLIB])
 PHOTOS = ("media/obama.jpg", "media/biden.jpg", "media/two_people.jpg", "media/alex-lacamoire.png")
 
 
@@ -199,23 +200,18 @@ def chips(settings: Settings, shared_file) -> np.ndarray:
     return found
 
 
-def _dlib_preprocessing() -> Preprocessing:
-    spec = MODELS[DLIB]
-    return Preprocessing(size=spec.input_size, colour=spec.colour, mean=spec.mean, scale=spec.scale)
-
-
 def _dlib_on(connection: TritonConnection, settings: Settings) -> TritonEmbedder:
     """The dlib ResNet on Triton, as a bundle of it asks for it."""
     backbone = sha256_file(model_path(settings, DLIB))
     return TritonEmbedder(
-        connection, DLIB, _dlib_preprocessing(), backbone_sha256=backbone, dimension=128
+        connection, DLIB, DLIB_PREPROCESSING, backbone_sha256=backbone, dimension=128
     )
 
 
 def test_triton_gives_the_embeddings_of_onnx_runtime(
     settings: Settings, triton_url: str, chips: np.ndarray
 ) -> None:
-    local = Embedder.load(model_path(settings, DLIB), _dlib_preprocessing(), device="cpu")
+    local = Embedder.load(model_path(settings, DLIB), DLIB_PREPROCESSING, device="cpu")
     with TritonConnection(triton_url, timeout_s=10.0) as connection:
         remote = _dlib_on(connection, settings)
         np.testing.assert_allclose(remote.embed_raw(chips), local.embed_raw(chips), atol=1e-4)
@@ -256,7 +252,7 @@ def test_triton_batches_requests_of_several_threads(
     stats.close()
     assert inferences == 4
     assert executions < 4  # Triton ran requests of different threads as one batch
-    local = Embedder.load(path, _dlib_preprocessing(), device="cpu")
+    local = Embedder.load(path, DLIB_PREPROCESSING, device="cpu")
     for i, row in results.items():
         np.testing.assert_allclose(row, local.embed(chips[i : i + 1]), atol=1e-4)
 
@@ -266,11 +262,11 @@ def test_triton_serving_another_network_is_refused(
 ) -> None:
     with TritonConnection(triton_url, timeout_s=10.0) as connection:
         other = TritonEmbedder(
-            connection, DLIB, _dlib_preprocessing(), backbone_sha256="f" * 64, dimension=128
+            connection, DLIB, DLIB_PREPROCESSING, backbone_sha256="f" * 64, dimension=128
         )
         with pytest.raises(ModelLoadError, match=r"sha256 .* the bundle's backbone is f{64}"):
             other.embed(chips)
-        moved = replace(_dlib_preprocessing(), mean=(0.0, 0.0, 0.0))
+        moved = replace(DLIB_PREPROCESSING, mean=(0.0, 0.0, 0.0))
         path = model_path(settings, DLIB)
         other = TritonEmbedder(
             connection, DLIB, moved, backbone_sha256=sha256_file(path), dimension=128

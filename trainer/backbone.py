@@ -13,14 +13,9 @@ from facecore.config import Settings
 from facecore.download import sha256_file
 from facecore.embedder import Embedder, Preprocessing
 from facecore.frontend import FrontEnd
-from facecore.registry import MODELS, ModelSpec, model_path
+from facecore.registry import MODELS, model_path
 
-__all__ = ["Backbone", "preprocessing_of"]
-
-
-def preprocessing_of(spec: ModelSpec) -> Preprocessing:
-    """The embedder's input convention, as the registry pins it for ``spec``."""
-    return Preprocessing(size=spec.input_size, colour=spec.colour, mean=spec.mean, scale=spec.scale)
+__all__ = ["Backbone"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,7 @@ class Backbone:
         path = model_path(settings, name)
         embedder = Embedder.load(
             path,
-            preprocessing_of(spec),
+            Preprocessing.of_model(spec),
             device=settings.recognition.device,
             threads=settings.recognition.threads,
         )
