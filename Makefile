@@ -6,8 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
 # Debian packages the tests use: a real browser, CJK fonts for names, systemd-analyze,
-# ffmpeg to make the browser's fake-camera file.
-DEB_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig systemd ffmpeg xvfb xdotool
+# ffmpeg to make the browser's fake-camera file, PostgreSQL and HAProxy for the several-boxes tests.
+DEB_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig systemd ffmpeg xvfb xdotool postgresql haproxy
 
 # The tests' Triton server (tests/triton_support.py) runs from a venv of its own:
 # nvidia-pytriton needs numpy < 2, which .venv cannot have.

@@ -27,6 +27,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from facecore.errors import ConfigError
 
 __all__ = [
     "DetectionSettings",
+    "EnrollmentSettings",
     "RecognitionSettings",
     "ServerSettings",
     "Settings",
@@ -46,6 +48,7 @@ __all__ = [
     "ensure_private_dir",
     "env_name",
     "load_settings",
+    "redacted_url",
     "setting_keys",
 ]
 
@@ -124,6 +127,15 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class EnrollmentSettings:
+    # None: the embedded SQLite store in state_dir/enrollment; "postgresql://user@host/db"
+    # for one store shared by several boxes. May hold a password: never printed or logged.
+    database_url: str | None = field(default=None, repr=False)
+    # how long a service waits for PostgreSQL before each retry, doubling up to this
+    connect_retry_max_s: float = _bounded(30.0, lo=0.1)
+
+
+@dataclass(frozen=True)
 class TrainerSettings:
     poll_seconds: float = _bounded(2.0, lo=0.05)
     keep_versions: int = _bounded(3, lo=1)
@@ -150,6 +162,7 @@ class Settings:
     recognition: RecognitionSettings = field(default_factory=RecognitionSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     # dotted key -> "default" | "config file PATH" | "environment FACESTREAM_X" |
     # "command line --x"; empty when the object was built by hand
@@ -169,6 +182,8 @@ class Settings:
             value = self.get(leaf.key)
             if leaf.key == "server.token":
                 shown = "(not set)" if value is None else "(set, hidden)"
+            elif leaf.key == "enrollment.database_url" and isinstance(value, str):
+                shown = redacted_url(value)
             else:
                 shown = _format(value)
             rows.append((leaf.key, shown, self.origins.get(leaf.key, DEFAULT_ORIGIN)))
@@ -212,6 +227,15 @@ def _env_aliases() -> dict[str, str]:
 
 def _cli_label(key: str) -> str:
     return "command line --" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _format(value: object) -> str:

@@ -99,6 +99,14 @@ def _global_options() -> argparse.ArgumentParser:
         "a shared folder for several boxes)",
     )
     add(
+        "--database-url",
+        dest="enrollment.database_url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the enrollment store on PostgreSQL (postgresql://USER@HOST/DB) instead of "
+        "SQLite in STATE_DIR; keep its password out of the command line (~/.pgpass)",
+    )
+    add(
         "--log-level",
         dest="log_level",
         choices=LOG_LEVELS,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.postgres_support import PostgresCluster, start_cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 YUNET_FILE = "models/face_detection_yunet_2026may.onnx"
@@ -65,3 +67,22 @@ def shared_file(shared_dir: Path) -> Callable[[str], Path]:
 def yunet_path(shared_dir: Path) -> Path:
     """The real YuNet detector (face_detection_yunet_2026may.onnx), checksum-verified."""
     return _checked(shared_dir, YUNET_FILE)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server on loopback for the whole run (``make test`` installs
+    Debian's ``postgresql``); tests that need it are skipped when it is not installed."""
+    cluster = start_cluster()
+    if cluster is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The URL of a new, empty database on the test server."""
+    return postgres_cluster.create_database()
