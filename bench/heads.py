@@ -32,7 +32,7 @@ from facecore.config import load_settings
 from facecore.detector import Detector
 from facecore.registry import DETECTOR, model_cache_dir, model_path
 from trainer.dlib.export import prepare_dlib_resnet
-from trainer.service import TrainerService, enrollment_dir
+from trainer.service import TrainerService
 
 DATASETS = {
     "lfw10": DEFAULT_POLICY,
@@ -62,7 +62,7 @@ def run_dataset(shared: Path, name: str, policy: IngestPolicy, state: Path, cach
                         model_cache_dir(settings))
     detector = Detector(model_path(settings, DETECTOR))
     folder = shared / "datasets" / name
-    with EnrollmentStore(enrollment_dir(settings)) as store:
+    with EnrollmentStore.from_settings(settings) as store:
         results = import_folder(store, detector, folder, progress=False, policy=policy)
     accepted = sum(r.accepted for r in results)
     print(f"\n== {name}: {accepted} of {len(results)} photos enrolled")
@@ -89,7 +89,7 @@ def run_dataset(shared: Path, name: str, policy: IngestPolicy, state: Path, cach
         assert idle.bundle is None
 
         person = sorted(p for p in folder.iterdir() if p.is_dir())[0]
-        with EnrollmentStore(enrollment_dir(settings)) as store:
+        with EnrollmentStore.from_settings(settings) as store:
             store.remove_person(store.find_person(folder_person_name(person.name)).id)
             again = import_folder(store, detector, folder, progress=False, policy=policy)
         added = sum(r.accepted for r in again)

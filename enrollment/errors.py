@@ -7,8 +7,11 @@
         ├── DuplicatePersonError    another person already has that display name
         ├── DuplicateSampleError    a sample with the same content is already stored
         ├── InvalidNameError        a display name that is empty or has control characters
-        └── StoreError              the store's database or files cannot be used (sqlite3
-                                    and OSError are translated to it with ``raise ... from``)
+        └── StoreError              the store's database or files cannot be used (sqlite3,
+            │                       psycopg and OSError are translated to it with ``raise
+            │                       ... from``)
+            └── StoreUnavailableError  the PostgreSQL server cannot be reached (for now:
+                                    services retry, the next call reconnects)
 
 A photo that is rejected (no face, too blurred...) is not an error: ingest returns an
 ``IngestResult`` saying why.
@@ -24,6 +27,7 @@ __all__ = [
     "EnrollmentError",
     "InvalidNameError",
     "StoreError",
+    "StoreUnavailableError",
     "UnknownPersonError",
     "UnknownSampleError",
 ]
@@ -73,4 +77,9 @@ class InvalidNameError(EnrollmentError):
 
 
 class StoreError(EnrollmentError):
-    """The store's SQLite database or sample files cannot be read or written."""
+    """The store's database or sample files cannot be read or written."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store's PostgreSQL server cannot be reached or the connection was lost; the
+    change in flight, if any, was not committed."""

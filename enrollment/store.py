@@ -1,22 +1,14 @@
-"""The enrollment store: enrolled people and their face samples, on disk.
+"""The enrollment store: enrolled people and their face samples.
 
-Layout under ``root`` (``settings.state_dir / "enrollment"``), owner-only because face
-data is biometric (directories 0700, files 0600)::
+Where it lives is one setting: by default a folder of this installation
+(``settings.state_dir / "enrollment"``: a SQLite file and the crops' files, see
+``enrollment.sqlite``); with ``enrollment.database_url`` a PostgreSQL database that
+several boxes share (``enrollment.postgres``). Both behave the same: every change to
+people or samples raises ``revision()``, and the trainer re-fits when it moves
+(``wait_for_change``); caching embeddings does not move it. A change commits whole
+or not at all, its crop included.
 
-    store.sqlite3                        people, samples, the embedding cache, the revision
-    samples/<person_id>/<sample_id>.png  one face crop with margin per sample
-
-SQLite runs in WAL mode with a busy timeout, so one process can write (the server)
-while another reads (the trainer). Every change to people or samples raises
-``revision()``; the trainer re-fits when it moves. Caching embeddings does not move it.
-
-Crash safety: a sample's file is written under a temporary name, fsynced and renamed
-while the database's write lock is held, and only then is its row committed. A crash
-before the commit leaves a file without a row; opening the store (which takes the same
-lock, so it never races a writer) deletes such files. A crash can therefore lose only
-the change that was in flight, never a committed one, and never leaves a half sample.
-
-One ``EnrollmentStore`` per thread (it owns one SQLite connection); open another one
+One ``EnrollmentStore`` per thread (it owns a database connection); open another one
 in each thread or process.
 """
 
@@ -26,7 +18,6 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +29,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from enrollment.database import SOURCES, Database
+from enrollment.database import SOURCES, Database, Session, is_postgres_url
 from enrollment.errors import (
     DuplicatePersonError,
     DuplicateSampleError,
@@ -46,12 +37,12 @@ from enrollment.errors import (
     UnknownPersonError,
     UnknownSampleError,
 )
-from enrollment.files import remove_path, write_private_file
 from enrollment.names import clean_name, name_key
-from facecore.config import Settings, ensure_private_dir
+from enrollment.postgres import PostgresDatabase
+from enrollment.sqlite import SqliteDatabase
+from facecore.config import Settings
 
 __all__ = [
-    "DATABASE",
     "SOURCES",
     "STORE_DIR",
     "EnrollmentStore",
@@ -59,13 +50,13 @@ __all__ = [
     "Quality",
     "Sample",
     "crop_sha256",
+    "open_database",
+    "store_location",
 ]
 
 log = logging.getLogger(__name__)
 
 STORE_DIR = "enrollment"  # under the state directory
-DATABASE = "store.sqlite3"
-_SAMPLES = "samples"
 _PERSON_COLUMNS = "p.id, p.name, p.created, p.updated, COUNT(s.id)"
 _SAMPLE_COLUMNS = (
     "id, person_id, landmarks, face_px, sharpness, frontalness, score, source, sha256, created"
@@ -94,7 +85,7 @@ class Quality:
 class Sample:
     id: str
     person_id: str
-    path: Path  # the crop, a PNG
+    path: Path | None  # the crop's PNG file (SQLite store); None: in the database
     landmarks: NDArray[np.float32] = field(compare=False)  # [5, 2] in crop pixels, YuNet order
     quality: Quality
     source: str  # "photo" | "folder" | "live"
@@ -110,34 +101,39 @@ def crop_sha256(crop: NDArray[np.uint8]) -> str:
     return digest.hexdigest()
 
 
-class EnrollmentStore:
-    """People and face samples in ``root``; see the module docstring."""
+def open_database(location: Path | str) -> Database:
+    """The database at ``location``: a ``postgresql://`` URL, or the folder of a SQLite
+    store (made when missing)."""
+    if is_postgres_url(location):
+        return PostgresDatabase(str(location))
+    if isinstance(location, str) and "://" in location:
+        scheme = location.partition("://")[0]
+        raise StoreError(f"the enrollment database URL must be postgresql://..., not {scheme}://")
+    return SqliteDatabase(Path(location))
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.path = self.root / DATABASE
-        self._samples_dir = self.root / _SAMPLES
-        try:
-            ensure_private_dir(self.root)
-            ensure_private_dir(self._samples_dir)
-        except OSError as exc:
-            raise StoreError(f"cannot create the enrollment store {self.root}: {exc}") from exc
-        self._db = Database(self.path)
-        try:
-            self._remove_orphans()
-        except BaseException:
-            self.close()
-            raise
+
+def store_location(settings: Settings) -> Path | str:
+    """``enrollment.database_url`` when set, else ``state_dir/enrollment``."""
+    return settings.enrollment.database_url or settings.state_dir / STORE_DIR
+
+
+class EnrollmentStore:
+    """People and face samples at ``location``: the folder of a SQLite store (made
+    when missing) or a ``postgresql://`` URL; see the module docstring."""
+
+    def __init__(self, location: Path | str) -> None:
+        self.db = open_database(location)
+        self.where = self.db.where  # for messages: the folder or the URL
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EnrollmentStore:
-        """The store of this installation: ``settings.state_dir / "enrollment"``."""
-        return cls(settings.state_dir / STORE_DIR)
+        """The store of this installation (`store_location`)."""
+        return cls(store_location(settings))
 
     # --- lifetime -------------------------------------------------------------------
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
     def __enter__(self) -> EnrollmentStore:
         return self
@@ -154,13 +150,17 @@ class EnrollmentStore:
 
     def revision(self) -> int:
         """A number that rises with every committed change to people or samples."""
-        return int(self._db.query("SELECT value FROM meta WHERE key = 'revision'")[0][0])
+        return int(self.db.query("SELECT value FROM meta WHERE key = 'revision'")[0][0])
+
+    def wait_for_change(self, revision: int, timeout: float) -> None:
+        """Return once ``revision()`` is no longer ``revision``, or after ``timeout`` s."""
+        self.db.wait_for_change(revision, timeout)
 
     def add_person(self, name: str) -> Person:
         name = clean_name(name)
         now = _now()
         person_id = secrets.token_hex(8)
-        with self._db.change() as conn:
+        with self.db.change() as conn:
             self._check_name_free(conn, name, person_id)
             conn.execute(
                 "INSERT INTO people (id, name, name_key, created, updated) VALUES (?, ?, ?, ?, ?)",
@@ -192,7 +192,7 @@ class EnrollmentStore:
 
     def rename_person(self, person_id: str, name: str) -> Person:
         name = clean_name(name)
-        with self._db.change() as conn:
+        with self.db.change() as conn:
             self._require_person(conn, person_id)
             self._check_name_free(conn, name, person_id)
             conn.execute(
@@ -203,10 +203,10 @@ class EnrollmentStore:
 
     def remove_person(self, person_id: str) -> None:
         """Erase a person: their rows, their cached embeddings, their sample files."""
-        with self._db.change() as conn:
+        with self.db.change() as conn:
             self._require_person(conn, person_id)
             conn.execute("DELETE FROM people WHERE id = ?", (person_id,))  # cascades
-        self._erase(self._samples_dir / person_id)
+        self.db.erase(person_id, None)
 
     # --- samples --------------------------------------------------------------------
 
@@ -236,9 +236,8 @@ class EnrollmentStore:
             raise StoreError(f"OpenCV could not encode a {crop.shape} crop as PNG")
         sample_id = secrets.token_hex(8)
         now = _now()
-        path = self._samples_dir / person_id / f"{sample_id}.png"
         try:
-            with self._db.change() as conn:
+            with self.db.change() as conn:
                 self._require_person(conn, person_id)
                 duplicate = conn.execute(
                     "SELECT s.id, p.name FROM samples s JOIN people p ON p.id = s.person_id "
@@ -247,10 +246,7 @@ class EnrollmentStore:
                 ).fetchone()
                 if duplicate is not None:
                     raise DuplicateSampleError(digest, duplicate[0], duplicate[1])
-                try:
-                    write_private_file(path, png.tobytes())
-                except OSError as exc:
-                    raise StoreError(f"cannot write the sample file {path}: {exc}") from exc
+                self.db.put_crop(conn, person_id, sample_id, png.tobytes())
                 conn.execute(
                     f"INSERT INTO samples ({_SAMPLE_COLUMNS}) VALUES ({', '.join('?' * 10)})",
                     (
@@ -261,42 +257,41 @@ class EnrollmentStore:
                 )
                 conn.execute("UPDATE people SET updated = ? WHERE id = ?", (now, person_id))
         except BaseException:
-            path.unlink(missing_ok=True)  # not committed: the file must not stay either
+            self.db.discard_crop(person_id, sample_id)  # not committed: nor its crop
             raise
+        path = self.db.crop_path(person_id, sample_id)
         return Sample(sample_id, person_id, path, _frozen(points), quality, source, digest, now)
 
     def remove_sample(self, sample_id: str) -> None:
-        with self._db.change() as conn:
+        with self.db.change() as conn:
             query = "SELECT person_id FROM samples WHERE id = ?"
             row = conn.execute(query, (sample_id,)).fetchone()
             if row is None:
                 raise UnknownSampleError(sample_id)
             conn.execute("DELETE FROM samples WHERE id = ?", (sample_id,))  # and its embeddings
             conn.execute("UPDATE people SET updated = ? WHERE id = ?", (_now(), row[0]))
-        self._erase(self._samples_dir / row[0] / f"{sample_id}.png")
+        self.db.erase(row[0], sample_id)
 
     def samples(self, person_id: str | None = None) -> list[Sample]:
         """Samples, oldest first: everyone's, or one person's."""
         if person_id is None:
-            rows = self._db.query(f"SELECT {_SAMPLE_COLUMNS} FROM samples ORDER BY created, id")
+            rows = self.db.query(f"SELECT {_SAMPLE_COLUMNS} FROM samples ORDER BY created, id")
         else:
-            rows = self._db.query(
+            rows = self.db.query(
                 f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE person_id = ? ORDER BY created, id",
                 (person_id,),
             )
-            if not rows and not self._db.query("SELECT 1 FROM people WHERE id = ?", (person_id,)):
+            if not rows and not self.db.query("SELECT 1 FROM people WHERE id = ?", (person_id,)):
                 raise UnknownPersonError(person_id)
         return [self._sample(row) for row in rows]
 
     def load_crop(self, sample: Sample) -> NDArray[np.uint8]:
         """The sample's crop [h, w, 3] uint8 BGR, checked against its content hash."""
-        try:
-            data = np.fromfile(sample.path, np.uint8)
-        except OSError as exc:
-            raise StoreError(f"cannot read sample {sample.id} ({sample.path}): {exc}") from exc
-        crop = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        png = self.db.read_crop(sample.person_id, sample.id)
+        crop = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
         if crop is None or crop_sha256(crop) != sample.sha256:
-            raise StoreError(f"sample {sample.id} ({sample.path}) is damaged: content hash differs")
+            where = sample.path or self.where
+            raise StoreError(f"sample {sample.id} ({where}) is damaged: content hash differs")
         return crop
 
     # --- embedding cache ------------------------------------------------------------
@@ -310,7 +305,7 @@ class EnrollmentStore:
         found: dict[str, NDArray[np.float32]] = {}
         for start in range(0, len(hashes), _IN_CHUNK):
             chunk = hashes[start : start + _IN_CHUNK]
-            rows = self._db.query(
+            rows = self.db.query(
                 "SELECT sample_sha256, vector FROM embeddings WHERE backbone_sha256 = ? "
                 f"AND sample_sha256 IN ({', '.join('?' * len(chunk))})",
                 (backbone_sha256, *chunk),
@@ -331,17 +326,19 @@ class EnrollmentStore:
             if array.ndim != 1 or not np.isfinite(array).all():
                 raise ValueError(f"embedding for {digest} must be [D] finite, got {array.shape}")
             rows.append((backbone_sha256, digest, array.astype("<f4").tobytes(), digest))
-        with self._db.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO embeddings (backbone_sha256, sample_sha256, vector) "
-                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM samples WHERE sha256 = ?)",
+                "INSERT INTO embeddings (backbone_sha256, sample_sha256, vector) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM samples WHERE sha256 = ?) "
+                "ON CONFLICT (backbone_sha256, sample_sha256) "
+                "DO UPDATE SET vector = excluded.vector",
                 rows,
             )
 
     # --- internals ------------------------------------------------------------------
 
     def _people(self, where: str, params: Sequence[object]) -> list[Person]:
-        rows = self._db.query(
+        rows = self.db.query(
             f"SELECT {_PERSON_COLUMNS} FROM people p LEFT JOIN samples s ON s.person_id = p.id "
             f"{where} GROUP BY p.id ORDER BY p.name_key",
             params,
@@ -353,7 +350,7 @@ class EnrollmentStore:
         return Sample(
             id=sample_id,
             person_id=person_id,
-            path=self._samples_dir / person_id / f"{sample_id}.png",
+            path=self.db.crop_path(person_id, sample_id),
             landmarks=_frozen(np.asarray(json.loads(landmarks), np.float32)),
             quality=Quality(face_px, sharp, frontal, score),
             source=source,
@@ -362,49 +359,17 @@ class EnrollmentStore:
         )
 
     @staticmethod
-    def _require_person(conn: sqlite3.Connection, person_id: str) -> None:
+    def _require_person(conn: Session, person_id: str) -> None:
         if conn.execute("SELECT 1 FROM people WHERE id = ?", (person_id,)).fetchone() is None:
             raise UnknownPersonError(person_id)
 
     @staticmethod
-    def _check_name_free(conn: sqlite3.Connection, name: str, person_id: str) -> None:
+    def _check_name_free(conn: Session, name: str, person_id: str) -> None:
         row = conn.execute(
             "SELECT id FROM people WHERE name_key = ? AND id != ?", (name_key(name), person_id)
         ).fetchone()
         if row is not None:
             raise DuplicatePersonError(name, row[0])
-
-    def _erase(self, path: Path) -> None:
-        """Delete committed-away sample files, then push the deleted rows out of the
-        write-ahead log so no copy of them stays on disk."""
-        try:
-            remove_path(path)
-        except OSError as exc:
-            raise StoreError(
-                f"the rows are deleted but {path} could not be erased ({exc}); "
-                "it is erased the next time the store is opened"
-            ) from exc
-        self._db.scrub()
-
-    def _remove_orphans(self) -> None:
-        """Delete sample files without a committed row (a crash between a sample's file
-        write and its commit) and temporary files. Runs under the write lock, so a
-        writer in another process is never between its file write and its commit."""
-        with self._db.transaction() as conn:
-            people = {row[0] for row in conn.execute("SELECT id FROM people")}
-            known = {f"{p}/{s}.png" for p, s in conn.execute("SELECT person_id, id FROM samples")}
-            try:
-                for folder in self._samples_dir.iterdir():
-                    if folder.name not in people or not folder.is_dir():
-                        log.info("removing %s: no such person in the store", folder)
-                        remove_path(folder)
-                        continue
-                    for file in folder.iterdir():
-                        if f"{folder.name}/{file.name}" not in known:
-                            log.info("removing %s: not a committed sample", file)
-                            remove_path(file)
-            except OSError as exc:
-                raise StoreError(f"cannot clean up {self._samples_dir}: {exc}") from exc
 
 
 def _now() -> str:

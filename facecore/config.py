@@ -117,6 +117,8 @@ class ServerSettings:
     token: str | None = field(default=None, repr=False)  # never printed or logged
     max_sessions: int = _bounded(4, lo=1)
     ice_servers: tuple[str, ...] = ()
+    # load balancers (addresses or networks) whose X-Forwarded-For/-Proto are believed
+    trusted_proxies: tuple[str, ...] = ()
     max_upload_mb: int = _bounded(10, lo=1)
     # server processes on the one port (SO_REUSEPORT); 1 = this process alone. A
     # worker pays off only past one core's worth of video: see docs/benchmarks.md.

@@ -15,6 +15,7 @@ Anything else is a bug and keeps its traceback.
     ├── InferenceServerError   the inference server (Triton) is unreachable or did not
     │                          answer in time: names its URL; may pass by itself
     ├── BundleError            a trained bundle is missing, incomplete or inconsistent
+    │   └── PublishError       the bundles folder cannot be written (read-only, its owner)
     └── SourceError            a video or image source cannot be opened or read
 
 Foreign errors (OSError, onnxruntime, cv2, sqlite3, tritonclient) are translated where they happen,
@@ -35,6 +36,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "PublishError",
     "SourceError",
 ]
 
@@ -156,6 +158,11 @@ class InferenceServerError(FacestreamError):
 
 class BundleError(FacestreamError):
     """A trained bundle (model + gallery + metadata) is missing or inconsistent."""
+
+
+class PublishError(BundleError):
+    """A bundle cannot be written into the bundles folder: it is read-only (a shared
+    filesystem mounted so), belongs to another user, or is full."""
 
 
 class SourceError(FacestreamError):

@@ -12,11 +12,12 @@ bundle and every ``vNNNNNN`` complete; leftovers (any hidden entry) are removed 
 the next publish. The model files of a published bundle are never modified; only the
 trainer's training report beside them may be completed later, file by file with a
 rename (see ``trainer.fitting.building``). One writer at a time: the trainer holds
-``state_dir/trainer.lock`` (``trainer.lock``).
+its lock (``trainer.lock``: a file lock, or an advisory lock in a PostgreSQL store).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from facecore.bundle import Bundle
 from facecore.config import Settings
+from facecore.errors import PublishError
 from facecore.files import fsync_path
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 CURRENT = "current"
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _VERSION = re.compile(r"^v(\d{6})$")
 
 
@@ -77,7 +80,20 @@ def publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int =
     bundle into the (not yet existing) ``directory`` and return it (as
     ``facecore.bundle.write_bundle`` does: checked, without reading it back); it is
     then renamed into place and ``current`` switched to it. The newest ``keep``
-    versions are kept. Returns the published bundle, at its final path."""
+    versions are kept. Returns the published bundle, at its final path.
+    ``PublishError`` when the folder cannot be written; ``current`` is then unchanged."""
+    try:
+        return _publish(bundles_dir, build, keep)
+    except OSError as exc:
+        detail = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc
+        hint = (" (the trainer's user must be able to write there: is it mounted "
+                "read-only, or owned by another user?)") if exc.errno in _NOT_WRITABLE else ""
+        raise PublishError(
+            f"cannot publish a model bundle in {bundles_dir}: {detail}{hint}"
+        ) from exc
+
+
+def _publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int) -> Bundle:
     bundles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _remove_leftovers(bundles_dir)
     version = next_version(bundles_dir)

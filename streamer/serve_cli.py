@@ -100,6 +100,15 @@ def register_serve(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPa
         help="comma-separated stun:HOST:PORT / turn:USER:PASS@HOST:PORT for other networks",
     )
     add(
+        "--trusted-proxies",
+        "--trusted-proxy",
+        dest="server.trusted_proxies",
+        default=None,
+        metavar="ADDRS",
+        help="comma-separated addresses or networks of load balancers whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed (see README, Several boxes)",
+    )
+    add(
         "--workers",
         dest="server.workers",
         default=None,

@@ -38,13 +38,16 @@ class Prepared:
 
 
 def prepare(settings: Settings) -> Prepared:
-    """Check the ICE servers and make (or load) the certificate and the token."""
+    """Check the ICE servers and the trusted proxies; make (or load) the certificate
+    and the token."""
     from streamer.web import announce, tls
     from streamer.web.auth import load_or_create_token
+    from streamer.web.forwarded import parse_trusted_proxies
     from streamer.web.signalling import parse_ice_servers
 
     server = settings.server
     parse_ice_servers(server.ice_servers, settings.origins.get("server.ice_servers"))
+    parse_trusted_proxies(server.trusted_proxies, settings.origins.get("server.trusted_proxies"))
     addresses = tuple(announce.lan_addresses(server.host))
     pair = None if server.http else tls.ensure_certificate(settings, list(addresses))
     token, created = load_or_create_token(settings)
@@ -59,7 +62,8 @@ def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextI
     scheme = "http" if settings.server.http else "https"
     urls = announce.server_urls(scheme, list(prepared.addresses), port)
     new_token = (prepared.token, token_path(settings)) if prepared.token_created else None
-    print(_startup_text(scheme, urls, prepared.pair, new_token), file=out, flush=True)
+    behind = bool(settings.server.trusted_proxies)
+    print(_startup_text(scheme, urls, prepared.pair, new_token, behind), file=out, flush=True)
     if settings.server.metrics_port:
         from facecore.metrics_export import serve_metrics
 
@@ -136,11 +140,17 @@ def _startup_text(
     urls: Sequence[str],
     pair: CertificatePair | None,
     new_token: tuple[str, Path] | None,
+    behind_proxy: bool,
 ) -> str:
     from streamer.web.tls import fingerprint
 
     lines = []
-    if scheme == "http":
+    if scheme == "http" and behind_proxy:
+        lines.append(
+            "plain HTTP behind a load balancer (server.trusted_proxies): phones open "
+            "the balancer's https:// address, not this one"
+        )
+    elif scheme == "http":
         lines.append(
             "WARNING: plain HTTP (--http): phones will not open the camera; "
             "use it on this machine (http://localhost) or for tests only."

@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.postgres_support import PostgresCluster, start_cluster
+from postgres_support import PostgresCluster, start_cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 YUNET_FILE = "models/face_detection_yunet_2026may.onnx"

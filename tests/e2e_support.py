@@ -107,10 +107,17 @@ class Installation:
         return done.stdout
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        """Start ``facestream ARGS``, its output in ``logs/NAME.log``."""
+        return self.start_command(name, self.command(*args), env)
+
+    def start_command(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> Process:
+        """Start any program beside the installation (HAProxy, say), logged the same way."""
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                self.command(*args), env={**self.env, **(env or {})}, cwd=self.code,
+                argv, env={**self.env, **(env or {})}, cwd=self.code,
                 stdout=out, stderr=subprocess.STDOUT,
             )
         process = Process(name, popen, log)

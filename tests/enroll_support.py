@@ -7,6 +7,7 @@ Not a test module (pytest collects only ``test_*.py``); the test files import it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import time
@@ -106,6 +107,7 @@ class Phone:
     pc: RTCPeerConnection
     channel: RTCDataChannel
     received: list[tuple[float, dict[str, object]]] = field(default_factory=list)
+    worker: str = ""  # the X-Facestream-Worker (pid) of the server that answered
 
     @property
     def messages(self) -> list[dict[str, object]]:
@@ -136,9 +138,12 @@ class Phone:
         await self.pc.close()
 
 
-async def connect_phone(url: str, token: str, track: MediaStreamTrack) -> Phone:
+async def connect_phone(
+    url: str, token: str, track: MediaStreamTrack, http: aiohttp.ClientSession | None = None
+) -> Phone:
     """Offer ``track`` to the server at ``url`` with an ``events`` channel, as the
-    phone page does; returns once the channel is open."""
+    phone page does; returns once the channel is open. ``http``: the session to post
+    the offer with (its cookies, its TLS context); a new one by default."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     channel = pc.createDataChannel("events")
     phone = Phone(pc, channel)
@@ -149,13 +154,17 @@ async def connect_phone(url: str, token: str, track: MediaStreamTrack) -> Phone:
     await pc.setLocalDescription(await pc.createOffer())
     offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
     try:
-        async with (
-            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,
-            http.post(url + "/api/webrtc/offer", json=offer) as response,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            if http is None:
+                http = await stack.enter_async_context(aiohttp.ClientSession())
+            response = await stack.enter_async_context(http.post(
+                url + "/api/webrtc/offer", json=offer,
+                headers={"Authorization": f"Bearer {token}"},
+            ))
             if response.status != 200:
                 raise AssertionError(f"offer refused: {response.status} {await response.text()}")
             answer = await response.json()
+            phone.worker = response.headers["X-Facestream-Worker"]
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(opened.wait(), 10)
     except BaseException:

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.triton_support import free_port
+from e2e_support import free_port
 
 __all__ = ["PostgresCluster", "find_pg_bin", "start_cluster"]
 

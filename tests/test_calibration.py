@@ -40,8 +40,10 @@ def installation(shared_dir: Path, tmp_path: Path) -> Iterator[Installation]:
 def test_eval_calibrate_makes_the_shipped_figures_again(
     installation: Installation, shared_dir: Path, tmp_path: Path
 ) -> None:
-    """The shipped lfw10 figures come out again, bit for bit, from the command on the
-    shared set: the file says truthfully which data and code made it."""
+    """The shipped lfw10 figures come out again from the command on the shared set:
+    the same data and counts exactly, the scores to float noise (another CPU's ONNX
+    Runtime kernels round differently in the last bits): the file says truthfully
+    which data and code made it."""
     output = tmp_path / "calibration.json"
     printed = installation.run(
         "eval", "calibrate", str(shared_dir / "datasets" / "lfw10"), "--output", str(output),
@@ -52,7 +54,12 @@ def test_eval_calibrate_makes_the_shipped_figures_again(
     shipped = load_calibration(SHIPPED, get_spec(MODEL))
     (ours,) = made.datasets
     (theirs,) = [t for t in shipped.datasets if t.dataset == "lfw10"]
-    assert ours == theirs
+    exact = ("dataset", "images", "people", "data_sha256", "impostor_count", "genuine_count")
+    assert [getattr(ours, k) for k in exact] == [getattr(theirs, k) for k in exact]
+    assert len(ours.curve) == len(theirs.curve)
+    figures = lambda t: [t.genuine_median, t.tail_far, t.tail_start, t.tail_scale,  # noqa: E731
+                         *(x for point in t.curve for x in point)]
+    assert figures(ours) == pytest.approx(figures(theirs), rel=1e-5, abs=1e-6)
     assert made.command == "facestream eval calibrate lfw10"
 
 

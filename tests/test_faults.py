@@ -1,6 +1,7 @@
 """Faults with real processes: a bundle publisher, a store writer and `facestream
 serve` taking uploads, each killed with SIGKILL at seeded random moments; a disk that
-fills up under the store (a tiny tmpfs, needs root); a network stream that vanishes
+fills up under the store (a tiny tmpfs, needs root); a bundles folder mounted
+read-only under the trainer; a network stream that vanishes
 and comes back under a running `facestream run`. (A bundle corrupted on disk:
 tests/test_reload.py; an HTTP camera that vanishes: tests/test_sources.py.)"""
 
@@ -245,6 +246,44 @@ def test_a_full_disk_refuses_the_sample_clearly_and_loses_nothing(tiny_disk: Pat
     with EnrollmentStore(root) as store:  # space again: the store goes on
         store.add_sample(person.id, noise(), LANDMARKS, QUALITY, "photo")
     assert _check_store(root) == 4
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """An empty folder mounted read-only (a tmpfs; needs root, as in CI), as a shared
+    filesystem exported read-only would be; skipped where it cannot be mounted."""
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs ({done.stderr.strip()})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_read_only_bundles_folder_is_a_clear_error_and_the_trainer_waits_it_out(
+    shared_dir: Path, tmp_path: Path, read_only_dir: Path
+) -> None:
+    box = Installation.create(shared_dir, tmp_path / "box")
+    box.global_options += ["--bundles-dir", str(read_only_dir)]
+    once = box.attempt("trainer", "--once", timeout=120)
+    assert once.returncode == 2, once.stdout + once.stderr
+    assert (f"facestream: error: cannot publish a model bundle in {read_only_dir}: "
+            "Read-only file system") in once.stderr, once.stderr
+    assert "mounted read-only" in once.stderr and "Traceback" not in once.stderr
+
+    trainer = box.start("trainer", "trainer")  # the service logs it and keeps running
+    try:
+        await until(lambda: "cannot publish a model bundle" in trainer.output(), 90,
+                    "the trainer to report the read-only folder", trainer)
+        assert trainer.popen.poll() is None and "Traceback" not in trainer.output()
+        subprocess.run(["mount", "-o", "remount,rw", str(read_only_dir)], check=True)
+        box.run("enroll", "add", "Barack Obama", str(shared_dir / "media" / "obama.jpg"))
+        await until(lambda: current_bundle_dir(read_only_dir) is not None, 60,
+                    "a bundle once the folder can be written and the store changes", trainer)
+    finally:
+        trainer.stop()
 
 
 def _stream(clip: Path, port: int, frames: int) -> subprocess.Popen[bytes]:

@@ -81,7 +81,7 @@ def test_import_shared_people_then_remove_one_and_add_back(
     biden_files = [s.path for s in store.samples(biden.id)]
     store.remove_person(biden.id)
     assert not any(p.exists() for p in biden_files)
-    assert len(_files(store.root)) == 4
+    assert len(_files(store.db.root)) == 4
 
     again = import_folder(store, detector, people_dir, progress=False)
     assert {Path(r.path).name: r.outcome for r in again} == {
@@ -93,7 +93,7 @@ def test_import_shared_people_then_remove_one_and_add_back(
     }
     returned = store.find_person("joe biden")
     assert returned.id != biden.id and returned.sample_count == 1
-    assert len(store.list_people()) == 4 and len(_files(store.root)) == 5
+    assert len(store.list_people()) == 4 and len(_files(store.db.root)) == 5
 
 
 def test_bad_and_good_inputs(
@@ -155,7 +155,7 @@ def test_bad_and_good_inputs(
             assert result.sample_id is not None and store.revision() == revision + 1
         else:
             assert result.sample_id is None and store.revision() == revision
-    assert len(_files(store.root)) == 2  # the two accepted photos, nothing else
+    assert len(_files(store.db.root)) == 2  # the two accepted photos, nothing else
 
     # the same photo again, as uploaded bytes: a duplicate, named in the result
     again = ingest_photo(

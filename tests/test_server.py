@@ -287,6 +287,49 @@ async def test_wrong_tokens_are_slowed_down_per_client(
         assert "not-the-token" not in caplog.text
 
 
+async def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_on_its_own(
+    shared_dir: Path, tmp_path: Path, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer at 127.0.0.2 (``server.trusted_proxies``) forwards two phones:
+    the one guessing waits, the other signs in, over HTTPS as far as its cookie
+    knows. A client at 127.0.0.3 that forges the headers gains nothing by it."""
+    from streamer.web.auth import FREE_TRIES
+
+    behind = server_settings(shared_dir, tmp_path / "state", tmp_path / "cache",
+                             trusted_proxies="127.0.0.2")
+    balancer = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    forger = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+
+    async def login(http: aiohttp.ClientSession, token: str, phone: str) -> aiohttp.ClientResponse:
+        headers = {"X-Forwarded-For": phone, "X-Forwarded-Proto": "https"}
+        async with http.post(server.url + "/login", data={"token": token}, headers=headers,
+                             allow_redirects=False) as r:
+            return r
+
+    async with (
+        live_server(behind, engine) as server,
+        aiohttp.ClientSession(connector=balancer) as proxy,
+        aiohttp.ClientSession(connector=forger) as forging,
+    ):
+        with caplog.at_level(logging.WARNING, logger="streamer.web.auth"):
+            guesses = [(await login(proxy, f"guess-{i:012}", "198.51.100.7")).status
+                       for i in range(FREE_TRIES + 2)]
+        assert guesses == [401] * (FREE_TRIES + 1) + [429], guesses
+        assert "wrong token (login) from 198.51.100.7" in caplog.text
+        assert "from 127.0.0.2" not in caplog.text
+
+        signed_in = await login(proxy, TOKEN, "198.51.100.8")  # another phone, same balancer
+        assert signed_in.status == 303
+        cookie = signed_in.cookies[COOKIE_NAME]
+        assert cookie["secure"], "the phone spoke HTTPS to the balancer: the cookie is Secure"
+
+        forged = [(await login(forging, f"guess-{i:012}", f"198.51.100.{i}")).status
+                  for i in range(FREE_TRIES + 2)]
+        assert forged[-1] == 429, forged  # counted as 127.0.0.3, whatever it claims
+        plain = await login(forging, TOKEN, "198.51.100.9")
+        assert plain.status == 429
+
+
 async def test_sessions_end_at_logout_and_when_the_token_changes(
     shared_dir: Path, tmp_path: Path, engine: Engine
 ) -> None:
@@ -443,20 +486,29 @@ async def test_a_server_failure_is_a_500_with_the_security_headers(
     assert "RuntimeError: a bug with internal details" in caplog.text
 
 
-async def test_past_the_session_limit_is_503_until_a_slot_frees(
+async def _ready(server: LiveServer) -> int:
+    """``GET /ready`` with no token, as a load balancer's health check asks."""
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/ready") as r:
+        return r.status
+
+
+async def test_past_the_session_limit_is_503_and_not_ready_until_a_slot_frees(
     settings: Settings, engine: Engine
 ) -> None:
     from streamer.web.server import PEERS
 
     async with live_server(settings, engine) as server:
+        assert await _ready(server) == 200
         first = await connect(server, VideoStreamTrack())
         assert await first.wait_for(lambda: len(first.frames) > 0, timeout=10)
         body = {"sdp": await _offer_sdp(VideoStreamTrack()), "type": "offer"}
         status, answer = await post_offer(server, body)
         assert status == 503 and "1 sessions are in use" in str(answer["reason"])
+        assert await _ready(server) == 503  # a load balancer sends new phones elsewhere
         await first.close()
         peers = server.app[PEERS]
         assert await first.wait_for(lambda: len(peers) == 0, timeout=5)
+        assert await _ready(server) == 200
         second = await connect(server, VideoStreamTrack())
         assert await second.wait_for(lambda: len(second.frames) > 0, timeout=10)
         await second.close()

@@ -1,6 +1,7 @@
-"""The enrollment store on a real SQLite file: people, samples, the embedding cache,
-file modes, crash safety (a real process killed between a sample's file write and its
-commit) and two processes at once."""
+"""The enrollment store on a real SQLite file and on a real PostgreSQL server: people,
+samples, the embedding cache, erasure and two processes at once on both; file modes and
+crash safety (a real process killed between a sample's file write and its commit) on
+SQLite, migrations on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from enrollment.errors import (
@@ -25,7 +27,9 @@ from enrollment.errors import (
     UnknownSampleError,
 )
 from enrollment.files import TEMP_PREFIX
-from enrollment.store import DATABASE, EnrollmentStore, Quality, crop_sha256
+from enrollment.postgres import PostgresDatabase
+from enrollment.sqlite import DATABASE, SqliteDatabase
+from enrollment.store import EnrollmentStore, Quality, Sample, crop_sha256
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LANDMARKS = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
@@ -36,10 +40,33 @@ def _crop(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (64, 60, 3), np.uint8)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new store lives: a SQLite folder, or a new PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "enrollment")
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EnrollmentStore]:
-    with EnrollmentStore(tmp_path / "enrollment") as opened:
+def store(location: str) -> Iterator[EnrollmentStore]:
+    with EnrollmentStore(location) as opened:
         yield opened
+
+
+def _sql(store: EnrollmentStore, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+    """A statement on the PostgreSQL store's own database, as the test's superuser."""
+    assert isinstance(store.db, PostgresDatabase)
+    with psycopg.connect(store.db.url, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _crops_held(store: EnrollmentStore) -> int:
+    """How many crops the store keeps: files (SQLite) or rows (PostgreSQL)."""
+    if isinstance(store.db, SqliteDatabase):
+        return sum(1 for p in (store.db.root / "samples").rglob("*") if p.is_file())
+    return _sql(store, "SELECT count(*) FROM crops")[0][0]
 
 
 def test_people_names_any_script_unique_without_case(store: EnrollmentStore) -> None:
@@ -113,7 +140,7 @@ def test_samples_round_trip_and_duplicates(store: EnrollmentStore) -> None:
     crop = _crop(1)
     sample = store.add_sample(ada.id, crop, LANDMARKS, QUALITY, "photo")
     assert sample.sha256 == crop_sha256(crop)
-    assert sample.path.is_file()
+    assert (sample.path is not None) == isinstance(store.db, SqliteDatabase)
     assert store.samples() == [sample]
     assert store.samples(ada.id) == [sample] and store.samples(bob.id) == []
     [read] = store.samples(ada.id)
@@ -131,12 +158,10 @@ def test_samples_round_trip_and_duplicates(store: EnrollmentStore) -> None:
     with pytest.raises(ValueError, match="source"):
         store.add_sample(ada.id, _crop(3), LANDMARKS, QUALITY, "scanner")
     assert store.revision() == revision  # refused changes change nothing
-    assert sorted(p.name for p in (store.root / "samples").rglob("*") if p.is_file()) == [
-        f"{sample.id}.png"
-    ]
+    assert _crops_held(store) == 1
 
     store.remove_sample(sample.id)
-    assert not sample.path.exists() and store.samples() == []
+    assert _crops_held(store) == 0 and store.samples() == []
     assert store.revision() == revision + 1
     with pytest.raises(UnknownSampleError):
         store.remove_sample(sample.id)
@@ -144,9 +169,12 @@ def test_samples_round_trip_and_duplicates(store: EnrollmentStore) -> None:
         store.samples("0123456789abcdef")
 
 
-def test_damaged_sample_file_is_reported(store: EnrollmentStore) -> None:
+def test_damaged_sample_is_reported(store: EnrollmentStore) -> None:
     sample = store.add_sample(store.add_person("Ada").id, _crop(1), LANDMARKS, QUALITY, "photo")
-    sample.path.write_bytes(sample.path.read_bytes()[:100])
+    if sample.path is not None:
+        sample.path.write_bytes(sample.path.read_bytes()[:100])
+    else:
+        _sql(store, "UPDATE crops SET png = substring(png from 1 for 100)")
     with pytest.raises(StoreError, match="damaged"):
         store.load_crop(sample)
 
@@ -175,6 +203,7 @@ def test_remove_person_erases_files_rows_and_embeddings(store: EnrollmentStore) 
     bob = store.add_person("Bob")
     samples = [store.add_sample(ada.id, _crop(i), LANDMARKS, QUALITY, "photo") for i in range(3)]
     kept = store.add_sample(bob.id, _crop(9), LANDMARKS, QUALITY, "photo")
+    png, kept_png = (_png(store, s) for s in (samples[0], kept))
     # a vector whose bytes are easy to find on disk
     marker = np.full(128, 1234.5678, np.float32)
     store.cache_embeddings("backbone", {s.sha256: marker for s in samples})
@@ -186,14 +215,41 @@ def test_remove_person_erases_files_rows_and_embeddings(store: EnrollmentStore) 
     assert store.revision() == revision + 1
     with pytest.raises(UnknownPersonError):
         store.find_person("Ada")
-    assert not (store.root / "samples" / ada.id).exists()
-    assert store.samples() == [kept]
+    assert store.samples() == [kept] and _crops_held(store) == 1
     assert store.cached_embeddings("backbone", samples) == {}
     assert list(store.cached_embeddings("backbone", [kept])) == [kept.sha256]
-    on_disk = b"".join(p.read_bytes() for p in store.root.glob(f"{DATABASE}*"))
-    assert marker.tobytes()[:64] not in on_disk  # no copy left in the database or its log
+    # no copy left on disk: in SQLite's database and log; in PostgreSQL's pages, dead
+    # rows included (pageinspect reads the raw pages of every table and its TOAST)
+    on_disk = _raw_bytes(store)
+    assert marker.tobytes()[:64] not in on_disk
+    assert png[100:164] not in on_disk and kept_png[100:164] in on_disk
     with pytest.raises(UnknownPersonError):
         store.remove_person(ada.id)
+
+
+def _raw_bytes(store: EnrollmentStore) -> bytes:
+    """Every byte of the store's tables as stored: SQLite's files, or every page of
+    PostgreSQL's tables and their TOAST tables."""
+    if isinstance(store.db, SqliteDatabase):
+        files = [*store.db.root.glob(f"{DATABASE}*"), *(store.db.root / "samples").rglob("*")]
+        return b"".join(p.read_bytes() for p in files if p.is_file())
+    _sql(store, "CREATE EXTENSION IF NOT EXISTS pageinspect")
+    relations = _sql(
+        store,
+        "SELECT c.oid::regclass::text, t.oid::regclass::text FROM pg_class c "
+        "LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
+        "WHERE c.relname IN ('people', 'samples', 'crops', 'embeddings')",
+    )
+    pages = []
+    for relation in [name for pair in relations for name in pair if name]:
+        [(count,)] = _sql(store, "SELECT pg_relation_size(%s) / 8192", (relation,))
+        for block in range(count):
+            pages.append(_sql(store, "SELECT get_raw_page(%s, %s)", (relation, block))[0][0])
+    return b"".join(bytes(page) for page in pages)
+
+
+def _png(store: EnrollmentStore, sample: Sample) -> bytes:
+    return store.db.read_crop(sample.person_id, sample.id)
 
 
 def test_everything_is_owner_only(tmp_path: Path) -> None:
@@ -203,14 +259,14 @@ def test_everything_is_owner_only(tmp_path: Path) -> None:
             sample = store.add_sample(
                 store.add_person("Ada").id, _crop(1), LANDMARKS, QUALITY, "photo"
             )
-            database_files = sorted(store.root.glob(f"{DATABASE}*"))
+            database_files = sorted(store.db.root.glob(f"{DATABASE}*"))
             modes = {p: stat.S_IMODE(p.stat().st_mode) for p in database_files}
     finally:
         os.umask(old_umask)
     assert [p.name for p in database_files] == [DATABASE, f"{DATABASE}-shm", f"{DATABASE}-wal"]
     assert set(modes.values()) == {0o600}
     assert stat.S_IMODE(sample.path.stat().st_mode) == 0o600
-    for folder in (store.root, store.root / "samples", sample.path.parent):
+    for folder in (store.db.root, store.db.root / "samples", sample.path.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
@@ -235,13 +291,12 @@ def test_not_a_database(tmp_path: Path) -> None:
 _CRASH_SCRIPT = """
 import os, sys, time
 import numpy as np
-from pathlib import Path
 from enrollment.store import EnrollmentStore, Quality
 
 landmarks = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
 quality = Quality(120.0, 300.0, 0.9, 0.8)
 crop = lambda seed: np.random.default_rng(seed).integers(0, 256, (64, 60, 3), np.uint8)
-store = EnrollmentStore(Path(sys.argv[1]))
+store = EnrollmentStore(sys.argv[1])
 person = store.add_person("Ada")
 store.add_sample(person.id, crop(1), landmarks, quality, "photo")
 real = getattr(os, sys.argv[2])
@@ -302,11 +357,10 @@ def test_crash_between_file_write_and_commit(tmp_path: Path, stall_after: str) -
 _WRITER_SCRIPT = """
 import sys
 import numpy as np
-from pathlib import Path
 from enrollment.store import EnrollmentStore, Quality
 
 landmarks = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
-with EnrollmentStore(Path(sys.argv[1])) as store:
+with EnrollmentStore(sys.argv[1]) as store:
     person = store.add_person("Writer")
     print("ready", flush=True)
     sys.stdin.readline()
@@ -316,12 +370,11 @@ with EnrollmentStore(Path(sys.argv[1])) as store:
 """
 
 
-def test_two_processes_write_while_reading(tmp_path: Path) -> None:
-    root = tmp_path / "enrollment"
+def test_two_processes_write_while_reading(location: str) -> None:
     count = 40
-    with EnrollmentStore(root) as store:
+    with EnrollmentStore(location) as store:
         ada = store.add_person("Ada")
-        with _python(_WRITER_SCRIPT, str(root), str(count)) as writer:
+        with _python(_WRITER_SCRIPT, location, str(count)) as writer:
             assert writer.stdin is not None and writer.stdout is not None
             assert writer.stdout.readline() == "ready\n"
             writer.stdin.write("go\n")

@@ -45,7 +45,7 @@ from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, check_export
 from trainer.fitting.embeddings import embedding_key
 from trainer.fitting.fit import CosineHead, FitConfig
 from trainer.fitting.report import REPORT_FILES
-from trainer.service import TrainerService, describe, enrollment_dir
+from trainer.service import TrainerService, describe
 from trainer.train_cli import PUBLISH_PAUSE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def enroll(
                 (folder / name).mkdir(parents=True)
                 for photo in sorted((shared_dir / LFW / name).iterdir())[:count]:
                     (folder / name / photo.name).symlink_to(photo)
-        with EnrollmentStore(enrollment_dir(settings)) as store:
+        with EnrollmentStore.from_settings(settings) as store:
             results = import_folder(store, detector, folder, progress=False)
         refused = [r.reason for r in results if not r.accepted]
         assert len(refused) == rejected, refused
@@ -151,7 +151,7 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
                  "Colin Powell", "Jacques Chirac"}
         manifest = bundle.manifest
         assert set(manifest.labels) == names
-        with EnrollmentStore(enrollment_dir(settings)) as store:
+        with EnrollmentStore.from_settings(settings) as store:
             people = {p.name: p.id for p in store.list_people()}
             assert manifest.store_revision == store.revision()
         assert list(manifest.person_ids) == [people[name] for name in manifest.labels]
@@ -200,7 +200,7 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         assert "Hugo Chavez" in bundle.manifest.labels
 
         # a removed person is gone from the next bundle, with their cached embeddings
-        with EnrollmentStore(enrollment_dir(settings)) as store:
+        with EnrollmentStore.from_settings(settings) as store:
             hugo = store.find_person("Hugo Chavez")
             hugo_samples = store.samples(hugo.id)
             cached = store.cached_embeddings(embedding_key(backbone), hugo_samples)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from e2e_support import free_port
 from onnx import TensorProto, helper
 from pipeline_support import (
     RGB,
@@ -31,7 +32,7 @@ from pipeline_support import (
     people_folder,
     publish_people,
 )
-from triton_support import free_port, start_triton, to_python_backend, triton_env
+from triton_support import start_triton, to_python_backend, triton_env
 
 from facecore.alignment import align_faces
 from facecore.bundle import Bundle

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from e2e_support import free_port
 
 TRITON_ENV = "FACESTREAM_TRITON_ENV"
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -51,12 +52,6 @@ def to_python_backend(model_dir: Path) -> None:
     assert 'platform: "onnxruntime_onnx"\n' in text, text
     config.write_text(text.replace('platform: "onnxruntime_onnx"\n', 'backend: "python"\n'))
     shutil.copy(PYTHON_MODEL, model_dir / "1" / "model.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

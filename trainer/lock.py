@@ -1,10 +1,17 @@
-"""One trainer at a time: an exclusive ``fcntl.flock`` on ``state_dir/trainer.lock``.
+"""One trainer per enrollment store at a time.
 
-The trainer service and a manual ``facestream trainer --once`` both publish into
-``state_dir/bundles``; the lock keeps them from publishing at the same time. The
-kernel drops the lock when its holder exits, even when killed, so a stale lock file
-never blocks anybody. The holder writes its process id into the file, for the
-message the next one shows.
+The trainer service and a manual ``facestream trainer --once`` both publish bundles
+of the same store; the lock keeps them from publishing at the same time.
+
+- With the embedded SQLite store (one box): an exclusive ``fcntl.flock`` on
+  ``state_dir/trainer.lock``. The kernel drops it when its holder exits, even when
+  killed, so a stale lock file never blocks anybody. The holder writes its process id
+  into the file, for the message the next one shows.
+- With a PostgreSQL store (``enrollment.database_url``, any number of boxes): an
+  advisory lock in that database (``enrollment.postgres.AdvisoryLock``), which the
+  server drops with its holder's connection. A holder whose connection was lost (the
+  server restarted) takes it again before its next run, or learns that another
+  trainer has it.
 """
 
 from __future__ import annotations
@@ -12,16 +19,28 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
+from enrollment.postgres import AdvisoryLock
+from facecore.config import Settings
 from trainer.errors import TrainerBusyError
 
-__all__ = ["LOCK_FILE", "TrainerLock"]
+__all__ = ["LOCK_FILE", "StoreTrainerLock", "TrainerLock", "trainer_lock"]
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "trainer.lock"
+TRAINER_LOCK_KEY = 0x66730002  # the advisory lock's key in a PostgreSQL store
+_WAIT_POLL_S = 0.5  # how often a waiting trainer tries the advisory lock
+
+
+def trainer_lock(settings: Settings) -> TrainerLock | StoreTrainerLock:
+    """The lock that the trainers of this installation's store share."""
+    if settings.enrollment.database_url:
+        return StoreTrainerLock(settings.enrollment.database_url)
+    return TrainerLock(settings.state_dir)
 
 
 class TrainerLock:
@@ -71,6 +90,47 @@ class TrainerLock:
             self._fd, self.held = None, False
 
     def __enter__(self) -> TrainerLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class StoreTrainerLock:
+    """The advisory lock of a PostgreSQL store; the same use as `TrainerLock`."""
+
+    def __init__(self, database_url: str) -> None:
+        self._lock = AdvisoryLock(database_url, TRAINER_LOCK_KEY)
+        self.where = self._lock.where
+
+    @property
+    def held(self) -> bool:
+        return self._lock.held
+
+    def acquire(self, *, wait: bool) -> None:
+        """Take the lock (again, when a lost connection dropped it); when another
+        trainer holds it, wait for it (``wait``, polling) or raise `TrainerBusyError`."""
+        if self._lock.try_acquire():
+            return
+        holder = self._lock.holder()
+        if not wait:
+            raise TrainerBusyError(
+                f"another trainer ({holder}) holds the lock of the enrollment store "
+                f"{self.where}: it publishes the changes itself; stop it first to run this one"
+            )
+        log.info("waiting for the other trainer (%s) of %s to exit", holder, self.where)
+        while not self._lock.try_acquire():
+            time.sleep(_WAIT_POLL_S)
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def __enter__(self) -> StoreTrainerLock:
         return self
 
     def __exit__(

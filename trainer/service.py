@@ -20,12 +20,15 @@ Publishing (``facecore.publish``) builds each bundle in a staging directory (the
 bundle, the export check of the head, the report) that the ``current`` pointer
 switch makes visible at once. A crash or a stop at any point leaves the previous
 bundle in force; the next run removes the half-built directory. Only one trainer
-publishes at a time: each holds ``state_dir/trainer.lock`` (``trainer.lock``).
+per store publishes at a time (``trainer.lock``).
 
-``serve`` reads the store's revision every ``WAKE_SECONDS`` (one single-row SQLite
-read) and runs as soon as it moves, and at least every ``settings.trainer.poll_seconds``
-in any case; it reports to systemd (``READY=1``, ``STATUS=``) when run as a
-notify-type service. SIGTERM is turned into ``StopRequested`` by the command
+``serve`` waits for the store's revision to move (``EnrollmentStore.wait_for_change``:
+a single-row read every quarter second on SQLite, LISTEN/NOTIFY on PostgreSQL) and
+runs as soon as it does, and at least every ``settings.trainer.poll_seconds`` in any
+case. A PostgreSQL store that cannot be reached, at start or later, is retried with
+a doubling wait (up to ``enrollment.connect_retry_max_s``) rather than ending the
+service. It reports to systemd (``READY=1``, ``STATUS=``) when run as a notify-type
+service. SIGTERM is turned into ``StopRequested`` by the command
 (``trainer.train_cli``), which unwinds whatever is in progress and exits cleanly.
 """
 
@@ -44,6 +47,8 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
+from enrollment.database import retry_delay
+from enrollment.errors import StoreUnavailableError
 from enrollment.store import EnrollmentStore, Person, Sample
 from facecore import metrics, systemd
 from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, load_bundle
@@ -59,20 +64,17 @@ from trainer.fitting.embeddings import embed_samples
 from trainer.fitting.fit import FitConfig
 from trainer.fitting.gallery import DEFAULT_THRESHOLD
 from trainer.fitting.selection import Selection, select_baseline, select_head
-from trainer.lock import TrainerLock
+from trainer.lock import trainer_lock
 
 __all__ = [
-    "WAKE_SECONDS",
     "StopRequested",
     "TrainerService",
     "describe",
-    "enrollment_dir",
 ]
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 60.0  # after a failed run, wait this long before retrying the same revision
-WAKE_SECONDS = 0.25  # how often ``serve`` reads the store's revision
 
 
 class StopRequested(BaseException):
@@ -84,10 +86,6 @@ class StopRequested(BaseException):
 
 class _Superseded(Exception):
     """The store's revision moved while a head was being fitted for an older one."""
-
-
-def enrollment_dir(settings: Settings) -> Path:
-    return settings.state_dir / "enrollment"
 
 
 @dataclass(frozen=True)
@@ -141,8 +139,8 @@ class TrainerService:
         self.progress = progress
         self.notify = notify
         with contextlib.ExitStack() as opened:
-            self.lock = opened.enter_context(TrainerLock(settings.state_dir))
-            self.store = opened.enter_context(EnrollmentStore(enrollment_dir(settings)))
+            self.lock = opened.enter_context(trainer_lock(settings))
+            self.store = opened.enter_context(EnrollmentStore.from_settings(settings))
             self.backbone = backbone or Backbone.from_settings(settings)
             self.prior = find_calibration(settings, get_spec(self.backbone.name))
             opened.pop_all()
@@ -337,42 +335,48 @@ class TrainerService:
         """Follow the store and publish on every change, until ``StopRequested`` (or
         KeyboardInterrupt) unwinds it. Waits for the trainer lock first when another
         trainer holds it. A failed run is logged and retried when the store changes
-        again or after ``RETRY_SECONDS``."""
+        again or after ``RETRY_SECONDS``; a store that cannot be reached is retried
+        after a doubling wait."""
         self.lock.acquire(wait=True)
         self.notify("READY=1\nSTATUS=watching the enrollment store")
-        log.info("trainer watching %s (every %.2f s, a full check every %.1f s), "
-                 "publishing into %s", self.store.root, self._wake_seconds(),
-                 self.settings.trainer.poll_seconds, self.bundles_dir)
+        log.info("trainer watching %s (a full check every %.1f s), publishing into %s",
+                 self.store.where, self.settings.trainer.poll_seconds, self.bundles_dir)
         failed: tuple[int, float] | None = None  # (revision, monotonic time)
+        attempt = 0
         while True:
-            revision = self.store.revision()
-            retry_due = failed is None or failed[0] != revision or (
-                time.monotonic() - failed[1] >= RETRY_SECONDS
-            )
-            if retry_due:
-                try:
-                    bundle = self.run_once()
-                except FacestreamError as exc:
-                    log.error("training store revision %d failed: %s", revision, exc)
-                    self.notify(f"STATUS=training store revision {revision} failed: {exc}")
-                    failed = (revision, time.monotonic())
-                else:
-                    failed = None
-                    if bundle is not None:
-                        self.notify(f"STATUS={describe(bundle)}")
-            self._wait_for_change(revision)
+            try:
+                failed = self._follow(failed)
+                attempt = 0
+            except StoreUnavailableError as exc:
+                attempt += 1
+                delay = retry_delay(attempt, self.settings.enrollment.connect_retry_max_s)
+                log.error("%s; trying again in %.0f s", exc, delay)
+                self.notify(f"STATUS={exc}; trying again in {delay:.0f} s")
+                time.sleep(delay)
 
-    def _wake_seconds(self) -> float:
-        return min(WAKE_SECONDS, self.settings.trainer.poll_seconds)
-
-    def _wait_for_change(self, revision: int) -> None:
-        """Return once the store's revision is no longer ``revision`` (read every
-        ``WAKE_SECONDS``) or ``poll_seconds`` have passed."""
-        deadline = time.monotonic() + self.settings.trainer.poll_seconds
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(self._wake_seconds(), left))
-            if self.store.revision() != revision:
-                return
+    def _follow(self, failed: tuple[int, float] | None) -> tuple[int, float] | None:
+        """One turn of ``serve``: a run when one is due, then the wait for a change.
+        Returns the failed run to remember, if any."""
+        self.lock.acquire(wait=True)  # again after a lost connection dropped it
+        revision = self.store.revision()
+        retry_due = failed is None or failed[0] != revision or (
+            time.monotonic() - failed[1] >= RETRY_SECONDS
+        )
+        if retry_due:
+            try:
+                bundle = self.run_once()
+            except StoreUnavailableError:
+                raise
+            except FacestreamError as exc:
+                log.error("training store revision %d failed: %s", revision, exc)
+                self.notify(f"STATUS=training store revision {revision} failed: {exc}")
+                failed = (revision, time.monotonic())
+            else:
+                failed = None
+                if bundle is not None:
+                    self.notify(f"STATUS={describe(bundle)}")
+        self.store.wait_for_change(revision, self.settings.trainer.poll_seconds)
+        return failed
 
 
 def describe(bundle: Bundle) -> str:

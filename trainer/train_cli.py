@@ -10,11 +10,16 @@ import argparse
 import logging
 import os
 import signal
+import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
+
+if TYPE_CHECKING:
+    from trainer.service import TrainerService
 
 __all__ = ["PUBLISH_PAUSE_ENV", "register_trainer"]
 
@@ -66,12 +71,13 @@ def _trainer(settings: Settings, args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, stop)
     service = None
     try:
-        service = TrainerService(settings, publish_pause=pause)
         if args.once:
+            service = TrainerService(settings, publish_pause=pause)
             bundle = service.run_once()
             print("nothing to do: the current bundle is up to date" if bundle is None
                   else f"published {bundle.path}: {describe(bundle)}")
         else:
+            service = _open_waiting(settings, pause)
             service.serve()
     except StopRequested as exc:
         if service is not None:
@@ -82,3 +88,23 @@ def _trainer(settings: Settings, args: argparse.Namespace) -> int:
         if service is not None:
             service.close()
     return 0
+
+
+def _open_waiting(settings: Settings, pause: float) -> TrainerService:
+    """The service, once its store can be reached: a PostgreSQL server that is down at
+    start is retried after a doubling wait, not a crash for systemd to restart."""
+    from enrollment.database import retry_delay
+    from enrollment.errors import StoreUnavailableError
+    from facecore import systemd
+    from trainer.service import TrainerService
+
+    attempt = 0
+    while True:
+        try:
+            return TrainerService(settings, publish_pause=pause)
+        except StoreUnavailableError as exc:
+            attempt += 1
+            delay = retry_delay(attempt, settings.enrollment.connect_retry_max_s)
+            log.error("%s; trying again in %.0f s", exc, delay)
+            systemd.notify(f"STATUS={exc}; trying again in {delay:.0f} s")
+            time.sleep(delay)

@@ -41,6 +41,7 @@ from enrollment.errors import (
     EnrollmentError,
     InvalidNameError,
     StoreError,
+    StoreUnavailableError,
     UnknownPersonError,
     UnknownSampleError,
 )
@@ -81,6 +82,7 @@ _ERROR_STATUS: tuple[tuple[type[EnrollmentError], int], ...] = (
     (UnknownSampleError, 404),
     (DuplicatePersonError, 409),
     (InvalidNameError, 400),
+    (StoreUnavailableError, 503),  # PostgreSQL down: the next request connects again
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -151,8 +153,8 @@ def _result_json(result: IngestResult) -> dict[str, object]:
 
 
 def _store_errors(handler: Handler) -> Handler:
-    """Answer the store's errors as JSON: unknown 404, taken name 409, bad name 400;
-    a store that cannot be used 500 (logged)."""
+    """Answer the store's errors as JSON: unknown 404, taken name 409, bad name 400,
+    a database that cannot be reached 503; a store that cannot be used 500 (logged)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:

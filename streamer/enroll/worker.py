@@ -1,6 +1,6 @@
 """The server's enrollment worker: one thread that owns the enrollment store.
 
-An `EnrollmentStore` holds one SQLite connection and must stay in the thread that
+An `EnrollmentStore` holds one database connection and must stay in the thread that
 opened it, and ingesting a photo (decode, detect, crop) is CPU work that must stay
 off the event loop. So the web API and the live capture hand every store job to this
 worker: ``await worker.call(job)`` runs ``job(store)`` in the worker's one thread and
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from enrollment.store import STORE_DIR, EnrollmentStore
+from enrollment.store import EnrollmentStore, store_location
 from facecore.config import Settings
 from facecore.detector import Detector
 from streamer.errors import ClosedError
@@ -31,8 +31,8 @@ class EnrollmentWorker:
     (a `Detector` may be called from any thread). ``close()`` waits for the job in
     progress, closes the store in its thread and is safe to call twice."""
 
-    def __init__(self, store_root: Path, detector: Detector) -> None:
-        self.store_root = Path(store_root)
+    def __init__(self, store: Path | str, detector: Detector) -> None:
+        self.store_location = store  # a SQLite store's folder or a postgresql:// URL
         self.detector = detector
         self._store: EnrollmentStore | None = None  # touched only in the worker thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enroll-store")
@@ -40,10 +40,10 @@ class EnrollmentWorker:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EnrollmentWorker:
-        """The worker of this installation's store, ``state_dir/enrollment``, with the
+        """The worker of this installation's store (`store_location`), with the
         configured YuNet and no minimum face size (a small face is then reported as
         too small, not as no face, as by `facestream enroll`)."""
-        return cls(settings.state_dir / STORE_DIR, Detector.from_settings(settings, min_face_px=0))
+        return cls(store_location(settings), Detector.from_settings(settings, min_face_px=0))
 
     async def call(self, job: Callable[[EnrollmentStore], T]) -> T:
         """``job(store)`` in the worker thread. Raises `ClosedError` after ``close()``."""
@@ -57,7 +57,7 @@ class EnrollmentWorker:
 
     def _run(self, job: Callable[[EnrollmentStore], T]) -> T:
         if self._store is None:
-            self._store = EnrollmentStore(self.store_root)
+            self._store = EnrollmentStore(self.store_location)
         return job(self._store)
 
     def _close_store(self) -> None:

@@ -10,13 +10,15 @@ A request is let in when it carries the token as ``Authorization: Bearer TOKEN``
 a random session id that the server keeps (as a SHA-256, with its expiry, in
 ``state_dir/server/sessions.json``, 0600, so a restart keeps browsers signed in);
 signing out deletes it, so a copied cookie stops working too. The cookie is
-``HttpOnly`` and ``SameSite=Strict``, and ``Secure`` when the server speaks HTTPS.
+``HttpOnly`` and ``SameSite=Strict``, and ``Secure`` when the browser speaks HTTPS
+(to this server, or to a trusted load balancer: ``streamer/web/forwarded.py``).
 Without either, API paths answer 401 and pages redirect to the login page, which
-(with its stylesheet, script and icon) is all an outsider can load.
+(with its stylesheet, script and icon, and ``/ready``) is all an outsider can load.
 
 Wrong tokens (at the login form or as a bearer token) are counted per client
-address (IPv6 by /64): after ``FREE_TRIES`` the client waits 1 s, then twice as
-long after each further wrong token, up to 5 min, and meanwhile gets 429 with
+address (IPv6 by /64; behind a trusted load balancer, the address it forwards):
+after ``FREE_TRIES`` the client waits 1 s, then twice as long after each further
+wrong token, up to 5 min, and meanwhile gets 429 with
 ``Retry-After`` for anything that presents a token, right or wrong. A signed-in
 browser at that address is not affected. The counts live in this process only:
 with ``serve --workers N`` each worker counts its own, so a guesser spread over
@@ -72,9 +74,11 @@ MAX_WAIT_S = 300.0
 FORGET_AFTER_S = 3600.0  # a client with no wrong token for this long starts afresh
 MAX_CLIENTS = 10_000  # clients whose wrong tokens are counted; the oldest go first
 MIN_TOKEN_LENGTH = 16
-# Served without the token: the login page and what it loads.
+# Served without the token: the login page and what it loads, and the load balancer's
+# readiness check.
 PUBLIC_PATHS = frozenset(
-    {"/login", "/static/style.css", "/static/login.js", "/static/icon.svg", "/favicon.ico"}
+    {"/login", "/static/style.css", "/static/login.js", "/static/icon.svg", "/favicon.ico",
+     "/ready"}
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -324,13 +328,16 @@ class Auth:
         """Whole seconds the client of ``request`` must wait to present a token (0: none)."""
         return math.ceil(self.limiter.wait(client_key(request.remote)))
 
-    def sign_in(self, response: web.StreamResponse) -> None:
+    def sign_in(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Open a session for ``request``'s browser: its cookie, on ``response``. The
+        cookie is ``Secure`` when the browser spoke HTTPS, to this server or to the
+        load balancer in front of it (``X-Forwarded-Proto``, from a trusted proxy)."""
         response.set_cookie(
             COOKIE_NAME,
             self.sessions.open(),
             path="/",
             httponly=True,
-            secure=self.secure,
+            secure=self.secure or request.secure,
             samesite="Strict",
             max_age=SESSION_LIFETIME_S,
         )

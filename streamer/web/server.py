@@ -6,6 +6,8 @@ Routes::
     GET  /login, POST /login   the login form; a right token sets the session cookie
     POST /logout               end the session (its cookie no longer works)
     GET  /api/config           ICE servers, session limit, model bundle version
+    GET  /ready                public: 200 while this process takes new phones, 503
+                               when its sessions are all in use (a load balancer's check)
     POST /api/webrtc/offer     {"sdp", "type": "offer"} -> {"sdp", "type": "answer"}
     GET  /static/...           the page's script, stylesheet and icon
 
@@ -33,6 +35,7 @@ from aiohttp import web
 from aiortc import RTCIceServer, RTCSessionDescription
 
 from streamer.web.auth import Auth, auth_middleware
+from streamer.web.forwarded import forwarded_middleware, parse_trusted_proxies
 from streamer.web.signalling import OfferError, parse_ice_servers
 from streamer.web.webrtc import PeerManager
 
@@ -92,8 +95,13 @@ def create_app(
     ice_servers = parse_ice_servers(
         settings.server.ice_servers, settings.origins.get("server.ice_servers")
     )
+    trusted = parse_trusted_proxies(
+        settings.server.trusted_proxies, settings.origins.get("server.trusted_proxies")
+    )
     auth = Auth.for_settings(settings, token, secure=secure)
-    app = web.Application(middlewares=[_security_headers, auth_middleware(auth)])
+    app = web.Application(
+        middlewares=[forwarded_middleware(trusted), _security_headers, auth_middleware(auth)]
+    )
     app[AUTH] = auth
     app[ENGINE] = engine
     app[ICE_SERVERS] = tuple(ice_servers)
@@ -109,6 +117,7 @@ def create_app(
     app.router.add_post("/logout", _logout)
     app.router.add_get("/favicon.ico", _favicon)
     app.router.add_get("/api/config", _config)
+    app.router.add_get("/ready", _ready)
     app.router.add_post("/api/webrtc/offer", _offer)
     app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)
     app.on_shutdown.append(_close_peers)
@@ -202,7 +211,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     candidate = form.get("token")
     if auth.check_token(request, candidate.strip() if isinstance(candidate, str) else "", "login"):
         response = web.HTTPSeeOther("/")
-        auth.sign_in(response)
+        auth.sign_in(request, response)
         raise response
     return _login_error(401, LOGIN_ERROR_TEXT)
 
@@ -243,6 +252,13 @@ async def _config(request: web.Request) -> web.Response:
             "bundle_version": request.app[ENGINE].bundle_version,
         }
     )
+
+
+async def _ready(request: web.Request) -> web.Response:
+    peers = request.app[PEERS]
+    if len(peers) >= peers.max_sessions:
+        return error_response(503, f"all {peers.max_sessions} sessions are in use")
+    return web.json_response({"ready": True})
 
 
 async def _offer(request: web.Request) -> web.Response:
