@@ -56,6 +56,7 @@ bench: install-test
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/clip_reference.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/enroll_latency.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/soak.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/store.py
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""``facestream enroll add | import | list | rename | remove``.
+"""``facestream enroll add | import | list | rename | remove | copy``.
 
 Each verb that reads photos prints one line per file, ``accepted`` or ``rejected``
 with the reason, then a summary; it exits with status 1 when a photo was rejected for
@@ -99,6 +99,20 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
     )
     remove.add_argument("name", metavar="NAME", help="name or id")
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    copy = add_command(
+        group,
+        "copy",
+        parents=parents,
+        handler=_copy,
+        help="copy everyone enrolled into another store (SQLite to PostgreSQL, say)",
+        description="Copy every person and their samples from this installation's store "
+        "into STORE: a postgresql:// URL (the store of several boxes) or the folder of a "
+        "SQLite store. People already there get the samples they lack; running it again "
+        "after an interruption finishes the copy. The source is left as it is.",
+        epilog="example:\n  facestream enroll copy --to postgresql://facestream@db/facestream",
+    )
+    copy.add_argument("--to", required=True, dest="target", metavar="STORE",
+                      help="postgresql://USER@HOST/DB (password in ~/.pgpass) or a folder")
 
 
 def _add(settings: Settings, args: argparse.Namespace) -> int:
@@ -177,6 +191,28 @@ def _remove(settings: Settings, args: argparse.Namespace) -> int:
                 return 1
         store.remove_person(person.id)
     print(f"removed {person.name}: {_count(person.sample_count, 'sample')} erased")
+    return 0
+
+
+def _copy(settings: Settings, args: argparse.Namespace) -> int:
+    from enrollment.copy import CopyReport, copy_store
+    from enrollment.store import EnrollmentStore, store_location
+    from facecore.config import redacted_url
+
+    own = store_location(settings)
+    same = (args.target == own if isinstance(own, str)
+            else "://" not in args.target and Path(args.target).resolve() == own.resolve())
+    if same:
+        raise EnrollmentError("the store to copy to is this installation's own store")
+
+    def say(report: CopyReport) -> None:
+        already = f" ({report.present} there already)" if report.present else ""
+        print(f"{report.name}: {_count(report.copied, 'sample')} copied{already}", flush=True)
+
+    with _open_store(settings) as source, EnrollmentStore(args.target) as target:
+        reports = copy_store(source, target, say)
+    samples = _count(sum(r.copied for r in reports), "sample")
+    print(f"{_count(len(reports), 'person')}, {samples} copied to {redacted_url(args.target)}")
     return 0
 
 

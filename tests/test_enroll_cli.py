@@ -125,3 +125,38 @@ def test_add_reports_each_rejected_file(facestream: Run, shared_dir: Path, tmp_p
     ]
     assert "duplicate of an existing sample" in mixed.stdout
     assert "李小龙: 1 sample" in mixed.stdout
+
+
+def test_copy_moves_everyone_into_postgresql_and_a_second_run_copies_nothing_twice(
+    facestream: Run, shared_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """A lab growing past one box: its SQLite store copied into PostgreSQL."""
+    assert facestream("enroll", "import", str(shared_dir / "people")).returncode == 0
+    copied = facestream("enroll", "copy", "--to", postgres_url)
+    assert copied.returncode == 0, copied.stderr
+    assert f"4 people, 5 samples copied to {postgres_url}" in copied.stdout, copied.stdout
+    again = facestream("enroll", "copy", "--to", postgres_url)  # as after an interruption
+    assert again.returncode == 0, again.stderr
+    assert "4 people, 0 samples copied" in again.stdout
+    assert "Barack Obama: 0 samples copied (2 there already)" in again.stdout
+
+    def listed(*options: str) -> list[str]:
+        done = facestream("enroll", "list", *options)
+        assert done.returncode == 0, done.stderr
+        return [" ".join(line.split()[:-3]) + " " + line.split()[-3]  # name, samples
+                for line in done.stdout.splitlines()[1:-1]]
+
+    assert listed("--database-url", postgres_url) == listed()
+    with (EnrollmentStore(tmp_path / "state" / "enrollment") as here,
+          EnrollmentStore(postgres_url) as there):
+        ours, theirs = here.samples(), there.samples()
+        assert sorted(s.sha256 for s in ours) == sorted(s.sha256 for s in theirs)
+        by_sha = {s.sha256: s for s in theirs}
+        for sample in ours:
+            copy = by_sha[sample.sha256]
+            assert (here.load_crop(sample) == there.load_crop(copy)).all()
+            assert copy.quality == sample.quality and copy.source == sample.source
+            assert (copy.landmarks == sample.landmarks).all()
+
+    own = facestream("enroll", "copy", "--to", str(tmp_path / "state" / "enrollment"))
+    assert own.returncode == 2 and "own store" in own.stderr, own.stderr

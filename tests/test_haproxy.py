@@ -4,9 +4,10 @@ PostgreSQL store and one bundles folder, one trainer, and Debian's real ``haprox
 in front, running the shipped ``deploy/haproxy/facestream.cfg`` (its addresses and
 certificate swapped for loopback ones).
 
-An enrollment made through one box is named by a phone on the other; the FSBOX
-cookie keeps a browser on its box; killing a box sends new sessions, even those
-pinned to it, to the other."""
+An enrollment made through one box is named by a phone on the other; the phone
+page opened through the balancer in a real browser signs in and names him (the
+FSBOX cookie keeps the browser on the box it signed in to); killing a box sends new
+sessions, even those pinned to it, to the other."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from browser_support import ARTIFACTS, CHROMIUM, PHONE, chromium, make_y4m
 from e2e_support import (
     REPO_ROOT,
     Installation,
@@ -43,8 +45,10 @@ TOKEN = "several-boxes-test-token-0123456789"
 LIN = "Lin-Manuel Miranda"
 STICKY_COOKIE = "FSBOX"
 
-pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None,
-                                reason="needs Debian's haproxy (make test installs it)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy") is None or not CHROMIUM.exists(),
+    reason="needs Debian's haproxy and chromium (make test installs them)",
+)
 
 
 def balancer_config(shipped: str, https: int, http: int, pem: Path,
@@ -187,6 +191,26 @@ async def test_two_boxes_behind_haproxy_share_enrollments_and_survive_a_dead_box
         assert phone.worker == pids["box2"]
         await until(lambda: phone.first_named(LIN) is not None, 60,
                     f"box2 to name {LIN}", *servers.values())
+
+        # the phone page through the balancer, as a phone opens it (the QR code's link):
+        # its sign-in, page, config and offer must all reach the one box
+        camera = make_y4m(shared_file("media/short_hamilton_clip.mp4"),
+                          tmp_path / "camera.y4m", range(100))
+        async with chromium(f"{url}/login#token={TOKEN}", camera, tmp_path / "profile") as page:
+            await page.send("Emulation.setDeviceMetricsOverride", **PHONE)
+            assert await page.until(
+                "location.pathname === '/' && document.readyState === 'complete'", 15
+            ), await page.evaluate("location.href")
+            await page.evaluate("document.getElementById('start').click()")
+            names = "[...document.querySelectorAll('#people .person:not(.unknown) .person-name')]"
+            named = await page.until(
+                f"{names}.some(e => /lin.manuel miranda/i.test(e.textContent))", 45
+            )
+            assert named, await page.evaluate(
+                "document.body.dataset.state + ': ' "
+                "+ document.getElementById('overlay-text').textContent"
+            )
+            await page.screenshot(ARTIFACTS / "phone-page-through-haproxy.png")
 
         # box1 dies: new sessions go to box2, a browser pinned to box1 too
         downs = balancer.output().count("box1 is DOWN")  # once already, before it listened

@@ -45,7 +45,7 @@ from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, check_export
 from trainer.fitting.embeddings import embedding_key
 from trainer.fitting.fit import CosineHead, FitConfig
 from trainer.fitting.report import REPORT_FILES
-from trainer.service import TrainerService, describe
+from trainer.service import StopRequested, TrainerService, describe
 from trainer.train_cli import PUBLISH_PAUSE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -310,6 +310,22 @@ def test_nobody_enrolled_gives_an_empty_bundle(settings: Settings) -> None:
         index, _ = bundle.gallery.match(np.ones((2, 128), np.float32) / np.sqrt(128))
         assert index.tolist() == [-1, -1]
         assert service.run_once() is None
+
+
+def test_serve_stops_on_the_stop_event_when_the_signal_s_exception_was_lost(
+    settings: Settings,
+) -> None:
+    """A SIGTERM that lands while a finalizer runs has its StopRequested dropped by
+    Python ("Exception ignored in ..."); the event the signal also sets ends the loop."""
+    stopping = threading.Event()
+    with TrainerService(settings, progress=False) as service:
+        threading.Timer(1.0, stopping.set).start()  # the signal, its exception lost
+        started = time.monotonic()
+        with pytest.raises(StopRequested):
+            service.serve(stopping)
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 1.0 + settings.trainer.poll_seconds + 5.0, waited
+    assert current_bundle_dir(settings.state_dir / "bundles") is not None  # it did serve
 
 
 def _environment(settings: Settings, **extra: str) -> dict[str, str]:

@@ -30,6 +30,9 @@ a doubling wait (up to ``enrollment.connect_retry_max_s``) rather than ending th
 service. It reports to systemd (``READY=1``, ``STATUS=``) when run as a notify-type
 service. SIGTERM is turned into ``StopRequested`` by the command
 (``trainer.train_cli``), which unwinds whatever is in progress and exits cleanly.
+Python drops an exception raised while a finalizer runs (``Exception ignored in``),
+so the signal also sets the ``stopping`` event that ``serve`` checks on every turn:
+a SIGTERM that lands in a garbage collection still stops the service.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -331,19 +335,19 @@ class TrainerService:
 
     # --- the service loop -----------------------------------------------------------
 
-    def serve(self) -> None:
+    def serve(self, stopping: threading.Event | None = None) -> None:
         """Follow the store and publish on every change, until ``StopRequested`` (or
-        KeyboardInterrupt) unwinds it. Waits for the trainer lock first when another
-        trainer holds it. A failed run is logged and retried when the store changes
-        again or after ``RETRY_SECONDS``; a store that cannot be reached is retried
-        after a doubling wait."""
+        KeyboardInterrupt) unwinds it, or ``stopping`` is set. Waits for the trainer
+        lock first when another trainer holds it. A failed run is logged and retried
+        when the store changes again or after ``RETRY_SECONDS``; a store that cannot
+        be reached is retried after a doubling wait."""
         self.lock.acquire(wait=True)
         self.notify("READY=1\nSTATUS=watching the enrollment store")
         log.info("trainer watching %s (a full check every %.1f s), publishing into %s",
                  self.store.where, self.settings.trainer.poll_seconds, self.bundles_dir)
         failed: tuple[int, float] | None = None  # (revision, monotonic time)
         attempt = 0
-        while True:
+        while stopping is None or not stopping.is_set():
             try:
                 failed = self._follow(failed)
                 attempt = 0
@@ -353,6 +357,7 @@ class TrainerService:
                 log.error("%s; trying again in %.0f s", exc, delay)
                 self.notify(f"STATUS={exc}; trying again in {delay:.0f} s")
                 time.sleep(delay)
+        raise StopRequested("stopped by a signal")
 
     def _follow(self, failed: tuple[int, float] | None) -> tuple[int, float] | None:
         """One turn of ``serve``: a run when one is due, then the wait for a change.

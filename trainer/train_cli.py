@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -38,13 +39,15 @@ def register_trainer(subparsers: Subparsers, parents: Sequence[argparse.Argument
         handler=_trainer,
         help="re-fit the recognition model whenever the enrolled people change",
         description=(
-            "Watch the enrollment store (STATE_DIR/enrollment) and, whenever it changes, "
-            "re-fit the recognition head on the enrolled faces and publish a new model "
-            "bundle into STATE_DIR/bundles, which a running server picks up. Embeddings "
-            "are cached, so adding a person costs seconds. Each bundle carries a training "
-            "report (report.json, scores.png, roc.png). The store is polled every "
-            "trainer.poll_seconds; under systemd (Type=notify) readiness and status are "
-            "reported, and SIGTERM stops it cleanly."
+            "Watch the enrollment store (STATE_DIR/enrollment, or the PostgreSQL store of "
+            "enrollment.database_url) and, whenever it changes, re-fit the recognition "
+            "head on the enrolled faces and publish a new model bundle into the bundles "
+            "folder (STATE_DIR/bundles, or bundles_dir), which running servers pick up. "
+            "Embeddings are cached, so adding a person costs seconds. Each bundle carries "
+            "a training report (report.json, scores.png, roc.png). A change is seen "
+            "within a quarter second (SQLite) or at once (PostgreSQL's NOTIFY); under "
+            "systemd (Type=notify) readiness and status are reported, and SIGTERM stops "
+            "it cleanly."
         ),
         epilog="examples:\n"
         "  facestream trainer              # run as a service\n"
@@ -58,8 +61,11 @@ def register_trainer(subparsers: Subparsers, parents: Sequence[argparse.Argument
 def _trainer(settings: Settings, args: argparse.Namespace) -> int:
     from trainer.service import StopRequested, TrainerService, describe
 
+    stopping = threading.Event()  # for a StopRequested that a finalizer swallowed
+
     def stop(signum: int, frame: FrameType | None) -> None:
         signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        stopping.set()
         raise StopRequested(f"stopped by {signal.Signals(signum).name}")
 
     pause = float(os.environ.get(PUBLISH_PAUSE_ENV) or 0.0)
@@ -78,7 +84,7 @@ def _trainer(settings: Settings, args: argparse.Namespace) -> int:
                   else f"published {bundle.path}: {describe(bundle)}")
         else:
             service = _open_waiting(settings, pause)
-            service.serve()
+            service.serve(stopping)
     except StopRequested as exc:
         if service is not None:
             service.notify("STOPPING=1")
