@@ -17,10 +17,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
-from aiortc.contrib.media import MediaPlayer
 from e2e_support import free_port
+from enroll_support import LIN_FACING, FramesTrack, clip_frames
+from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 from webrtc_support import (
     REPO_ROOT,
@@ -63,10 +65,9 @@ async def _wait(condition: object, timeout: float, what: str, log: Path) -> None
         await asyncio.sleep(0.1)
 
 
-async def _named_client(server: LiveServer, clip: Path) -> tuple[Client, MediaPlayer]:
-    player = MediaPlayer(str(clip))
-    client = await connect(server, player.video)
-    return client, player
+async def _named_client(server: LiveServer, frames: list[NDArray[np.uint8]]) -> Client:
+    # Lin facing the camera, looped: a loaded machine may take a while to name him
+    return await connect(server, FramesTrack(frames))
 
 
 def _named(client: Client) -> bool:
@@ -105,7 +106,7 @@ async def _worker_of(url: str, cookie: str) -> tuple[int, str]:
 async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
     shared_dir: Path, shared_file: object, tmp_path: Path
 ) -> None:
-    clip = shared_file(CLIP)  # type: ignore[operator]
+    frames = clip_frames(shared_file(CLIP), LIN_FACING)  # type: ignore[operator]
     settings = server_settings(shared_dir, tmp_path / "state", tmp_path / "cache")
     build_people_bundle(settings, shared_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
@@ -120,7 +121,7 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out,
                                    stderr=subprocess.STDOUT)
-    clients: list[tuple[Client, MediaPlayer]] = []
+    clients: list[Client] = []
     try:
         await _wait(lambda: _pids(log.read_text()), 120, "two workers listening", log)
         pids = _pids(log.read_text())
@@ -130,19 +131,32 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         assert metrics_url, log.read_text()
         server = LiveServer(f"http://127.0.0.1:{port.group(1)}", web.Application(), None)
 
-        # phones until both workers hold one (the kernel hashes each connection)
-        for _ in range(8):
-            clients.append(await _named_client(server, clip))
-            if {c.worker for c, _ in clients} == {str(p) for p in pids}:
+        # a phone in each worker: the kernel hashes each connection to one, so offer
+        # until both have one, hanging up on phones that land where one is already
+        tried = []
+        for _ in range(40):
+            client = await _named_client(server, frames)
+            tried.append(client.worker)
+            if client.worker in {c.worker for c in clients}:
+                # hung up once connected, its worker hears DTLS close at once (before
+                # that, only its connect timeout would release it)
+                await asyncio.wait_for(client.channel_open.wait(), 30)
+                await client.close()
+            else:
+                clients.append(client)
+            if len(clients) == len(pids):
                 break
-        workers = [c.worker for c, _ in clients]
-        assert set(workers) == {str(p) for p in pids}, workers
-        for client, _ in clients:
+        workers = [c.worker for c in clients]
+        assert set(workers) == {str(p) for p in pids}, tried
+        for client in clients:
             assert await client.wait_for(lambda c=client: _named(c), timeout=60), (
                 client.worker, len(client.frames), client.events[:3])
 
-        before = await _scrape(metrics_url.group(1))
-        assert before[("facestream_active_sessions", ())] == len(clients)  # both workers'
+        active = ("facestream_active_sessions", ())
+        deadline = time.monotonic() + 15  # the phones hung up on are released meanwhile
+        while (before := await _scrape(metrics_url.group(1)))[active] != len(clients):
+            assert time.monotonic() < deadline, before[active]  # both workers' sessions
+            await asyncio.sleep(0.2)
         assert before[("facestream_bundle_version", ())] == 1
         assert before[("facestream_asyncio_tasks", ())] > 0  # both workers' event loops
         assert 0 < before[("facestream_bundle_created_timestamp_seconds", ())] <= time.time()
@@ -173,9 +187,8 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
             seen = {await _worker_of(server.url, cookie) for _ in range(12)}
             assert {status for status, _ in seen} == {401}, seen  # signed out on both
 
-        for client, player in clients:
+        for client in clients:
             await client.close()
-            player.video.stop()
         clients.clear()
 
         os.kill(pids[0], signal.SIGKILL)
@@ -185,20 +198,18 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         new = int(re.findall(r"worker \d started \(pid (\d+)\)", log.read_text())[-1])
         assert new not in pids
         deadline = time.monotonic() + 90
-        while not any(c.worker == str(new) for c, _ in clients):  # until it listens
+        while not any(c.worker == str(new) for c in clients):  # until it listens
             assert time.monotonic() < deadline, log.read_text()[-3000:]
-            client, player = await _named_client(server, clip)
-            clients.append((client, player))
+            client = await _named_client(server, frames)
+            clients.append(client)
             if client.worker != str(new):
                 await client.close()
-                player.video.stop()
                 clients.pop()
                 await asyncio.sleep(0.5)
-        assert await clients[-1][0].wait_for(lambda: _named(clients[-1][0]), timeout=60)
+        assert await clients[-1].wait_for(lambda: _named(clients[-1]), timeout=60)
     finally:
-        for client, player in clients:
+        for client in clients:
             await client.close()
-            player.video.stop()
         process.send_signal(signal.SIGTERM)
         try:
             code = process.wait(30)
