@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browser_support import ARTIFACTS, chromium, enroll_server, needs_chromium
+from browser_support import ARTIFACTS, SMALL_PHONE, chromium, enroll_server, needs_chromium
 from webrtc_support import TOKEN, server_settings
 
 from facecore.config import Settings
@@ -24,6 +24,8 @@ NAMES = [
     '<img src="/static/icon.svg" onload="window.injected = \'img\'">',
     "Tom & Jerry <b>bold</b> &amp;",
     "王小明",
+    # one long word (200 characters, the most a name may have) must wrap, not widen the page
+    "Wolfeschlegelsteinhausenbergerdorff" * 5 + "Hubert" * 4 + "B",
 ]
 PERSON_NAMES = "[...document.querySelectorAll('#people .person-name')]"
 
@@ -80,4 +82,14 @@ async def test_names_with_markup_are_shown_as_text(
             assert shown in {f"Delete {name}?" for name in NAMES}, shown
             assert await page.evaluate(f"{title}.children.length") == 0
             assert await page.evaluate("typeof window.injected") == "undefined"
+            await page.evaluate("document.getElementById('confirm').close()")
+            # on a phone the longest name wraps inside the page: nothing to scroll sideways
+            await page.emulate_phone(SMALL_PHONE)
+            widths = await page.until(
+                "innerWidth === 390 && [document.documentElement.scrollWidth, innerWidth]", 15
+            )
+            assert widths == [390, 390], widths
+            await page.evaluate(
+                f"{PERSON_NAMES}.find(e => e.textContent.length === 200).scrollIntoView()"
+            )
             await page.screenshot(ARTIFACTS / "admin-names.png")
