@@ -6,6 +6,11 @@
 cannot be reached, or a connection lost, a ``StoreUnavailableError``: the next call
 connects again.
 
+Synchronous ``psycopg``, like the SQLite store, rather than its async API: the server
+runs every store call in its one enrollment thread (``streamer/enroll/worker.py``), so
+the event loop never waits on the database, and the server, the trainer and the
+``enroll`` CLI share one `EnrollmentStore` interface.
+
 The crops live in the database (table ``crops``, ``bytea``), not in files: a sample and
 its image commit in one transaction, so a connection lost mid-enrollment leaves
 nothing half-written, and no box needs a shared filesystem for the store.
