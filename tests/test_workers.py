@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 from aiohttp import web
 from e2e_support import free_port
 from enroll_support import LIN_FACING, FramesTrack, clip_frames
-from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 from webrtc_support import (
     REPO_ROOT,
@@ -65,11 +63,6 @@ async def _wait(condition: object, timeout: float, what: str, log: Path) -> None
         await asyncio.sleep(0.1)
 
 
-async def _named_client(server: LiveServer, frames: list[NDArray[np.uint8]]) -> Client:
-    # Lin facing the camera, looped: a loaded machine may take a while to name him
-    return await connect(server, FramesTrack(frames))
-
-
 def _named(client: Client) -> bool:
     return len(client.frames) >= 20 and any(
         str(e["name"]).replace("-", " ").casefold() == "lin manuel miranda" for e in client.events
@@ -106,6 +99,7 @@ async def _worker_of(url: str, cookie: str) -> tuple[int, str]:
 async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
     shared_dir: Path, shared_file: object, tmp_path: Path
 ) -> None:
+    # Lin facing the camera, looped: a loaded machine may take a while to name him
     frames = clip_frames(shared_file(CLIP), LIN_FACING)  # type: ignore[operator]
     settings = server_settings(shared_dir, tmp_path / "state", tmp_path / "cache")
     build_people_bundle(settings, shared_dir)
@@ -135,7 +129,7 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         # until both have one, hanging up on phones that land where one is already
         tried = []
         for _ in range(40):
-            client = await _named_client(server, frames)
+            client = await connect(server, FramesTrack(frames))
             tried.append(client.worker)
             if client.worker in {c.worker for c in clients}:
                 # hung up once connected, its worker hears DTLS close at once (before
@@ -200,7 +194,7 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         deadline = time.monotonic() + 90
         while not any(c.worker == str(new) for c in clients):  # until it listens
             assert time.monotonic() < deadline, log.read_text()[-3000:]
-            client = await _named_client(server, frames)
+            client = await connect(server, FramesTrack(frames))
             clients.append(client)
             if client.worker != str(new):
                 await client.close()
