@@ -21,10 +21,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,29 +30,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
-from machine import shared_dir
+from machine import face_chips, median_seconds, shared_dir
 from numpy.typing import NDArray
 
 from facecore.detector import Detector
 from facecore.embedder import CHIPS, Embedder, Preprocessing
-from facecore.frontend import FrontEnd
 from facecore.registry import MODELS
 from facecore.sessions import create_session, gpu_present
 
 BATCHES = (1, 8, 32, 128)
 REPEATS = 20
 
-
-
-def _median_s(work: Callable[[], object], repeats: int = REPEATS) -> float:
-    for _ in range(3):  # warm-up: cuDNN algorithm search, lazy allocations
-        work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _gpu_name() -> str:
@@ -75,18 +61,6 @@ def _clip_frames(shared: Path, count: int) -> list[NDArray[np.uint8]]:
         frames.append(frame)
     capture.release()
     return frames[::4]
-
-
-def _chip_pool(shared: Path, detector: Detector, landmarks: Path) -> NDArray[np.uint8]:
-    """The shared photos' faces, cut as the dlib ResNet's front end cuts them."""
-    spec = MODELS["dlib_resnet_v1"]
-    assert spec.template is not None and spec.input_size is not None
-    front_end = FrontEnd.load(spec.landmarks, spec.template, spec.input_size, landmarks)
-    chips = []
-    for name in ("obama.jpg", "biden.jpg", "two_people.jpg", "lin-manuel-miranda.png"):
-        image = cv2.imread(str(shared / "media" / name))
-        chips.append(front_end.chips(image, detector.detect(image).landmarks))
-    return np.concatenate(chips)
 
 
 def _float_input(chips: NDArray[np.uint8], preprocessing: Preprocessing) -> NDArray[np.float32]:
@@ -126,7 +100,7 @@ def _recognition(onnx: Path, pool: NDArray[np.uint8]) -> tuple[list[dict[str, ob
                 _run_float, session, chips, preprocessing
             )
         for way, work in ways.items():
-            seconds = _median_s(work, repeats=5 if way.startswith("cpu") else REPEATS)
+            seconds = median_seconds(work, repeats=5 if way.startswith("cpu") else REPEATS)
             rows.append(
                 {
                     "what": f"recognition, {way}",
@@ -155,7 +129,8 @@ def _detection(
             "opencv": Detector(yunet, size=width, backend="opencv"),
         }
         for way, detector in detectors.items():
-            seconds = _median_s(lambda d=detector, s=scaled: [d.detect(f) for f in s], repeats=5)
+            work = partial(lambda d, s: [d.detect(f) for f in s], detector, scaled)
+            seconds = median_seconds(work, repeats=5)
             rows.append(
                 {
                     "what": f"detection {width}x{height}, {way}",
@@ -199,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = shared_dir()
     yunet = shared / "models" / "face_detection_yunet_2026may.onnx"
     frames = _clip_frames(shared, count=120)
-    pool = _chip_pool(shared, Detector(yunet, device="cpu"), args.landmarks)
+    pool = face_chips(shared, Detector(yunet, device="cpu"), args.landmarks)
     recognition, embedding_gap = _recognition(args.recognizer, pool)
     detection, box_gap = _detection(yunet, frames)
     header = (

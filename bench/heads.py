@@ -24,14 +24,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine import prepare_models
+
 from enrollment.ingest import DEFAULT_POLICY, IngestPolicy, import_folder
 from enrollment.names import folder_person_name
 from enrollment.store import EnrollmentStore
 from facecore.bundle import Bundle
 from facecore.config import load_settings
 from facecore.detector import Detector
-from facecore.registry import DETECTOR, model_cache_dir, model_path
-from trainer.dlib.export import prepare_dlib_resnet
+from facecore.registry import DETECTOR, model_path
 from trainer.service import TrainerService
 
 DATASETS = {
@@ -58,8 +59,7 @@ def run_dataset(shared: Path, name: str, policy: IngestPolicy, state: Path, cach
          "models_dir": str(shared / "models"), "recognition.device": "cpu"},
         {},
     )
-    prepare_dlib_resnet(model_path(settings, "dlib_resnet_v1_dat", download=False),
-                        model_cache_dir(settings))
+    prepare_models(settings)
     detector = Detector(model_path(settings, DETECTOR))
     folder = shared / "datasets" / name
     with EnrollmentStore.from_settings(settings) as store:

@@ -34,17 +34,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
-from machine import cpu_description, enroll_and_train, shared_dir
+from machine import cpu_description, enroll_and_train, prepare_models, shared_dir
 
 from facecore.bundle import load_bundle
 from facecore.config import Settings, load_settings
 from facecore.publish import current_bundle_dir
-from facecore.registry import MODELS, model_cache_dir, model_path
 from streamer.live.engine import Engine
 from streamer.live.pipeline import FrameResult
 from streamer.live.runner import run_source
 from streamer.live.sources import CaptureSource, SourceFrame, parse_source
-from trainer.dlib.export import prepare_dlib_resnet
 
 STAGES = ("detect", "recognize", "annotate", "total")
 
@@ -229,10 +227,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="facestream-bench-") as temp:
         root = Path(temp)
         settings = _settings(args, root / "state", True)
-        spec = MODELS[settings.recognition.model]
-        if not (model_cache_dir(settings) / spec.filename).is_file():
-            source = model_path(settings, "dlib_resnet_v1_dat")
-            prepare_dlib_resnet(source, model_cache_dir(settings))
+        prepare_models(settings)
         enroll_and_train(settings, args.shared / "people")
         bundle = load_bundle(current_bundle_dir(settings.state_dir / "bundles") or Path())
         clip = args.shared / "media" / "short_hamilton_clip.mp4"

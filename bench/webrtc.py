@@ -19,10 +19,16 @@ clients on separate CPUs.
     .venv/bin/python bench/webrtc.py --sessions 4 --seconds 30
     .venv/bin/python bench/webrtc.py --server-cpus 0 --client-cpus 1
     .venv/bin/python bench/webrtc.py --workers 1,2 --sessions 4,8
+    .venv/bin/python bench/webrtc.py --workers 1,4,8 --sessions 8,16,32 \
+        --recognition onnxruntime,triton
 
 ``--workers 1,2`` runs the real ``facestream serve --http --workers W`` for each W
 in turn (W = 1: one process, as ``serve`` runs by default) instead of the bare
 application, and counts the CPU time of the whole process tree.
+``--recognition onnxruntime,triton`` runs every row with recognition in-process and
+then through Triton (``recognition.backend = "triton"``): a Triton of your own at
+``--triton-url``, or the nvidia-pytriton wheel's tritonserver started on this machine
+as bench/triton_recognition.py starts it (its CPU time is not in "server CPU").
 
 Prints a markdown table: per-session returned fps (mean, and the slowest and
 fastest session), latency p50/p99 over every returned frame, p99 over the first and
@@ -44,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +66,10 @@ from numpy.typing import NDArray
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streamer.web.jitter import use_marker_jitter_buffer  # noqa: E402 - after the path set-up
+from triton_recognition import executions, wheel_triton  # noqa: E402 - after the path set-up
+
+from facecore.config import Settings  # noqa: E402
+from streamer.web.jitter import use_marker_jitter_buffer  # noqa: E402
 
 WIDTH, HEIGHT = 640, 480
 STRIP = 16  # rows of barcode at the bottom
@@ -249,6 +259,7 @@ async def close_session(session: Session) -> None:
 
 @dataclass(frozen=True)
 class Row:
+    recognition: str  # recognition.backend
     workers: int | None  # serve --workers; None: the bare application in one child
     sessions: int
     fps_mean: float
@@ -277,7 +288,7 @@ def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
     return total
 
 
-async def measure(url: str, server_pid: int, workers: int | None, n: int,
+async def measure(url: str, server_pid: int, recognition: str, workers: int | None, n: int,
                   frames: list[NDArray[np.uint8]], encoded: list[bytes] | None,
                   args: argparse.Namespace) -> Row:
     fps, warmup, seconds = args.fps, args.warmup, args.seconds
@@ -303,6 +314,7 @@ async def measure(url: str, server_pid: int, workers: int | None, n: int,
         latencies_ms([r[2] for w in windows for r in w if r[0] >= middle]),
     )
     return Row(
+        recognition=recognition,
         workers=workers,
         sessions=n,
         fps_mean=float(np.mean(rates)),
@@ -346,12 +358,10 @@ async def wait_idle(url: str, timeout: float = 20.0) -> None:
 
 def prepare_settings(
     shared: Path, state: Path, cache: Path, max_sessions: int, overrides: list[str]
-) -> object:
-    from machine import enroll_and_train
+) -> Settings:
+    from machine import enroll_and_train, prepare_models
 
     from facecore.config import load_settings
-    from facecore.registry import MODELS, model_cache_dir, model_path
-    from trainer.dlib.export import prepare_dlib_resnet
 
     settings = load_settings(
         {
@@ -363,9 +373,7 @@ def prepare_settings(
         },
         {},
     )
-    if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
-        dat = model_path(settings, "dlib_resnet_v1_dat", download=False)
-        prepare_dlib_resnet(dat, model_cache_dir(settings))
+    prepare_models(settings)
     if not (state / "bundles" / "current").exists():
         enroll_and_train(settings, shared / "people")
     return settings
@@ -382,8 +390,8 @@ async def serve_child(
     from streamer.web.server import create_app
 
     settings = prepare_settings(shared, state, cache, max_sessions, overrides)
-    engine = Engine.from_settings(settings, watch=False)  # type: ignore[arg-type]
-    app = create_app(settings, engine, TOKEN, secure=False)  # type: ignore[arg-type]
+    engine = Engine.from_settings(settings, watch=False)
+    app = create_app(settings, engine, TOKEN, secure=False)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -403,22 +411,54 @@ async def run(args: argparse.Namespace) -> list[Row]:
     frames = stamped(clip_frames(args.shared / "media" / "short_hamilton_clip.mp4"))
     encoded = None if args.client_encoding == "live" else encode_clip(frames, args.fps, args.codec)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp:
-        for workers in args.workers or [None]:
-            child, url = await start_server(Path(tmp), workers, args)
-            try:
-                for n in args.sessions:
-                    rows.append(await measure(url, child.pid, workers, n, frames, encoded, args))
-                    print(f"workers={workers} N={n}: done", file=sys.stderr, flush=True)
-                    await wait_idle(url)
-            finally:
-                child.terminate()
-                child.wait(timeout=30)
+    with (
+        tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp,
+        contextlib.ExitStack() as triton,
+    ):
+        for recognition in args.recognition:
+            settings = list(args.setting)
+            triton_url = None
+            if recognition == "triton":
+                triton_url = args.triton_url or triton.enter_context(
+                    start_triton(Path(tmp), args)
+                )
+                settings += ["recognition.backend=triton", f"recognition.triton_url={triton_url}"]
+            for workers in args.workers or [None]:
+                child, url = await start_server(Path(tmp), workers, args, settings)
+                try:
+                    for n in args.sessions:
+                        before = executions(triton_url) if triton_url else (0, 0)
+                        row = await measure(
+                            url, child.pid, recognition, workers, n, frames, encoded, args
+                        )
+                        rows.append(row)
+                        done = f"{recognition} workers={workers} N={n}: done"
+                        if triton_url:
+                            after = executions(triton_url)
+                            faces, runs = after[0] - before[0], after[1] - before[1]
+                            if not faces:
+                                raise RuntimeError(f"{done}, but Triton recognized no face")
+                            done += f", Triton ran {faces} faces in {runs} batches"
+                        print(done, file=sys.stderr, flush=True)
+                        await wait_idle(url)
+                finally:
+                    child.terminate()
+                    child.wait(timeout=30)
     return rows
 
 
+@contextlib.contextmanager
+def start_triton(tmp: Path, args: argparse.Namespace) -> Iterator[str]:
+    """The nvidia-pytriton wheel's tritonserver serving the benchmark's backbone."""
+    settings = prepare_settings(
+        args.shared, tmp / "state", tmp / "cache", max(args.sessions), args.setting
+    )
+    with wheel_triton(settings, tmp / "triton", settings.recognition.batch_size) as url:
+        yield url
+
+
 async def start_server(
-    tmp: Path, workers: int | None, args: argparse.Namespace
+    tmp: Path, workers: int | None, args: argparse.Namespace, settings: list[str]
 ) -> tuple[subprocess.Popen[str], str]:
     """The server child (``workers`` None) or ``facestream serve --workers``, and its URL."""
     pinned = ["--cpus", ",".join(map(str, args.server_cpus))] if args.server_cpus else []
@@ -426,11 +466,11 @@ async def start_server(
         command = [
             sys.executable, __file__, "--serve-child", str(tmp), "--shared", str(args.shared),
             "--max-sessions", str(max(args.sessions)),
-            *(f"--setting={item}" for item in args.setting), *pinned,
+            *(f"--setting={item}" for item in settings), *pinned,
         ]
     else:
         state, cache = tmp / "state", tmp / "cache"
-        prepare_settings(args.shared, state, cache, max(args.sessions), args.setting)
+        prepare_settings(args.shared, state, cache, max(args.sessions), settings)
         taskset = ["taskset", "-c", pinned[1]] if pinned else []
         command = [
             *taskset, sys.executable, "-m", "facestream", "serve", "--http",
@@ -440,7 +480,7 @@ async def start_server(
             "--models-dir", str(args.shared / "models"),
         ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for item in args.setting if workers is not None else []:
+    for item in settings if workers is not None else []:
         key, value = item.split("=", 1)
         env["FACESTREAM_" + key.upper().replace(".", "_")] = value
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
@@ -462,14 +502,15 @@ async def start_server(
 
 def table(rows: list[Row], fps: float) -> str:
     lines = [
-        f"| workers | sessions | returned fps per session (sent {fps:g}) | slowest – fastest | "
+        f"| recognition | workers | sessions | returned fps per session (sent {fps:g}) | "
+        "slowest – fastest | "
         "latency p50 | latency p99 | p99 1st / 2nd half | frames returned | "
         "server CPU per frame | client CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.workers or '-'} | {r.sessions} | "
+            f"| {r.recognition} | {r.workers or '-'} | {r.sessions} | "
             f"{r.fps_mean:.1f} | {r.fps_min:.1f} – {r.fps_max:.1f} | "
             f"{r.p50_ms:.0f} ms | {r.p99_ms:.0f} ms | "
             f"{r.p99_halves_ms[0]:.0f} / {r.p99_halves_ms[1]:.0f} ms | {r.returned:.0%} | "
@@ -507,6 +548,11 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")],
                         help="comma-separated W values: run `facestream serve --workers W` "
                         "for each (default: the bare application in one child process)")
+    parser.add_argument("--recognition", type=lambda s: s.split(","), default=["onnxruntime"],
+                        help="comma-separated recognition back-ends to run every row with: "
+                        "onnxruntime (in-process, the default), triton")
+    parser.add_argument("--triton-url", help="a running Triton (host:port, gRPC) serving "
+                        "`facestream models triton-repo`; default: start the wheel's")
     parser.add_argument("--cpus", type=cpus, help=argparse.SUPPRESS)  # the server child's
     parser.add_argument("--max-sessions", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--serve-child", type=Path, help=argparse.SUPPRESS)

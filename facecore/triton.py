@@ -190,6 +190,7 @@ class TritonEmbedder:
         self.dimension = dimension
         self.provider = f"triton {connection.url}"
         self.output_name: str | None = None  # known once the config is checked
+        self.max_batch = 1  # the model's max_batch_size, read with the config
 
     @property
     def size(self) -> tuple[int, int]:
@@ -205,8 +206,12 @@ class TritonEmbedder:
         if len(chips) == 0:
             return np.zeros((0, self.dimension), np.float32)
         output = self.output_name or self._check_model()
-        out = self.connection.infer(self.model, CHIPS, np.ascontiguousarray(chips), output)
-        return np.asarray(out, np.float32).reshape(len(chips), -1)
+        # Triton refuses a request past the model's max_batch_size: send it in parts
+        parts = [
+            self.connection.infer(self.model, CHIPS, np.ascontiguousarray(part), output)
+            for part in np.split(chips, range(self.max_batch, len(chips), self.max_batch))
+        ]
+        return np.concatenate(parts).astype(np.float32, copy=False).reshape(len(chips), -1)
 
     def _check_model(self) -> str:
         """Check that Triton's ``model`` is the bundle's network; its output name."""
@@ -238,5 +243,6 @@ class TritonEmbedder:
                 f"the bundle's is {preprocessing_text(self.preprocessing)}; {hint}"
             )
         self.dimension = wanted[0]
+        self.max_batch = max(1, int(config.max_batch_size))
         self.output_name = outputs[0][0]
         return self.output_name

@@ -44,6 +44,7 @@ from facecore.errors import ConfigError, InferenceServerError, ModelLoadError
 from facecore.registry import MODELS, model_path
 from facecore.triton import TritonConnection, TritonEmbedder
 from facecore.triton_repo import (
+    DEFAULT_MAX_BATCH_SIZE,
     PARAM_BACKBONE_SHA256,
     PARAM_PREPROCESSING,
     preprocessing_text,
@@ -218,6 +219,16 @@ def test_triton_gives_the_embeddings_of_onnx_runtime(
         np.testing.assert_allclose(remote.embed_raw(chips), local.embed_raw(chips), atol=1e-4)
         np.testing.assert_allclose(remote.embed(chips), local.embed(chips), atol=1e-4)
         assert remote.embed(chips[:0]).shape == (0, 128)
+
+
+def test_a_batch_past_the_models_max_batch_size_goes_in_parts(
+    settings: Settings, triton_url: str, chips: np.ndarray
+) -> None:
+    many = chips[np.arange(DEFAULT_MAX_BATCH_SIZE + 6) % len(chips)]  # the repository's limit
+    local = Embedder.load(model_path(settings, DLIB), DLIB_PREPROCESSING, device="cpu")
+    with TritonConnection(triton_url, timeout_s=30.0) as connection:
+        remote = _dlib_on(connection, settings)
+        np.testing.assert_allclose(remote.embed(many), local.embed(many), atol=1e-4)
 
 
 def test_triton_batches_requests_of_several_threads(

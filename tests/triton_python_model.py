@@ -1,6 +1,9 @@
 """A Triton python-backend model that runs the repository's ``model.onnx`` with ONNX
-Runtime on the CPU: the stand-in, in the tests, for Triton's onnxruntime backend,
-which the CPU Triton of the ``nvidia-pytriton`` wheel lacks (tests/triton_support.py).
+Runtime: the stand-in, in the tests and bench/triton.py, for Triton's onnxruntime
+backend, which the Triton of the ``nvidia-pytriton`` wheel lacks
+(tests/triton_support.py). It takes the CUDA provider where the Triton environment's
+onnxruntime has it (onnxruntime-gpu) and ONNX Runtime's default threads, as the
+in-process session does.
 
 Triton's dynamic batcher hands ``execute`` several requests at once; they run as one
 ONNX Runtime call. Runs inside Triton's python stub, in the Triton environment's
@@ -21,11 +24,9 @@ class TritonPythonModel:
         self.input = config["input"][0]["name"]
         self.output = config["output"][0]["name"]
         model = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(
-            str(model), options, providers=["CPUExecutionProvider"]
-        )
+        wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        providers = [p for p in wanted if p in onnxruntime.get_available_providers()]
+        self.session = onnxruntime.InferenceSession(str(model), providers=providers)
 
     def execute(self, requests):
         chips = [pb_utils.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]
