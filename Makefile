@@ -48,10 +48,12 @@ test: install-test system-packages triton-env
 	$(BIN)/facestream models prepare --models-dir $(SHARED)/models
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python -m pytest
 
-bench: install-test
+bench: install-test triton-env
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/detect_embed.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/pipeline.py --detector onnxruntime,opencv
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/webrtc.py
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/webrtc.py --workers 1,2 --sessions 4,8 --recognition onnxruntime,triton
+	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/triton_recognition.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/heads.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/clip_reference.py
 	FACESTREAM_SHARED=$(SHARED) $(BIN)/python bench/enroll_latency.py

@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from triton_support import start_triton, to_python_backend, triton_env  # noqa: E402
+from triton_support import TritonServer, start_triton, to_python_backend, triton_env  # noqa: E402
 
 from facecore.config import Settings, load_settings  # noqa: E402
 from facecore.detector import Detector  # noqa: E402
@@ -74,9 +74,9 @@ def prepared(shared: Path) -> Settings:
 
 
 @contextlib.contextmanager
-def wheel_triton(settings: Settings, work: Path, max_batch: int) -> Iterator[str]:
+def wheel_triton(settings: Settings, work: Path, max_batch: int) -> Iterator[TritonServer]:
     """The nvidia-pytriton wheel's tritonserver on the repository the user's command
-    writes; its gRPC address."""
+    writes."""
     env = triton_env(REPO)
     if env is None:
         raise SystemExit(
@@ -84,18 +84,19 @@ def wheel_triton(settings: Settings, work: Path, max_batch: int) -> Iterator[str
             "or give --triton-url of a Triton serving `facestream models triton-repo`"
         )
     repository = work / "models"
-    written = facestream(
-        [
-            "models", "triton-repo", str(repository), "--max-batch-size", str(max_batch),
-            "--cache-dir", str(settings.cache_dir), "--models-dir", str(settings.models_dir),
-        ]
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the table
+        written = facestream(
+            [
+                "models", "triton-repo", str(repository), "--max-batch-size", str(max_batch),
+                "--cache-dir", str(settings.cache_dir), "--models-dir", str(settings.models_dir),
+            ]
+        )
     if written != 0:
         raise SystemExit("facestream models triton-repo failed")
     to_python_backend(repository / MODEL)
     server = start_triton(env, repository, work, (MODEL,))
     try:
-        yield server.grpc_url
+        yield server
     finally:
         server.stop()
 
@@ -214,7 +215,7 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             url = args.triton_url or stack.enter_context(
                 wheel_triton(settings, Path(tmp), max(args.batches))
-            )
+            ).grpc_url
             rows, gap, provider = run(args, settings, url)
     device = "GPU" if gpu_present() else "no GPU"
     print(f"\n{cpu_description()}, {device}; in-process: onnxruntime {ort.__version__} "

@@ -28,7 +28,7 @@ application, and counts the CPU time of the whole process tree.
 ``--recognition onnxruntime,triton`` runs every row with recognition in-process and
 then through Triton (``recognition.backend = "triton"``): a Triton of your own at
 ``--triton-url``, or the nvidia-pytriton wheel's tritonserver started on this machine
-as bench/triton_recognition.py starts it (its CPU time is not in "server CPU").
+as bench/triton_recognition.py starts it (whose CPU time "server CPU" then counts).
 
 Prints a markdown table: per-session returned fps (mean, and the slowest and
 fastest session), latency p50/p99 over every returned frame, p99 over the first and
@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from triton_recognition import executions, wheel_triton  # noqa: E402 - after the path set-up
+from triton_support import TritonServer  # noqa: E402
 
 from facecore.config import Settings  # noqa: E402
 from streamer.web.jitter import use_marker_jitter_buffer  # noqa: E402
@@ -288,7 +289,8 @@ def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
     return total
 
 
-async def measure(url: str, server_pid: int, recognition: str, workers: int | None, n: int,
+async def measure(url: str, server_pids: list[int], recognition: str, workers: int | None,
+                  n: int,
                   frames: list[NDArray[np.uint8]], encoded: list[bytes] | None,
                   args: argparse.Namespace) -> Row:
     fps, warmup, seconds = args.fps, args.warmup, args.seconds
@@ -296,11 +298,11 @@ async def measure(url: str, server_pid: int, recognition: str, workers: int | No
     await asyncio.sleep(warmup)
     start = time.perf_counter()
     sent0 = [s.track.count for s in sessions]
-    server0 = cpu_seconds(server_pid, descendants=True)
+    server0 = sum(cpu_seconds(pid, descendants=True) for pid in server_pids)
     client0 = cpu_seconds(os.getpid())
     await asyncio.sleep(seconds)
     end = time.perf_counter()
-    server_cpu = cpu_seconds(server_pid, descendants=True) - server0
+    server_cpu = sum(cpu_seconds(pid, descendants=True) for pid in server_pids) - server0
     client_cpu = cpu_seconds(os.getpid()) - client0
     sent = [s.track.count - c for s, c in zip(sessions, sent0, strict=True)]
     windows = [[r for r in s.received if start <= r[0] < end] for s in sessions]
@@ -413,32 +415,26 @@ async def run(args: argparse.Namespace) -> list[Row]:
     rows = []
     with (
         tempfile.TemporaryDirectory(prefix="facestream-bench-") as tmp,
-        contextlib.ExitStack() as triton,
+        contextlib.ExitStack() as stack,
     ):
         for recognition in args.recognition:
-            settings = list(args.setting)
-            triton_url = None
+            settings, triton_url, triton_pids = list(args.setting), None, []
             if recognition == "triton":
-                triton_url = args.triton_url or triton.enter_context(
-                    start_triton(Path(tmp), args)
-                )
+                triton_url, triton_pids = triton_for(Path(tmp), args, stack)
                 settings += ["recognition.backend=triton", f"recognition.triton_url={triton_url}"]
             for workers in args.workers or [None]:
                 child, url = await start_server(Path(tmp), workers, args, settings)
                 try:
                     for n in args.sessions:
-                        before = executions(triton_url) if triton_url else (0, 0)
+                        ran = executions(triton_url) if triton_url else (0, 0)
                         row = await measure(
-                            url, child.pid, recognition, workers, n, frames, encoded, args
+                            url, [child.pid, *triton_pids], recognition, workers, n,
+                            frames, encoded, args,
                         )
                         rows.append(row)
                         done = f"{recognition} workers={workers} N={n}: done"
                         if triton_url:
-                            after = executions(triton_url)
-                            faces, runs = after[0] - before[0], after[1] - before[1]
-                            if not faces:
-                                raise RuntimeError(f"{done}, but Triton recognized no face")
-                            done += f", Triton ran {faces} faces in {runs} batches"
+                            done += triton_work(triton_url, ran)
                         print(done, file=sys.stderr, flush=True)
                         await wait_idle(url)
                 finally:
@@ -447,14 +443,34 @@ async def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def triton_for(
+    tmp: Path, args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[str, list[int]]:
+    """The Triton the triton rows use, and the pids whose CPU time they count."""
+    if args.triton_url:
+        return args.triton_url, []
+    server = stack.enter_context(start_triton(tmp, args))
+    return server.grpc_url, [server.process.pid]
+
+
+def triton_work(url: str, before: tuple[int, int]) -> str:
+    """What Triton ran since ``before`` (``executions``); none is an error: the row
+    would not have recognized through Triton."""
+    after = executions(url)
+    faces, runs = after[0] - before[0], after[1] - before[1]
+    if not faces:
+        raise RuntimeError("Triton recognized no face: the server did not use it")
+    return f", Triton ran {faces} faces in {runs} batches"
+
+
 @contextlib.contextmanager
-def start_triton(tmp: Path, args: argparse.Namespace) -> Iterator[str]:
+def start_triton(tmp: Path, args: argparse.Namespace) -> Iterator[TritonServer]:
     """The nvidia-pytriton wheel's tritonserver serving the benchmark's backbone."""
     settings = prepare_settings(
         args.shared, tmp / "state", tmp / "cache", max(args.sessions), args.setting
     )
-    with wheel_triton(settings, tmp / "triton", settings.recognition.batch_size) as url:
-        yield url
+    with wheel_triton(settings, tmp / "triton", settings.recognition.batch_size) as server:
+        yield server
 
 
 async def start_server(
@@ -519,6 +535,14 @@ def table(rows: list[Row], fps: float) -> str:
     return "\n".join(lines)
 
 
+def backends(text: str) -> list[str]:
+    """A ``--recognition`` value: comma-separated recognition back-ends."""
+    names = text.split(",")
+    if unknown := set(names) - {"onnxruntime", "triton"}:
+        raise argparse.ArgumentTypeError(f"unknown back-end {', '.join(sorted(unknown))}")
+    return names
+
+
 def cpus(text: str) -> set[int]:
     """A ``--server-cpus`` value: comma-separated CPU numbers."""
     return {int(x) for x in text.split(",")}
@@ -548,7 +572,7 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")],
                         help="comma-separated W values: run `facestream serve --workers W` "
                         "for each (default: the bare application in one child process)")
-    parser.add_argument("--recognition", type=lambda s: s.split(","), default=["onnxruntime"],
+    parser.add_argument("--recognition", type=backends, default=["onnxruntime"],
                         help="comma-separated recognition back-ends to run every row with: "
                         "onnxruntime (in-process, the default), triton")
     parser.add_argument("--triton-url", help="a running Triton (host:port, gRPC) serving "
