@@ -16,6 +16,7 @@ person, if below 0.6) names it Obama; then the best threshold on that rule.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import os
 import sys
@@ -167,6 +168,7 @@ def _best_separation(groups: list[list[Sighting]], names: list[str]) -> str:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     shared = shared_dir()
     settings = load_settings({}, {"FACESTREAM_MODELS_DIR": str(shared / "models"), **os.environ})
     detector = Detector.from_settings(settings)

@@ -14,6 +14,7 @@ hold-out check) and for the registry's template. See docs/alignment.md.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Iterator
@@ -101,6 +102,7 @@ def _row(label: str, fit: TemplateFit) -> str:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     shared = shared_dir()
     sources, landmarks, transforms = _measure(shared)
     if not sources:

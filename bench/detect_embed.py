@@ -17,6 +17,7 @@ warm-up; the load average printed with them says how busy the machine was.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import platform
@@ -86,6 +87,7 @@ def _frames(shared: Path) -> list[NDArray[np.uint8]]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     shared = shared_dir()
     settings = load_settings({}, {"FACESTREAM_MODELS_DIR": str(shared / "models"), **os.environ})
     yunet = model_path(settings, DETECTOR)

@@ -69,7 +69,7 @@ sys.path.insert(0, str(REPO))
 from triton_recognition import executions, wheel_triton  # noqa: E402 - after the path set-up
 from triton_support import TritonServer  # noqa: E402
 
-from facecore.config import Settings  # noqa: E402
+from facecore.config import Settings, load_settings  # noqa: E402
 from streamer.web.jitter import use_marker_jitter_buffer  # noqa: E402
 
 WIDTH, HEIGHT = 640, 480
@@ -290,8 +290,7 @@ def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
 
 
 async def measure(url: str, server_pids: list[int], recognition: str, workers: int | None,
-                  n: int,
-                  frames: list[NDArray[np.uint8]], encoded: list[bytes] | None,
+                  n: int, frames: list[NDArray[np.uint8]], encoded: list[bytes] | None,
                   args: argparse.Namespace) -> Row:
     fps, warmup, seconds = args.fps, args.warmup, args.seconds
     sessions = [await open_session(url, frames, encoded, fps, args.codec) for _ in range(n)]
@@ -362,8 +361,6 @@ def prepare_settings(
     shared: Path, state: Path, cache: Path, max_sessions: int, overrides: list[str]
 ) -> Settings:
     from machine import enroll_and_train, prepare_models
-
-    from facecore.config import load_settings
 
     settings = load_settings(
         {

@@ -14,6 +14,25 @@ import pytest
 from triton_support import triton_env
 
 
+def test_every_bench_script_answers_help(repo_root: Path, shared_dir: Path) -> None:
+    """Each script imports (the GPU one too, which cannot run here) and says what it
+    does, without running."""
+    scripts = sorted(p for p in (repo_root / "bench").glob("*.py") if p.name != "machine.py")
+    env = {**os.environ, "FACESTREAM_SHARED": str(shared_dir)}
+    running = {
+        script.name: subprocess.Popen(
+            [sys.executable, str(script), "--help"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo_root, env=env,
+        )
+        for script in scripts
+    }
+    assert {"gpu.py", "triton_recognition.py", "webrtc.py"} <= set(running)
+    for name, process in running.items():
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, (name, err[-2000:])
+        assert out.startswith(f"usage: {name}"), (name, out[:200])
+
+
 def _bench(repo_root: Path, shared_dir: Path, script: str, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(repo_root / "bench" / script), *args],
