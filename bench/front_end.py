@@ -40,7 +40,8 @@ from facecore.landmarks import LANDMARK_BOX_REFERENCE, landmark_box, landmark_bo
 from facecore.registry import get_spec
 from trainer.dlib.reference import DlibPipeline, match_boxes
 from trainer.dlib.template import derive_landmark_box
-from trainer.evaluation.cli import Candidate, run_verify
+from trainer.evaluation.cli import run_verify
+from trainer.evaluation.embedding import Candidate
 
 CANDIDATES = (
     Candidate("yunet_template"),

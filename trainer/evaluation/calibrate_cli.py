@@ -70,7 +70,7 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         weights_sha256,
     )
     from facecore.registry import get_spec
-    from trainer.evaluation.cli import embed_largest_faces, labelled_images
+    from trainer.evaluation.embedding import embed_largest_faces, labelled_images
     from trainer.evaluation.population import data_sha256, impostor_tail, source_commit
 
     spec = get_spec(settings.recognition.model)

@@ -17,7 +17,6 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,20 +24,16 @@ from numpy.typing import NDArray
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
 from facecore.errors import ConfigError, SourceError
+from trainer.evaluation.embedding import (
+    Candidate,
+    Embedded,
+    embed_dlib,
+    embed_facestream,
+    labelled_images,
+)
 from trainer.evaluation.evaluate import FAR, FOLDS, Pairs, Verification
 
-if TYPE_CHECKING:
-    from trainer.backbone import Backbone
-
-__all__ = [
-    "Candidate",
-    "Column",
-    "Embedded",
-    "embed_largest_faces",
-    "labelled_images",
-    "register_eval",
-    "run_verify",
-]
+__all__ = ["Column", "register_eval", "run_verify"]
 
 MAX_GENUINE = 3000
 
@@ -136,22 +131,6 @@ def register_eval(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPar
     )
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A front end to measure: its kind, which box the dlib_5 landmark model gets
-    ("landmarks": derived from YuNet's landmarks, "yunet": YuNet's box), and whether
-    each embedding is averaged with the mirror image's."""
-
-    kind: str
-    box: str = "landmarks"
-    flip: bool = False
-
-    @property
-    def name(self) -> str:
-        box = ":yunet_box" if self.box == "yunet" else ""
-        return f"{self.kind}{box}{'+flip' if self.flip else ''}"
-
-
 def _candidate(text: str) -> Candidate:
     """``--front-end``'s value: ``KIND[:yunet_box][+flip]``."""
     from facecore.frontend import FRONT_ENDS
@@ -166,16 +145,6 @@ def _candidate(text: str) -> Candidate:
             "each optionally followed by +flip"
         )
     return Candidate(kind, "yunet" if box else "landmarks", bool(flip))
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """One pipeline's output for M images: ``vectors`` [M, D], ``found`` [M] bool
-    (a face was detected)."""
-
-    vectors: NDArray[np.float32]
-    found: NDArray[np.bool_]
-    ms_per_face: float  # the front end's time (landmarks and chip), per image
 
 
 @dataclass(frozen=True)
@@ -246,7 +215,7 @@ def run_verify(
     candidates = list(candidates or [Candidate(spec.landmarks)])
     columns = []
     for embedded, candidate in zip(
-        _embed_facestream(settings, paths, candidates), candidates, strict=True
+        embed_facestream(settings, paths, candidates), candidates, strict=True
     ):
         columns.append(
             _column(
@@ -260,7 +229,7 @@ def run_verify(
             )
         )
     if reference == "dlib":
-        theirs = _embed_dlib(settings, paths)
+        theirs = embed_dlib(settings, paths)
         difference = theirs.vectors[pairs.first] - theirs.vectors[pairs.second]
         distance = np.linalg.norm(difference, axis=1)
         columns.append(
@@ -310,140 +279,6 @@ def _load_pairs(
         raise SourceError(f"{folder}: {err} (one sub-folder of images per person)") from err
     origin = f"{len(people)} people; pairs formed with seed {seed}"
     return [image for image, _ in images], pairs, origin
-
-
-def labelled_images(folder: Path) -> list[tuple[Path, str]]:
-    """(image, person) for every image of ``folder``'s sub-folders, one per person, in
-    sorted order."""
-    from trainer.fitting.gallery import IMAGE_SUFFIXES
-
-    people = sorted(p for p in folder.iterdir() if p.is_dir())
-    return [
-        (image, person.name)
-        for person in people
-        for image in sorted(person.iterdir())
-        if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES
-    ]
-
-
-def embed_largest_faces(settings: Settings, paths: Sequence[Path]) -> Embedded:
-    """Unit embeddings of each image's largest face through the model's own front end
-    (the centred square where no face is found: ``found`` says which)."""
-    from facecore.registry import get_spec
-
-    spec = get_spec(settings.recognition.model)
-    return _embed_facestream(settings, paths, [Candidate(spec.landmarks)])[0]
-
-
-def _read(path: Path) -> NDArray[np.uint8]:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SourceError(f"OpenCV cannot read the image {path}")
-    return image
-
-
-def _centred_square(shape: tuple[int, ...]) -> tuple[float, float, float]:
-    """(left, top, side) of the largest centred square in an image of ``shape``."""
-    height, width = shape[:2]
-    side = min(height, width)
-    return (width - side) / 2, (height - side) / 2, float(side)
-
-
-def _embed_facestream(
-    settings: Settings, paths: Sequence[Path], candidates: Sequence[Candidate]
-) -> list[Embedded]:
-    """For each candidate, unit embeddings of each image's largest YuNet face (the
-    centred square where there is none), batched as the recognizer is configured."""
-    import time
-
-    from tqdm import tqdm
-
-    from facecore.detector import Detector
-    from facecore.frontend import FrontEnd
-    from facecore.registry import get_spec
-    from trainer.backbone import Backbone
-
-    detector = Detector.from_settings(settings)
-    backbone = Backbone.from_settings(settings)
-    spec_front_end = backbone.front_end
-    front_ends = {
-        c.kind: spec_front_end if c.kind == spec_front_end.kind
-        else FrontEnd.for_model(settings, get_spec(backbone.name), kind=c.kind)
-        for c in candidates
-    }
-    width, height = size = backbone.embedder.size
-    found = np.zeros(len(paths), bool)
-    chips = np.zeros((len(candidates), len(paths), height, width, 3), np.uint8)
-    seconds = np.zeros(len(candidates))
-    for i, path in enumerate(tqdm(paths, desc="facestream: detect, align", unit="image")):
-        image = _read(path)
-        faces = detector.detect(image).largest()
-        found[i] = len(faces) == 1
-        left, top, side = _centred_square(image.shape)
-        if found[i]:
-            landmarks, box = faces.landmarks, faces.xyxy
-        else:
-            landmarks = (backbone.template * (side / max(size)) + (left, top))[None]
-            box = np.array([[left, top, left + side - 1, top + side - 1]])
-        for j, candidate in enumerate(candidates):
-            start = time.perf_counter()
-            chips[j, i] = front_ends[candidate.kind].chips(
-                image, landmarks, box if candidate.box == "yunet" else None
-            )[0]
-            seconds[j] += time.perf_counter() - start
-    batch = settings.recognition.batch_size
-    results = []
-    for j, candidate in enumerate(candidates):
-        vectors = np.concatenate([
-            _embed(backbone, chips[j, start : start + batch], candidate.flip)
-            for start in tqdm(
-                range(0, len(paths), batch), desc=f"facestream: embed {candidate.name}",
-                unit="batch",
-            )
-        ])
-        results.append(Embedded(vectors, found, 1000 * seconds[j] / max(len(paths), 1)))
-    return results
-
-
-def _embed(backbone: Backbone, chips: NDArray[np.uint8], flip: bool) -> NDArray[np.float32]:
-    """Unit embeddings of ``chips``; with ``flip``, of the mean of each chip's and its
-    mirror image's embedding."""
-    vectors = backbone.embedder.embed(chips)
-    if not flip:
-        return vectors
-    mean = vectors + backbone.embedder.embed(np.ascontiguousarray(chips[:, :, ::-1]))
-    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
-
-
-def _embed_dlib(settings: Settings, paths: Sequence[Path]) -> Embedded:
-    """dlib's raw descriptors of each image's largest HOG face (the centred square,
-    given to the 5-point model as the detection, where there is none)."""
-    import time
-
-    from tqdm import tqdm
-
-    from trainer.dlib.reference import DlibPipeline
-
-    dlib = DlibPipeline.from_settings(settings)
-    seconds = 0.0
-    found = np.zeros(len(paths), bool)
-    vectors = np.zeros((len(paths), 128), np.float32)
-    for i, path in enumerate(tqdm(paths, desc="dlib-bin: detect, embed", unit="image")):
-        image = _read(path)
-        boxes = dlib.detect(image)
-        found[i] = len(boxes) > 0
-        if found[i]:
-            box = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]
-        else:
-            left, top, side = _centred_square(image.shape)
-            box = np.array([left, top, left + side - 1, top + side - 1])
-        start = time.perf_counter()
-        dlib.chips(image, box[None])
-        seconds += time.perf_counter() - start
-        vectors[i] = dlib.descriptors(image, box[None])[0]
-    return Embedded(vectors, found, 1000 * seconds / max(len(paths), 1))
 
 
 def _column(
