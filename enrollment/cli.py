@@ -1,9 +1,10 @@
 """``facestream enroll add | import | list | rename | remove | copy``.
 
-Each verb that reads photos prints one line per file, ``accepted`` or ``rejected``
-with the reason, then a summary; it exits with status 1 when a photo was rejected for
-anything but being a duplicate of a stored sample (so a second import of the same
-folder succeeds), 0 otherwise.
+Each verb that reads photos prints one line per file (or folder not read),
+``accepted`` or ``rejected`` with the reason, then a summary; it exits with status 1
+when a photo or folder was rejected for anything but being a duplicate of a stored
+sample (so a second import of the same folder succeeds), or when a new person was
+left without any photo and so not enrolled; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ _HEADER = ("NAME", "SAMPLES", "UPDATED")
 
 _REPORT_EPILOG = (
     "Prints accepted or rejected (with the reason) for every file. Exit status: 0, or 1 "
-    "when a photo was rejected for anything but being a duplicate."
+    "when a photo was rejected for anything but being a duplicate, or a new person was "
+    "not enrolled because no photo was accepted."
 )
 
 
@@ -43,13 +45,14 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         handler=_add,
         help="enroll a person from photos (or add photos to them)",
         description="Enroll NAME from one or more photos, or add the photos to NAME if "
-        "already enrolled. Each photo must show one face, or one clearly larger than the "
-        "others. Names may be in any script.",
+        "already enrolled (NAME may also be an enrolled person's id). Each photo must "
+        "show one face, or one clearly larger than the others. Names may be in any "
+        "script.",
         epilog=f"{_REPORT_EPILOG}\n\nexamples:\n"
         "  facestream enroll add 'Ada Lovelace' ada1.jpg ada2.png\n"
         "  facestream enroll add '李小龙' photos/bruce/*.jpg",
     )
-    add.add_argument("name", metavar="NAME", help="the person's display name")
+    add.add_argument("name", metavar="NAME", help="the person's display name, or their id")
     add.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="image files")
     folder = add_command(
         group,
@@ -116,19 +119,23 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
 
 
 def _add(settings: Settings, args: argparse.Namespace) -> int:
+    from enrollment.errors import UnknownPersonError
     from enrollment.ingest import ingest_photo
 
     detector = _detector(settings)
     with _open_store(settings) as store:
-        person, created = store.get_or_add_person(args.name)
+        try:  # resolved like every other reference: an ambiguous one is refused here
+            person, created = store.find_person(args.name), False
+        except UnknownPersonError:
+            person, created = store.get_or_add_person(args.name)
         results = [ingest_photo(store, detector, person.id, p, "photo") for p in args.photos]
         _report(results)
         if created and not any(r.accepted for r in results):
             store.remove_person(person.id)
             print(f"no photo was accepted: {person.name} was not enrolled")
-        else:
-            person = store.find_person(person.id)
-            print(f"{person.name}: {_count(person.sample_count, 'sample')}")
+            return 1  # even when every photo was a duplicate: nothing was done
+        person = store.get_person(person.id)
+        print(f"{person.name}: {_count(person.sample_count, 'sample')}")
     return _status(results)
 
 
@@ -199,6 +206,8 @@ def _copy(settings: Settings, args: argparse.Namespace) -> int:
     from enrollment.store import EnrollmentStore, store_location
     from facecore.config import redacted_url
 
+    if not args.target.strip():  # Path("") is the current folder
+        raise EnrollmentError("--to needs a store: a postgresql:// URL or a folder")
     own = store_location(settings)
     same = (args.target == own if isinstance(own, str)
             else "://" not in args.target and Path(args.target).resolve() == own.resolve())
@@ -231,11 +240,21 @@ def _detector(settings: Settings) -> Detector:
 
 
 def _report(results: Sequence[IngestResult]) -> None:
+    from enrollment.ingest import FOLDER_OUTCOMES
+
     for result in results:
         verdict = "accepted" if result.accepted else "rejected"
-        print(f"{verdict}  {result.path}: {result.reason}")
+        print(f"{verdict}  {_printable(result.path)}: {result.reason}")
     accepted = sum(r.accepted for r in results)
-    print(f"{accepted} of {_count(len(results), 'file')} accepted")
+    folders = sum(r.outcome in FOLDER_OUTCOMES for r in results)
+    summary = f"{accepted} of {_count(len(results) - folders, 'file')} accepted"
+    print(summary + (f", {_count(folders, 'folder')} not imported" if folders else ""))
+
+
+def _printable(path: str) -> str:
+    """A file name as it is safe to print: characters a terminal would act on or not
+    show (controls, bidi overrides, undecodable bytes) written as escapes."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in path)
 
 
 def _status(results: Sequence[IngestResult]) -> int:

@@ -3,6 +3,7 @@
     FacestreamError                 (facecore.errors)
     └── EnrollmentError             anything wrong with enrolled people or samples
         ├── UnknownPersonError      no person with that name or id
+        ├── AmbiguousPersonError    a reference that is one person's id and another's name
         ├── UnknownSampleError      no sample with that id
         ├── DuplicatePersonError    another person already has that display name
         ├── DuplicateSampleError    a sample with the same content is already stored
@@ -22,6 +23,7 @@ from __future__ import annotations
 from facecore.errors import FacestreamError
 
 __all__ = [
+    "AmbiguousPersonError",
     "DuplicatePersonError",
     "DuplicateSampleError",
     "EnrollmentError",
@@ -43,6 +45,21 @@ class UnknownPersonError(EnrollmentError):
     def __init__(self, key: str) -> None:
         self.key = key
         super().__init__(f"no enrolled person is named or has the id {key!r}")
+
+
+class AmbiguousPersonError(EnrollmentError):
+    """``key`` is the id of one person and the display name of another: acting on
+    either could be acting on the wrong person, so neither is chosen."""
+
+    def __init__(self, key: str, by_id: str, by_id_name: str, by_name_id: str) -> None:
+        self.key = key
+        self.by_id = by_id  # the person whose id is `key`
+        self.by_name = by_name_id  # the person whose name is `key`
+        super().__init__(
+            f"{key!r} is ambiguous: it is the id of {by_id_name!r} and the name of the "
+            f"person with the id {by_name_id}; refer to {by_id_name!r} by their name "
+            f"and to the other by their id {by_name_id}"
+        )
 
 
 class UnknownSampleError(EnrollmentError):

@@ -22,8 +22,8 @@ from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from enrollment.errors import DuplicateSampleError
-from enrollment.names import folder_person_name
+from enrollment.errors import DuplicateSampleError, InvalidNameError
+from enrollment.names import clean_name, folder_person_name
 from enrollment.quality import measure_quality
 from enrollment.store import EnrollmentStore, Quality, Sample
 from facecore.alignment import crop_with_margin
@@ -32,6 +32,7 @@ from facecore.errors import SourceError
 
 __all__ = [
     "DEFAULT_POLICY",
+    "FOLDER_OUTCOMES",
     "IngestPolicy",
     "IngestResult",
     "Outcome",
@@ -55,6 +56,15 @@ class Outcome(StrEnum):
     TOO_BLURRED = "too_blurred"
     DUPLICATE = "duplicate"
     NOT_IN_PERSON_FOLDER = "not_in_person_folder"
+    BROKEN_LINK = "broken_link"  # a symbolic link to nothing, or a loop of links
+    NESTED_FOLDER = "nested_folder"  # a folder inside a person's folder: not read
+    # a person's folder from which no one was enrolled: its name is not a usable
+    # name, it cannot be listed, or none of its photos was accepted
+    FOLDER_REJECTED = "folder_rejected"
+
+
+# the outcomes of results that are about a folder, not a file
+FOLDER_OUTCOMES = frozenset({Outcome.NESTED_FOLDER, Outcome.FOLDER_REJECTED})
 
 
 @dataclass(frozen=True)
@@ -151,41 +161,92 @@ def import_folder(
     """Enroll every photo of ``folder/<person>/``: one sub-folder per person, named
     with ``_`` for a space (`folder_person_name`). A person who exists already gets
     the new samples; one created here but left without any accepted photo is removed
-    again. Files directly in ``folder`` are reported and skipped; hidden files
-    (``.DS_Store``) are ignored."""
+    again, and their folder reported. Everything not read is reported and skipped,
+    the import going on: files directly in ``folder``, a person's folder whose name
+    is not a usable name (`clean_name`) or that cannot be listed, folders inside a
+    person's folder, broken links (and link loops). Hidden files (``.DS_Store``) are
+    ignored."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f"cannot import {folder}: it is not a folder")
-    results: list[IngestResult] = []
-    jobs: dict[Path, list[Path]] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
+    try:
+        entries, results = _entries(folder)
+    except OSError as exc:
+        raise SourceError(f"cannot import {folder}: {exc.strerror}") from exc
+    jobs: dict[Path, tuple[str, list[Path]]] = {}
+    for entry in entries:
+        if not entry.is_dir():
+            results.append(_skipped(entry, Outcome.NOT_IN_PERSON_FOLDER, _NOT_IN_FOLDER))
             continue
-        if entry.is_dir():
-            jobs[entry] = sorted(
-                p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")
-            )
-        else:
-            reason = "not in a person's sub-folder (FOLDER/NAME/PHOTO), skipped"
-            outcome = Outcome.NOT_IN_PERSON_FOLDER
-            results.append(IngestResult(str(entry), False, reason, None, outcome))
-    total = sum(len(files) for files in jobs.values())
+        try:
+            name = clean_name(folder_person_name(entry.name))
+            inside, problems = _entries(entry)
+        except InvalidNameError as exc:
+            reason = f"folder not imported, its name is not a usable person name: {exc}"
+            results.append(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
+            continue
+        except OSError as exc:
+            reason = f"folder not imported, it cannot be read ({exc.strerror})"
+            results.append(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
+            continue
+        results += problems
+        photos = []
+        for path in inside:
+            if path.is_file():
+                photos.append(path)
+            elif path.is_dir():
+                results.append(_skipped(path, Outcome.NESTED_FOLDER, _NESTED))
+            else:  # reading a pipe would block the import
+                results.append(_skipped(path, Outcome.UNREADABLE, _NOT_A_FILE))
+        if photos:
+            jobs[entry] = (name, photos)
+    total = sum(len(photos) for _, photos in jobs.values())
     with tqdm(total=total, unit="photo", file=sys.stderr, disable=not progress) as bar:
-        for person_dir, files in jobs.items():
-            if not files:
-                continue
-            name = folder_person_name(person_dir.name)
-            bar.set_description(name)
+        for person_dir, (name, photos) in jobs.items():
+            bar.set_description(name)  # cleaned: no control or bidi characters
             person, created = store.get_or_add_person(name)
             accepted = 0
-            for path in files:
+            for path in photos:
                 result = ingest_photo(store, detector, person.id, path, "folder", policy=policy)
                 accepted += result.accepted
                 results.append(result)
                 bar.update()
             if created and not accepted:
                 store.remove_person(person.id)
+                reason = f"no photo was accepted: {person.name} was not enrolled"
+                results.append(_skipped(person_dir, Outcome.FOLDER_REJECTED, reason))
     return results
+
+
+_NOT_IN_FOLDER = "not in a person's sub-folder (FOLDER/NAME/PHOTO), skipped"
+_NESTED = "a folder inside a person's folder is not read (photos go in FOLDER/NAME/), skipped"
+_NOT_A_FILE = "not a regular file (a pipe, socket or device), skipped"
+
+
+def _entries(folder: Path) -> tuple[list[Path], list[IngestResult]]:
+    """The visible entries of ``folder`` that exist, sorted; and a result for each
+    one that does not (a broken link or a loop of links). Raises OSError when the
+    folder cannot be listed."""
+    entries, broken = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        try:
+            entry.stat()  # follows links: fails on a dangling one and on a loop
+        except OSError as exc:
+            if entry.is_symlink():
+                reason = f"broken link ({exc.strerror}), skipped"
+                broken.append(_skipped(entry, Outcome.BROKEN_LINK, reason))
+            else:
+                reason = f"unreadable ({exc.strerror}), skipped"
+                broken.append(_skipped(entry, Outcome.UNREADABLE, reason))
+            continue
+        entries.append(entry)
+    return entries, broken
+
+
+def _skipped(path: Path, outcome: Outcome, reason: str) -> IngestResult:
+    return IngestResult(str(path), False, reason, None, outcome)
 
 
 def _read(image: bytes | Path | str, policy: IngestPolicy) -> bytes:

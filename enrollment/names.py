@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from enrollment.errors import InvalidNameError
 
-__all__ = ["MAX_NAME_LENGTH", "SCRIPT_JOINERS", "clean_name", "folder_person_name", "name_key"]
+__all__ = [
+    "ID_HEX_DIGITS",
+    "MAX_NAME_LENGTH",
+    "SCRIPT_JOINERS",
+    "clean_name",
+    "folder_person_name",
+    "looks_like_id",
+    "name_key",
+]
 
 MAX_NAME_LENGTH = 200
+# A person's id is this many lower-case hexadecimal digits
+# (``secrets.token_hex``, `enrollment.store`). Names of that shape are refused, so
+# that a name never reads as another person's id where either is accepted.
+ID_HEX_DIGITS = 16
+_ID_SHAPE = re.compile(f"[0-9a-f]{{{ID_HEX_DIGITS}}}")
 # Invisible format characters (Unicode category Cf: bidi controls such as U+202E, zero
 # width spaces, U+FEFF, ...) let one name pass for another on the video and the admin
 # page, so they are refused. Except the zero width (non-)joiner: Persian, Indic
@@ -18,9 +32,10 @@ SCRIPT_JOINERS = frozenset({"\u200c", "\u200d"})
 
 def clean_name(name: str) -> str:
     """A display name as stored: Unicode NFC, runs of white space made one space,
-    trimmed; any script. Raises InvalidNameError for an empty or over-long name, or
-    one with control characters or invisible format characters (bidi controls, zero
-    width spaces; the zero width joiner and non-joiner are allowed)."""
+    trimmed; any script. Raises InvalidNameError for an empty or over-long name, one
+    with control characters or invisible format characters (bidi controls, zero
+    width spaces; the zero width joiner and non-joiner are allowed), or one with the
+    shape of a person id (`looks_like_id`)."""
     text = " ".join(unicodedata.normalize("NFC", name).split())
     if not text:
         raise InvalidNameError("a person's name cannot be empty")
@@ -37,7 +52,17 @@ def clean_name(name: str) -> str:
         )
     if len(text) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"a person's name is at most {MAX_NAME_LENGTH} characters")
+    if looks_like_id(text):
+        raise InvalidNameError(
+            f"a person's name cannot have the shape of a person id ({ID_HEX_DIGITS} "
+            f"hexadecimal digits), which commands also accept: {name!r}"
+        )
     return text
+
+
+def looks_like_id(text: str) -> bool:
+    """Whether ``text`` compares (as a name, without case) equal to some person id."""
+    return _ID_SHAPE.fullmatch(name_key(text)) is not None
 
 
 def name_key(name: str) -> str:

@@ -31,13 +31,14 @@ from numpy.typing import NDArray
 
 from enrollment.database import SOURCES, Database, Session, is_postgres_url
 from enrollment.errors import (
+    AmbiguousPersonError,
     DuplicatePersonError,
     DuplicateSampleError,
     StoreError,
     UnknownPersonError,
     UnknownSampleError,
 )
-from enrollment.names import clean_name, name_key
+from enrollment.names import ID_HEX_DIGITS, clean_name, name_key
 from enrollment.postgres import PostgresDatabase
 from enrollment.sqlite import SqliteDatabase
 from facecore.config import Settings
@@ -104,6 +105,9 @@ def crop_sha256(crop: NDArray[np.uint8]) -> str:
 def open_database(location: Path | str) -> Database:
     """The database at ``location``: a ``postgresql://`` URL, or the folder of a SQLite
     store (made when missing)."""
+    if isinstance(location, str) and not location.strip():
+        # Path("") is the current folder: a store would be made wherever one stands
+        raise StoreError("no store given: a postgresql:// URL or a folder is needed")
     if is_postgres_url(location):
         return PostgresDatabase(str(location))
     if isinstance(location, str) and "://" in location:
@@ -113,8 +117,21 @@ def open_database(location: Path | str) -> Database:
 
 
 def store_location(settings: Settings) -> Path | str:
-    """``enrollment.database_url`` when set, else ``state_dir/enrollment``."""
-    return settings.enrollment.database_url or settings.state_dir / STORE_DIR
+    """``enrollment.database_url`` when set, else ``state_dir/enrollment``. Raises
+    StoreError when the URL is not a ``postgresql://`` (or ``postgres://``) URL: the
+    setting names a database, and anything else would be taken for a folder."""
+    url = settings.enrollment.database_url
+    if not url:
+        return settings.state_dir / STORE_DIR
+    if not is_postgres_url(url):
+        # not echoed: a value that is no URL could be a password typed in the wrong place
+        scheme, found, _ = url.partition("://")
+        given = f"a {scheme!r} URL" if found else "not a URL"
+        raise StoreError(
+            "enrollment.database_url (--database-url) must be a PostgreSQL URL, "
+            f"postgresql://USER@HOST/DB; the value given is {given}"
+        )
+    return url
 
 
 class EnrollmentStore:
@@ -159,7 +176,7 @@ class EnrollmentStore:
     def add_person(self, name: str) -> Person:
         name = clean_name(name)
         now = _now()
-        person_id = secrets.token_hex(8)
+        person_id = secrets.token_hex(ID_HEX_DIGITS // 2)
         with self.db.change() as conn:
             self._check_name_free(conn, name, person_id)
             conn.execute(
@@ -169,11 +186,25 @@ class EnrollmentStore:
         return Person(person_id, name, now, now, 0)
 
     def find_person(self, name_or_id: str) -> Person:
-        """The person with this id or display name (names compare without case)."""
+        """The person a user means by ``name_or_id``: the one with this id or display
+        name (names compare without case). Every command and route that takes a
+        person resolves it here. Raises AmbiguousPersonError when it is one person's
+        id and another's name (possible only with names stored before names of an
+        id's shape were refused), rather than pick one and act on the wrong person."""
         rows = self._people("WHERE p.id = ? OR p.name_key = ?", (name_or_id, name_key(name_or_id)))
         if not rows:
             raise UnknownPersonError(name_or_id)
-        return next((p for p in rows if p.id == name_or_id), rows[0])
+        if len(rows) > 1:  # ids and name keys are each unique: one of each
+            by_id, by_name = sorted(rows, key=lambda p: p.id != name_or_id)
+            raise AmbiguousPersonError(name_or_id, by_id.id, by_id.name, by_name.id)
+        return rows[0]
+
+    def get_person(self, person_id: str) -> Person:
+        """The person with this id (never a name: for ids the program holds)."""
+        rows = self._people("WHERE p.id = ?", (person_id,))
+        if not rows:
+            raise UnknownPersonError(person_id)
+        return rows[0]
 
     def get_or_add_person(self, name: str) -> tuple[Person, bool]:
         """The person with this display name, added when there is none; and whether
@@ -185,7 +216,7 @@ class EnrollmentStore:
         try:
             return self.add_person(name), True
         except DuplicatePersonError as exc:  # added by another process since the look-up
-            return self.find_person(exc.existing_id), False
+            return self.get_person(exc.existing_id), False
 
     def list_people(self) -> list[Person]:
         return self._people("", ())
@@ -199,7 +230,7 @@ class EnrollmentStore:
                 "UPDATE people SET name = ?, name_key = ?, updated = ? WHERE id = ?",
                 (name, name_key(name), _now(), person_id),
             )
-        return self.find_person(person_id)
+        return self.get_person(person_id)
 
     def remove_person(self, person_id: str) -> None:
         """Erase a person: their rows, their cached embeddings, their sample files."""

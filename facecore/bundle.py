@@ -46,6 +46,7 @@ __all__ = [
     "Bundle",
     "BundleManifest",
     "Gallery",
+    "check_bundle",
     "load_bundle",
     "write_bundle",
 ]
@@ -152,6 +153,21 @@ def load_bundle(path: Path) -> Bundle:
     Raises ``BundleError`` naming what is wrong; never returns a half-valid bundle.
     """
     path = Path(path)
+    manifest = check_bundle(path)
+    try:
+        with np.load(path / HEAD_FILE) as head:
+            weights = np.asarray(head["weights"], np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"bundle {path}: cannot read {HEAD_FILE}: {exc}") from exc
+    return _assemble(path, manifest, weights)
+
+
+def check_bundle(path: Path) -> BundleManifest:
+    """The manifest of the bundle directory ``path``, once every model file it names
+    (backbone, head, landmarks) hashes to the manifest's sha256: what a server checks
+    before it serves a bundle, without loading anything. ``BundleError`` naming the
+    file otherwise."""
+    path = Path(path)
     try:
         manifest = BundleManifest.from_json((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     except BundleError:
@@ -170,12 +186,7 @@ def load_bundle(path: Path) -> Bundle:
             raise BundleError(
                 f"bundle {path}: {name} has sha256 {actual}, manifest says {expected}"
             )
-    try:
-        with np.load(path / HEAD_FILE) as head:
-            weights = np.asarray(head["weights"], np.float32)
-    except (OSError, ValueError, KeyError) as exc:
-        raise BundleError(f"bundle {path}: cannot read {HEAD_FILE}: {exc}") from exc
-    return _assemble(path, manifest, weights)
+    return manifest
 
 
 def write_bundle(

@@ -42,10 +42,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from facecore.config import Settings
-from facecore.errors import ChecksumError, ModelNotFoundError
-from facecore.registry import DETECTOR, MODELS, get_spec, model_cache_dir, model_path
+from facecore.errors import ChecksumError, ModelError, ModelNotFoundError
+from facecore.registry import (
+    DETECTOR,
+    MODELS,
+    describe_kind,
+    get_spec,
+    model_cache_dir,
+    model_path,
+)
 
-__all__ = ["Handler", "HelpFormatter", "Subparsers", "add_command", "register"]
+__all__ = ["Handler", "HelpFormatter", "Subparsers", "add_command", "int_at_least", "register"]
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 Subparsers = Mapping[str, "argparse._SubParsersAction[argparse.ArgumentParser]"]
@@ -85,6 +92,7 @@ def add_command(
     """Add verb `name` to `group`, with the global options and `handler` attached."""
     parser = group.add_parser(
         name,
+        allow_abbrev=False,  # as the top parser: an abbreviation can name another option
         parents=list(parents),
         help=help,
         description=description,
@@ -93,6 +101,23 @@ def add_command(
     )
     parser.set_defaults(handler=handler)
     return parser
+
+
+def int_at_least(lo: int, name: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least `lo`, else a usage error that names
+    the setting as the library does (``max_batch_size must be at least 1, got 0``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            bound = "must not be negative" if lo == 0 else f"must be at least {lo}"
+            raise argparse.ArgumentTypeError(f"{name} {bound}, got {value}")
+        return value
+
+    return parse
 
 
 def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -166,13 +191,13 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
     # the defaults live in facecore.triton_repo, which imports onnx: not at start-up
     triton.add_argument(
         "--max-batch-size",
-        type=int,
+        type=int_at_least(1, "max_batch_size"),
         metavar="N",
         help="the most faces Triton runs at once (default 64)",
     )
     triton.add_argument(
         "--max-queue-delay-us",
-        type=int,
+        type=int_at_least(0, "max_queue_delay_us"),
         metavar="US",
         help="how long Triton waits for more requests to batch, in microseconds (default 2000)",
     )
@@ -208,6 +233,8 @@ def _models_triton_repo(settings: Settings, args: argparse.Namespace) -> int:
     from facecore.triton_repo import write_triton_repo
 
     spec = get_spec(args.model or settings.recognition.model)
+    if spec.kind != "recognizer":
+        raise ModelError(f"{spec.name} is {describe_kind(spec)}, not a recognizer")
     preprocessing = Preprocessing.of_model(spec)
     given = {"max_batch_size": args.max_batch_size, "max_queue_delay_us": args.max_queue_delay_us}
     config = write_triton_repo(

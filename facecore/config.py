@@ -14,7 +14,9 @@
    XDG ones from `platformdirs` (which reads ``os.environ``, e.g. XDG_STATE_HOME).
 
 Every value is converted from the dataclass annotation and range-checked; a bad value or
-an unknown key raises `ConfigError` naming the key, the value and where it came from.
+an unknown key raises `ConfigError` naming the key, the value and where it came from. An
+empty path on the command line or in the file is refused: ``Path("")`` is the working
+directory, never what the user meant.
 `Settings.origins` records, for every dotted key, which layer gave its value.
 """
 
@@ -227,8 +229,10 @@ def _env_aliases() -> dict[str, str]:
     return {"FACESTREAM_TOKEN": "server.token"}
 
 
-def _cli_label(key: str) -> str:
-    return "command line --" + key.rsplit(".", 1)[-1].replace("_", "-")
+def _cli_option(key: str, options: Mapping[str, str]) -> str:
+    """The option that gave `key`: from the parser when known (``--detection-size`` sets
+    ``detection.size``), else derived from the key's last part."""
+    return options.get(key) or "--" + key.rsplit(".", 1)[-1].replace("_", "-")
 
 
 def redacted_url(url: str) -> str:
@@ -238,6 +242,10 @@ def redacted_url(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _is_path(tp: typing.Any) -> bool:
+    return tp is Path or Path in get_args(tp)
 
 
 def _format(value: object) -> str:
@@ -314,7 +322,15 @@ def _coerce(tp: typing.Any, raw: object) -> object:
     raise TypeError(f"unsupported settings type {tp!r}")
 
 
-def _convert(leaf: _Leaf, raw: object, origin: str, base_dir: Path | None = None) -> object:
+def _convert(
+    leaf: _Leaf, raw: object, origin: str, base_dir: Path | None = None, *, name: str = ""
+) -> object:
+    """`raw` as the setting's type, checked; `name` says where it was written (the
+    option, or the key and the file) for a message that needs no value."""
+    if raw == "" and _is_path(leaf.type):
+        # Path("") is the working directory: an empty variable means "unset", but an
+        # empty option or file value is a mistake (a script's unset variable)
+        raise ConfigError(f"{name or leaf.key} cannot be empty")
     try:
         value = _coerce(leaf.type, raw)
     except ValueError as err:
@@ -340,6 +356,10 @@ def _read_config_file(path: Path, origin: str) -> dict[str, object]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} (from {origin}) does not exist") from None
+    except UnicodeDecodeError as err:  # tomllib decodes the whole file at once
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start} is not valid UTF-8)"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     except OSError as err:
@@ -383,13 +403,20 @@ def _build(cls: type, prefix: str, values: Mapping[str, object], **extra: object
     return cls(**kwargs)
 
 
-def load_settings(cli: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+def load_settings(
+    cli: Mapping[str, object],
+    environ: Mapping[str, str],
+    options: Mapping[str, str] | None = None,
+) -> Settings:
     """Merge command line > environment > config file > defaults into one `Settings`.
 
     `cli` maps dotted keys (and ``"config"``) to values; ``None`` means "not given".
-    Unknown keys in `cli` are a programming error (ValueError); everything the user
-    wrote that cannot be used raises `ConfigError`.
+    `options` names the option each key of `cli` was given with (``"detection.size":
+    "--detection-size"``), for origins and messages; a key without one is named after
+    its last part (``--size``). Unknown keys in `cli` are a programming error
+    (ValueError); everything the user wrote that cannot be used raises `ConfigError`.
     """
+    options = options or {}
     leaves = {leaf.key: leaf for leaf in _leaves()}
     unknown = set(cli) - set(leaves) - {"config"}
     if unknown:
@@ -401,11 +428,15 @@ def load_settings(cli: Mapping[str, object], environ: Mapping[str, str]) -> Sett
     config_raw, config_origin = cli.get("config"), "command line --config"
     if config_raw is None and environ.get(CONFIG_ENV):
         config_raw, config_origin = environ[CONFIG_ENV], f"environment {CONFIG_ENV}"
+    if config_raw == "":
+        raise ConfigError(f"{options.get('config', '--config')} cannot be empty")
     if config_raw is not None:
         path = Path(str(config_raw)).expanduser().absolute()
         label = f"config file {path}"
         for key, raw in _read_config_file(path, config_origin).items():
-            values[key] = _convert(leaves[key], raw, label, base_dir=path.parent)
+            values[key] = _convert(
+                leaves[key], raw, label, base_dir=path.parent, name=f"{key} in {label}"
+            )
             origins[key] = label
 
     env_keys = {env_name(key): key for key in leaves}
@@ -418,8 +449,9 @@ def load_settings(cli: Mapping[str, object], environ: Mapping[str, str]) -> Sett
 
     for key, raw in cli.items():
         if key != "config" and raw is not None:
-            label = _cli_label(key)
-            values[key] = _convert(leaves[key], raw, label)
+            option = _cli_option(key, options)
+            label = f"command line {option}"
+            values[key] = _convert(leaves[key], raw, label, name=option)
             origins[key] = label
 
     settings: Settings = _build(Settings, "", values, origins=types.MappingProxyType(origins))

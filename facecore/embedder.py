@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from facecore.errors import ModelError, ModelLoadError
-from facecore.registry import ModelSpec
+from facecore.registry import ModelSpec, describe_kind
 from facecore.sessions import create_session
 
 __all__ = [
@@ -67,7 +67,7 @@ class Preprocessing:
             or spec.mean is None
             or spec.scale is None
         ):
-            raise ModelError(f"{spec.name} is a {spec.kind}, not a recognizer")
+            raise ModelError(f"{spec.name} is {describe_kind(spec)}, not a recognizer")
         return cls(size=spec.input_size, colour=spec.colour, mean=spec.mean, scale=spec.scale)
 
 

@@ -69,8 +69,17 @@ class ConfigError(FacestreamError):
             message = reason
         else:
             where = f" (from {origin})" if origin else ""
-            message = f"{key} = {value!r}{where}: {reason}"
+            message = f"{key} = {_as_written(value)}{where}: {reason}"
         super().__init__(message)
+
+
+def _as_written(value: object) -> str:
+    """A setting's value as a config file writes it (TOML's ``true``, not ``True``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_as_written(v) for v in value) + "]"
+    return repr(value)
 
 
 class ModelError(FacestreamError):

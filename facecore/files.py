@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fsync_path"]
+__all__ = ["fsync_path", "os_reason"]
 
 
 def fsync_path(path: Path) -> None:
@@ -16,3 +16,13 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def os_reason(err: OSError, subject: Path | None = None) -> str:
+    """An OSError for a one-line message about `subject`: its reason, and the path it
+    concerns when that is another one (``Not a directory: /srv/x``), without the errno
+    of its ``str()``."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.filename and (subject is None or Path(err.filename) != subject):
+        reason = f"{reason}: {err.filename}"
+    return reason

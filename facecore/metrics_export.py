@@ -10,6 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from facecore.errors import ConfigError
+
 __all__ = ["process_dead", "serve_metrics", "use_multiprocess_dir"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -30,7 +32,8 @@ def use_multiprocess_dir(directory: Path) -> None:
 
 def serve_metrics(host: str, port: int) -> int:
     """Expose ``/metrics`` on ``host:port`` from a background thread; the bound port.
-    In multiprocess mode the figures of every process writing to the directory."""
+    In multiprocess mode the figures of every process writing to the directory.
+    A port in use or a host that does not resolve is a `ConfigError`."""
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -38,7 +41,13 @@ def serve_metrics(host: str, port: int) -> int:
     if MULTIPROC_ENV in os.environ:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-    server, _ = start_http_server(port, host, registry=registry)
+    try:
+        server, _ = start_http_server(port, host, registry=registry)
+    except OSError as exc:  # socket.gaierror too; worded as the main port's error is
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot listen on {host}:{port} for /metrics: {reason[:1].lower()}{reason[1:]}"
+        ) from exc
     return int(server.server_address[1])
 
 

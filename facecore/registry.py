@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import re
+import tempfile
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Literal
 from facecore.config import Settings
 from facecore.download import describe_failure, download_verified, sha256_file
 from facecore.errors import ChecksumError, ConfigError, ModelError, ModelNotFoundError
+from facecore.files import os_reason
 
 __all__ = [
     "DETECTOR",
@@ -39,6 +41,8 @@ __all__ = [
     "MODELS",
     "FrontEndKind",
     "ModelSpec",
+    "describe_kind",
+    "ensure_model_cache",
     "get_spec",
     "model_cache_dir",
     "model_path",
@@ -54,6 +58,12 @@ FrontEndKind = Literal["yunet_template", "dlib_5"]
 Point = tuple[float, float]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_KIND_TEXT: Mapping[Kind, str] = {
+    "detector": "a detector",
+    "recognizer": "a recognizer",
+    "landmarks": "a landmark model",
+    "source": "a converter's source file",
+}
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,11 @@ def get_spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
 
 
+def describe_kind(spec: ModelSpec) -> str:
+    """What the model is, for a message: ``"a landmark model"``."""
+    return _KIND_TEXT[spec.kind]
+
+
 def model_cache_dir(settings: Settings) -> Path:
     """Where downloaded and converted model files live: ``cache_dir/models``."""
     return settings.cache_dir / "models"
@@ -299,6 +314,24 @@ def resolve_model(
     return _download(spec, cache_dir, destination, progress)
 
 
+def ensure_model_cache(cache_dir: Path) -> Path:
+    """Create the model cache `cache_dir` if needed and check that it can be written,
+    before a download or a conversion spends time on a file it could not keep;
+    `ModelError` naming the folder and the reason otherwise (a read-only folder, or a
+    file where the folder should be)."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = os_reason(err, cache_dir)
+        raise ModelError(f"cannot write the model cache {cache_dir}: {reason}") from err
+    try:
+        with tempfile.TemporaryFile(dir=cache_dir):
+            pass
+    except OSError as err:  # the probe's random name would say nothing
+        raise ModelError(f"cannot write the model cache {cache_dir}: {err.strerror}") from err
+    return cache_dir
+
+
 def _package_file(spec: ModelSpec) -> Path | None:
     """The copy inside an installed package, found without importing the package."""
     if spec.package is None:
@@ -329,10 +362,7 @@ def _verified(spec: ModelSpec, path: Path) -> Path:
 
 def _download(spec: ModelSpec, cache_dir: Path, destination: Path, progress: bool) -> Path:
     assert spec.sha256 is not None  # a derived spec never gets here
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ModelError(f"cannot create the model cache {cache_dir}: {err.strerror}") from err
+    ensure_model_cache(cache_dir)
     failures: list[str] = []
     wrong: ChecksumError | None = None
     for url in spec.urls:

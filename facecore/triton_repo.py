@@ -26,7 +26,8 @@ from onnx import TensorProto
 
 from facecore.download import sha256_file
 from facecore.embedder import Preprocessing, with_chip_input
-from facecore.errors import ModelLoadError
+from facecore.errors import ModelError, ModelLoadError
+from facecore.files import os_reason
 
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
@@ -146,7 +147,8 @@ def write_triton_repo(
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
 ) -> TritonModelConfig:
     """Write model ``name`` (the ONNX network at ``source``) into the repository
-    ``directory``, replacing an earlier copy; its config is returned."""
+    ``directory``, replacing an earlier copy; its config is returned. `ModelError`
+    when ``directory`` cannot be written (read-only, or a file is in the way)."""
     try:
         network = onnx.load(str(source))
     except Exception as exc:  # protobuf's DecodeError and onnx's own, no shared base
@@ -161,9 +163,14 @@ def write_triton_repo(
         max_queue_delay_us=max_queue_delay_us,
     )
     version_dir = directory / name / MODEL_VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    _replace(version_dir / MODEL_FILE, rewritten.SerializeToString())
-    _replace(directory / name / "config.pbtxt", config.to_pbtxt().encode())
+    try:
+        version_dir.mkdir(parents=True, exist_ok=True)
+        _replace(version_dir / MODEL_FILE, rewritten.SerializeToString())
+        _replace(directory / name / "config.pbtxt", config.to_pbtxt().encode())
+    except OSError as err:
+        raise ModelError(
+            f"cannot write the Triton model repository {directory}: {os_reason(err, directory)}"
+        ) from err
     return config
 
 

@@ -65,7 +65,7 @@ def _global_options() -> argparse.ArgumentParser:
     Their default is SUPPRESS so that an option given before the command is not reset
     by the command's parser; given in both places, the later one wins.
     """
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = parser.add_argument_group("global options")
     add = group.add_argument
     add("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML config file")
@@ -135,8 +135,10 @@ def _cli_modules() -> list[types.ModuleType]:
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every installed package's commands registered."""
     parents = (_global_options(),)
+    # no abbreviations: `--model X` would silently be `--models-dir X`
     parser = argparse.ArgumentParser(
         prog="facestream",
+        allow_abbrev=False,
         parents=parents,
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, description in GROUPS:
         group = top.add_parser(
             name,
+            allow_abbrev=False,
             parents=parents,
             help=help_text,
             description=description,
@@ -167,6 +170,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """The settings given on the command line: options whose dest is a settings key."""
     keys = {*setting_keys(), "config"}
     return {key: value for key, value in vars(args).items() if key in keys}
+
+
+def _option_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """dest -> option string along the command that was run (``detection.size`` ->
+    ``--detection-size``), so that an origin names the option the user typed."""
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:  # the verb's own options come after the parent's
+                names.update(_option_names(chosen, args))
+        elif action.option_strings:
+            names.setdefault(action.dest, max(action.option_strings, key=len))
+    return names
 
 
 def _quiet_opencv(debug: bool) -> None:
@@ -189,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = "debug" in (getattr(args, "log_level", None), os.environ.get("FACESTREAM_LOG_LEVEL"))
     try:
-        settings = load_settings(_overrides(args), os.environ)
+        settings = load_settings(_overrides(args), os.environ, _option_names(parser, args))
         debug = settings.log_level == "debug"
         logging.basicConfig(
             level=settings.log_level.upper(),
@@ -198,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         _quiet_opencv(debug)
         status: int = args.handler(settings, args)
+        sys.stdout.flush()  # a reader that went away shows here, not at the exit
+    except BrokenPipeError:
+        # `facestream config show | head`: the reader has what it wanted; stop quietly
+        # as cat does, and point stdout at /dev/null so the exit's flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer stopped so
     except FacestreamError as err:
         if debug:
             traceback.print_exc(file=sys.stderr)

@@ -145,8 +145,13 @@ def apply_key(overlay: Overlay, key: int) -> tuple[Overlay, bool]:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from streamer.live.annotate import Overlay
+    from streamer.live.runner import check_video_output
     from streamer.live.sources import open_source
 
+    # before anything opens: opening an output for writing empties it
+    _refuse_overwriting(args.source, args.output, args.events)
+    if args.output:
+        check_video_output(Path(args.output))
     source = open_source(args.source, loop=args.loop, realtime=args.realtime)
     try:
         summary = _drive(
@@ -172,6 +177,7 @@ def _webcam(settings: Settings, args: argparse.Namespace) -> int:
             "cannot open a window: there is no display (DISPLAY is not set); "
             "`facestream run --source ... --output FILE` writes the annotated video instead"
         )
+    _refuse_overwriting(args.source, None, args.events)
     source = open_source(args.source, loop=args.loop, realtime=True)
     try:
         try:
@@ -192,6 +198,32 @@ def _webcam(settings: Settings, args: argparse.Namespace) -> int:
         cv2.destroyAllWindows()
     print(summary.line(), file=sys.stderr if args.events == "-" else sys.stdout)
     return 0
+
+
+def _refuse_overwriting(source: str, output: str | None, events: str | None) -> None:
+    """Raise `OutputError` when --output or --events names the source file or each
+    other: writing one would truncate the other before it is read."""
+    from streamer.errors import OutputError
+    from streamer.live.sources import parse_source
+
+    spec = parse_source(source)
+    named = [("--source", str(spec.target))] if spec.kind == "file" else []
+    named += [("--output", output)] if output else []
+    named += [("--events", events)] if events and events != "-" else []
+    for i, (flag, path) in enumerate(named):
+        for other_flag, other in named[i + 1 :]:
+            if _same_file(path, other):
+                raise OutputError(
+                    f"{other_flag} {other} is the same file as {flag} {path}: "
+                    "refusing to overwrite it"
+                )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)  # also sees hard links
+    except OSError:  # one does not exist yet: compare the names, links resolved
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _drive(

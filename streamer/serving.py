@@ -38,20 +38,36 @@ class Prepared:
 
 
 def prepare(settings: Settings) -> Prepared:
-    """Check the ICE servers and the trusted proxies; make (or load) the certificate
-    and the token."""
+    """Check the metrics port, the ICE servers and the trusted proxies; make (or load)
+    the certificate and the token."""
     from streamer.web import announce, tls
     from streamer.web.auth import load_or_create_token
     from streamer.web.forwarded import parse_trusted_proxies
     from streamer.web.signalling import parse_ice_servers
 
     server = settings.server
+    _check_metrics_port(settings)
     parse_ice_servers(server.ice_servers, settings.origins.get("server.ice_servers"))
     parse_trusted_proxies(server.trusted_proxies, settings.origins.get("server.trusted_proxies"))
     addresses = tuple(announce.lan_addresses(server.host))
     pair = None if server.http else tls.ensure_certificate(settings, list(addresses))
     token, created = load_or_create_token(settings)
     return Prepared(addresses, pair, token, created)
+
+
+def _check_metrics_port(settings: Settings) -> None:
+    """Refuse ``/metrics`` on the server's own port and address, before either listens."""
+    server = settings.server
+    wildcard = ("", "0.0.0.0", "::")  # every interface: they overlap any other address
+    same_host = (server.metrics_host == server.host or server.metrics_host in wildcard
+                 or server.host in wildcard)
+    if server.metrics_port and server.metrics_port == server.port and same_host:
+        raise ConfigError(
+            f"is also server.port on {server.host or '*'}; give /metrics a port of its own",
+            key="server.metrics_port",
+            value=server.metrics_port,
+            origin=settings.origins.get("server.metrics_port"),
+        )
 
 
 def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextIO) -> None:
@@ -63,13 +79,16 @@ def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextI
     urls = announce.server_urls(scheme, list(prepared.addresses), port)
     new_token = (prepared.token, token_path(settings)) if prepared.token_created else None
     behind = bool(settings.server.trusted_proxies)
-    print(_startup_text(scheme, urls, prepared.pair, new_token, behind), file=out, flush=True)
-    if settings.server.metrics_port:
+    metrics = None
+    if settings.server.metrics_port:  # first: a busy port fails before addresses are shown
         from facecore.metrics_export import serve_metrics
 
         host = settings.server.metrics_host
         bound = serve_metrics(host, settings.server.metrics_port)
-        print(f"metrics: http://{host}:{bound}/metrics", file=out, flush=True)
+        metrics = f"metrics: http://{host}:{bound}/metrics"
+    print(_startup_text(scheme, urls, prepared.pair, new_token, behind), file=out, flush=True)
+    if metrics is not None:
+        print(metrics, file=out, flush=True)
     if urls:
         # the token rides in the fragment, which browsers never send; only on a
         # terminal, so it does not end up in a service's journal

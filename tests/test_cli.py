@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from onnx import TensorProto, helper
 
 import facestream.cli
+from facecore.registry import MODELS
 from facestream.cli import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+AS_ROOT = os.geteuid() == 0  # root writes through a chmod: read-only cases need chattr
 
 
 @pytest.fixture
@@ -133,6 +137,31 @@ def test_usage_errors_and_no_command(capsys: pytest.CaptureFixture[str]) -> None
     assert "usage: facestream" in capsys.readouterr().err
 
 
+def test_an_abbreviated_option_is_refused_not_taken_for_another(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # argparse would take `--model` for `--models-dir` and run the trainer on the
+    # default state folder
+    result = facestream_run(env, "--model", "yunet", "trainer", "--once")
+    assert result.returncode == 2
+    assert "invalid choice: 'yunet'" in result.stderr
+    assert not (tmp_path / "xdg-state").exists()
+    result = facestream_run(env, "config", "show", "--log", "debug")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --log debug" in result.stderr
+
+
+def test_a_closed_stdout_ends_quietly(env: dict[str, str]) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "facestream", "config", "show"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # before it writes: `facestream config show | head -0`
+        assert process.stderr.read() == ""
+        assert process.wait(timeout=60) == 141
+
+
 def test_version(env: dict[str, str]) -> None:
     result = facestream_run(env, "--version")
     assert result.returncode == 0
@@ -192,3 +221,148 @@ def test_two_packages_add_verbs_to_one_group(
     assert main(["models", "shout", "--port", "1234"]) == 0
     assert capsys.readouterr().out == "port 1234\n"
     assert main(["models", "list", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "b.toml"
+    config.write_bytes(b"\xff\xfe[server]\n")
+    assert main(["--config", str(config), "config", "show"]) == 2
+    assert capsys.readouterr().err == (
+        f"facestream: error: config file {config} is not UTF-8 text "
+        "(byte 0 is not valid UTF-8)\n"
+    )
+
+
+@pytest.mark.parametrize("option", ["--state-dir", "--cache-dir", "--models-dir"])
+def test_an_empty_folder_option_is_refused_not_taken_as_the_working_directory(
+    option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACESTREAM_STATE_DIR", str(tmp_path / "state"))
+    assert main([option, "", "enroll", "list"]) == 2
+    assert capsys.readouterr().err == f"facestream: error: {option} cannot be empty\n"
+    assert list(tmp_path.iterdir()) == []  # no ./enrollment
+
+
+def test_a_bad_command_line_value_names_the_option_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--source", "clip.mp4", "--detection-size", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "facestream: error: detection.size = '0' (from command line --detection-size): "
+        "must be at least 32\n"
+    )
+
+
+def _tiny_recognizer(models: Path) -> None:
+    """A stand-in for the converted dlib network, where the registry looks for it:
+    [N, 3, 150, 150] -> [N, 3] (enough for a Triton repository)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["embeddings"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 150, 150])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    models.mkdir()
+    (models / MODELS["dlib_resnet_v1"].filename).write_bytes(model.SerializeToString())
+
+
+@pytest.fixture
+def triton_repo(tmp_path: Path) -> list[str]:
+    """`facestream models triton-repo` with a tiny recognizer and folders in tmp_path."""
+    _tiny_recognizer(tmp_path / "models")
+    return ["--models-dir", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache"),
+            "--state-dir", str(tmp_path / "state"), "models", "triton-repo"]
+
+
+def test_triton_repo_into_a_file_or_a_read_only_folder_is_one_line(
+    triton_repo: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*triton_repo, str(tmp_path / "repo")]) == 0
+    assert (tmp_path / "repo" / "dlib_resnet_v1" / "1" / "model.onnx").is_file()
+    capsys.readouterr()
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    assert main([*triton_repo, str(in_the_way)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"facestream: error: cannot write the Triton model repository {in_the_way}: "
+        f"Not a directory: {in_the_way}/"
+    ), err
+    assert err.count("\n") == 1
+    if AS_ROOT:
+        return
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(0o500)
+    assert main([*triton_repo, str(read_only)]) == 2
+    assert capsys.readouterr().err == (
+        f"facestream: error: cannot write the Triton model repository {read_only}: "
+        f"Permission denied: {read_only / 'dlib_resnet_v1'}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "reason"),
+    [
+        ("--max-batch-size", "0", "max_batch_size must be at least 1, got 0"),
+        ("--max-batch-size", "-1", "max_batch_size must be at least 1, got -1"),
+        ("--max-queue-delay-us", "-5", "max_queue_delay_us must not be negative, got -5"),
+        ("--max-batch-size", "x", "expected an integer, got 'x'"),
+    ],
+)
+def test_triton_repo_limits_are_usage_errors(
+    option: str, value: str, reason: str, triton_repo: list[str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*triton_repo, str(tmp_path / "repo"), option, value])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"facestream models triton-repo: error: argument {option}: {reason}\n")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_triton_repo_of_a_model_that_is_no_recognizer(
+    triton_repo: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*triton_repo, str(tmp_path / "repo"), "--model"]
+    assert main([*args, "dlib_shape_predictor_5"]) == 2
+    assert capsys.readouterr().err == (
+        "facestream: error: dlib_shape_predictor_5 is a landmark model, not a recognizer\n"
+    )
+    assert main([*args, "yunet_2026may"]) == 2
+    assert capsys.readouterr().err == (
+        "facestream: error: yunet_2026may is a detector, not a recognizer\n"
+    )
+
+
+def test_models_prepare_with_a_file_or_read_only_cache_is_one_line(
+    yunet_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("face_recognition_models (dlib's weights) is not installed")
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    common = ["--models-dir", str(yunet_path.parent), "--state-dir", str(tmp_path / "state")]
+    assert main([*common, "--cache-dir", str(in_the_way), "models", "prepare"]) == 2
+    assert capsys.readouterr().err == (
+        f"facestream: error: cannot write the model cache {in_the_way / 'models'}: "
+        "Not a directory\n"
+    )
+    if AS_ROOT:
+        return
+    read_only = tmp_path / "read-only"
+    (read_only / "models").mkdir(parents=True)
+    read_only.joinpath("models").chmod(0o500)
+    assert main([*common, "--cache-dir", str(read_only), "models", "prepare"]) == 2
+    assert capsys.readouterr().err == (
+        f"facestream: error: cannot write the model cache {read_only / 'models'}: "
+        "Permission denied\n"
+    )

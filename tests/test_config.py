@@ -224,6 +224,73 @@ def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
     assert "line 3" in str(caught.value)
 
 
+def test_config_file_that_is_not_utf8_is_one_clean_error(tmp_path: Path) -> None:
+    config = tmp_path / "b.toml"
+    config.write_bytes(b"\xff\xfe[server]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"config": str(config)}, {})
+    assert str(caught.value) == (
+        f"config file {config} is not UTF-8 text (byte 0 is not valid UTF-8)"
+    )
+
+
+def test_a_toml_boolean_is_shown_as_toml(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[server]\nport = true\nice_servers = [false]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"config": config}, {})
+    assert str(caught.value) == (
+        f"server.port = true (from config file {config}): expected an integer"
+    )
+    config = write_config(tmp_path, "[server]\nice_servers = [false]\n")
+    with pytest.raises(ConfigError, match=r"server\.ice_servers = \[false\] \(from"):
+        load_settings({"config": config}, {})
+
+
+@pytest.mark.parametrize(
+    ("key", "option"),
+    [
+        ("state_dir", "--state-dir"),
+        ("cache_dir", "--cache-dir"),
+        ("models_dir", "--models-dir"),
+        ("bundles_dir", "--bundles-dir"),
+        ("font", "--font"),
+        ("server.cert_file", "--cert-file"),
+    ],
+)
+def test_an_empty_path_on_the_command_line_is_refused(key: str, option: str) -> None:
+    # Path("") would be the working directory
+    with pytest.raises(ConfigError) as caught:
+        load_settings({key: ""}, {})
+    assert str(caught.value) == f"{option} cannot be empty"
+
+
+def test_an_empty_path_in_the_config_file_is_refused_but_not_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, 'state_dir = ""\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"config": config}, {})
+    assert str(caught.value) == f"state_dir in config file {config} cannot be empty"
+    config = write_config(tmp_path, '[server]\nkey_file = ""\n')
+    with pytest.raises(ConfigError, match=r"^server\.key_file in config file .* cannot be empty$"):
+        load_settings({"config": config}, {})
+    with pytest.raises(ConfigError, match=r"^--config cannot be empty$"):
+        load_settings({"config": ""}, {})
+    # an empty variable is an unset one (a shell's FACESTREAM_STATE_DIR= ...)
+    settings = load_settings({}, {"FACESTREAM_STATE_DIR": "", "FACESTREAM_CONFIG": ""})
+    assert settings.state_dir == platformdirs.user_state_path("facestream")
+
+
+def test_the_origin_names_the_option_the_parser_gave() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"detection.size": "0"}, {}, {"detection.size": "--detection-size"})
+    assert str(caught.value) == (
+        "detection.size = '0' (from command line --detection-size): must be at least 32"
+    )
+    settings = load_settings({"detection.size": "320"}, {}, {"detection.size": "--detection-size"})
+    assert settings.origins["detection.size"] == "command line --detection-size"
+
+
 def test_unknown_command_line_key_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match=r"server\.prot"):
         load_settings({"server.prot": 1}, {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -19,7 +20,8 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def facestream(tmp_path: Path, yunet_path: Path) -> Run:
-    """Run ``facestream --state-dir TMP ... ARGS``; returns the finished process."""
+    """Run ``facestream --state-dir TMP ... ARGS`` (in ``cwd``, the repository by
+    default); returns the finished process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
     env["PYTHONPATH"] = str(REPO_ROOT)
     options = [
@@ -28,10 +30,10 @@ def facestream(tmp_path: Path, yunet_path: Path) -> Run:
         "--models-dir", str(yunet_path.parent),
     ]
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "facestream", *options, *args],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -160,3 +162,95 @@ def test_copy_moves_everyone_into_postgresql_and_a_second_run_copies_nothing_twi
 
     own = facestream("enroll", "copy", "--to", str(tmp_path / "state" / "enrollment"))
     assert own.returncode == 2 and "own store" in own.stderr, own.stderr
+
+
+def test_a_reference_that_is_one_persons_id_and_anothers_name_erases_no_one(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    media = shared_dir / "media"
+    assert facestream("enroll", "add", "Barack Obama", str(media / "obama.jpg")).returncode == 0
+    root = tmp_path / "state" / "enrollment"
+    legacy = "0123456789abcdef"
+    with EnrollmentStore(root) as store:
+        [obama] = store.list_people()
+        # a person named like Obama's id, as in a store written before such names were
+        # refused (the store refuses them now, so the row goes in by hand)
+        with store.db.change() as conn:
+            conn.execute(
+                "INSERT INTO people (id, name, name_key, created, updated) VALUES (?, ?, ?, ?, ?)",
+                (legacy, obama.id, obama.id, obama.created, obama.created),
+            )
+    added = facestream("enroll", "add", legacy, str(media / "alex-lacamoire.png"))  # by id
+    assert added.returncode == 0 and f"{obama.id}: 1 sample" in added.stdout, added.stdout
+
+    for verb in (["remove", obama.id, "--yes"], ["rename", obama.id, "Someone"],
+                 ["add", obama.id, str(media / "biden.jpg")]):
+        refused = facestream("enroll", *verb)
+        assert refused.returncode == 2, (verb, refused.stdout)
+        assert "Traceback" not in refused.stderr
+        assert (f"{obama.id!r} is ambiguous: it is the id of 'Barack Obama' and the name of "
+                f"the person with the id {legacy}") in refused.stderr, refused.stderr
+    with EnrollmentStore(root) as store:
+        assert {p.id: (p.name, p.sample_count) for p in store.list_people()} == {
+            obama.id: ("Barack Obama", 1), legacy: (obama.id, 1),
+        }
+
+    removed = facestream("enroll", "remove", legacy, "--yes")  # its own id is unambiguous
+    assert removed.returncode == 0 and f"removed {obama.id}: 1 sample erased" in removed.stdout
+    with EnrollmentStore(root) as store:
+        assert [(p.name, p.sample_count) for p in store.list_people()] == [("Barack Obama", 1)]
+    new = facestream("enroll", "add", "FEEDFACE0BADF00D", str(media / "biden.jpg"))
+    assert new.returncode == 2 and "shape of a person id" in new.stderr, new.stderr
+
+
+def test_import_rejects_a_folder_with_a_disguised_name_and_imports_everyone_else(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    people = tmp_path / "people"
+    shutil.copytree(shared_dir / "people", people)
+    disguised = people / "Ana\u202eLopez"  # a right-to-left override in the name
+    disguised.mkdir()
+    shutil.copy(shared_dir / "media" / "two_people.jpg", disguised)
+    imported = facestream("enroll", "import", str(people))
+    assert imported.returncode == 1, imported.stderr  # something was rejected
+    assert "\u202e" not in imported.stdout + imported.stderr  # not even in the progress bar
+    [line] = _lines(imported.stdout, "rejected  ")
+    assert line.startswith(f"rejected  {people}/Ana\\u202eLopez: folder not imported, its "
+                           "name is not a usable person name"), line
+    assert "U+202E RIGHT-TO-LEFT OVERRIDE" in line
+    assert len(_lines(imported.stdout, "accepted  ")) == 5
+    assert "5 of 5 files accepted, 1 folder not imported" in imported.stdout
+    assert "4 people enrolled, 5 samples" in imported.stdout
+
+
+def test_add_that_enrolls_no_one_fails_even_for_duplicates(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    photo = str(shared_dir / "media" / "obama.jpg")
+    assert facestream("enroll", "add", "Barack Obama", photo).returncode == 0
+    duplicate = facestream("enroll", "add", "Barry", photo)
+    assert duplicate.returncode == 1
+    assert "duplicate of an existing sample" in duplicate.stdout
+    assert "no photo was accepted: Barry was not enrolled" in duplicate.stdout
+    again = facestream("enroll", "add", "Barack Obama", photo)  # nothing new: no failure
+    assert again.returncode == 0 and "Barack Obama: 1 sample" in again.stdout
+    with EnrollmentStore(tmp_path / "state" / "enrollment") as store:
+        assert [(p.name, p.sample_count) for p in store.list_people()] == [("Barack Obama", 1)]
+
+
+def test_a_store_option_that_names_no_store_is_refused_and_writes_nothing(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    assert facestream("enroll", "add", "Joe Biden", str(shared_dir / "media" / "biden.jpg")
+                      ).returncode == 0
+    here = tmp_path / "here"
+    here.mkdir()
+    copied = facestream("enroll", "copy", "--to", "", cwd=here)
+    assert copied.returncode == 2 and "--to needs a store" in copied.stderr, copied.stderr
+    listed = facestream("enroll", "list", "--database-url", "notaurl", cwd=here)
+    assert listed.returncode == 2, listed.stdout
+    refusal = "must be a PostgreSQL URL, postgresql://USER@HOST/DB; the value given is not a URL"
+    assert refusal in listed.stderr, listed.stderr
+    assert list(here.iterdir()) == []  # no store made where the command ran
+    with EnrollmentStore(tmp_path / "state" / "enrollment") as store:
+        assert [(p.name, p.sample_count) for p in store.list_people()] == [("Joe Biden", 1)]

@@ -5,6 +5,7 @@ a duplicate."""
 from __future__ import annotations
 
 import importlib
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -201,10 +202,56 @@ def test_import_folder_reports_stray_files_and_drops_people_without_photos(
         "stray.jpg": Outcome.NOT_IN_PERSON_FOLDER,
         "ada.jpg": Outcome.ACCEPTED,
         "notes.txt": Outcome.UNREADABLE,
+        "nobody_here": Outcome.FOLDER_REJECTED,
     }
+    assert results[-1].reason == "no photo was accepted: Nobody Here was not enrolled"
     assert [p.name for p in store.list_people()] == ["Ada Lovelace"]  # names keep their case
     with pytest.raises(SourceError):
         import_folder(store, detector, folder / "stray.jpg", progress=False)
+
+
+def test_import_folder_reports_what_it_does_not_read_and_imports_the_rest(
+    store: EnrollmentStore, detector: Detector, shared_file: SharedFile, tmp_path: Path
+) -> None:
+    folder = tmp_path / "people"
+    ada = folder / "ada_lovelace"
+    (ada / "nested").mkdir(parents=True)
+    (ada / "1.jpg").write_bytes(shared_file("media/obama.jpg").read_bytes())
+    (ada / "nested" / "2.jpg").write_bytes(shared_file("media/obama2.jpg").read_bytes())
+    (ada / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (ada / "loop.jpg").symlink_to(ada / "loop.jpg")
+    (ada / "up").symlink_to(folder)  # a link back up the tree: not followed
+    os.mkfifo(ada / "pipe.jpg")  # reading it would wait forever
+    (folder / "loop").symlink_to(folder / "loop")
+    for name in ("Ana\u202eLopez", "___", "0123456789abcdef", "grace_hopper"):
+        (folder / name).mkdir()
+        (folder / name / "g.jpg").write_bytes(shared_file("media/biden.jpg").read_bytes())
+    results = import_folder(store, detector, folder, progress=False)
+    found = {Path(r.path).relative_to(folder).as_posix(): r for r in results}
+    assert {path: r.outcome for path, r in found.items()} == {
+        "loop": Outcome.BROKEN_LINK,
+        "Ana\u202eLopez": Outcome.FOLDER_REJECTED,
+        "___": Outcome.FOLDER_REJECTED,
+        "0123456789abcdef": Outcome.FOLDER_REJECTED,
+        "ada_lovelace/gone.jpg": Outcome.BROKEN_LINK,
+        "ada_lovelace/loop.jpg": Outcome.BROKEN_LINK,
+        "ada_lovelace/pipe.jpg": Outcome.UNREADABLE,
+        "ada_lovelace/nested": Outcome.NESTED_FOLDER,
+        "ada_lovelace/up": Outcome.NESTED_FOLDER,
+        "ada_lovelace/1.jpg": Outcome.ACCEPTED,
+        "grace_hopper/g.jpg": Outcome.ACCEPTED,
+    }
+    reasons = {path: r.reason for path, r in found.items()}
+    assert reasons["ada_lovelace/gone.jpg"] == "broken link (No such file or directory), skipped"
+    assert "Too many levels of symbolic links" in reasons["ada_lovelace/loop.jpg"]
+    assert "folder inside a person's folder is not read" in reasons["ada_lovelace/nested"]
+    assert "not a regular file" in reasons["ada_lovelace/pipe.jpg"]
+    assert "'Ana\\u202eLopez' holds U+202E" in reasons["Ana\u202eLopez"]
+    assert "cannot be empty" in reasons["___"]
+    assert "shape of a person id" in reasons["0123456789abcdef"]
+    assert {p.name: p.sample_count for p in store.list_people()} == {
+        "Ada Lovelace": 1, "Grace Hopper": 1,
+    }
 
 
 def test_quality_figures(detector: Detector, shared_file: SharedFile) -> None:

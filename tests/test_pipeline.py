@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -311,14 +312,7 @@ def test_run_command_writes_video_events_and_a_summary(
         writer.write(frame)
     writer.release()
     out, events = tmp_path / "annotated.mp4", tmp_path / "events.jsonl"
-    common = [
-        "--state-dir",
-        str(settings.state_dir),
-        "--cache-dir",
-        str(settings.cache_dir),
-        "--models-dir",
-        str(settings.models_dir),
-    ]
+    common = _options(settings)
     status = main(
         ["run", "--source", str(short), "--output", str(out), "--events", str(events), *common]
     )
@@ -355,6 +349,98 @@ def test_run_command_names_a_missing_camera(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(
         f"facestream: error: camera {index} (/dev/video{index}) cannot be opened"
+    )
+
+
+def _options(settings: Settings) -> list[str]:
+    """The global options that point `facestream` at the test's settings."""
+    return [
+        "--state-dir",
+        str(settings.state_dir),
+        "--cache-dir",
+        str(settings.cache_dir),
+        "--models-dir",
+        str(settings.models_dir),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("targets", "named"),
+    [
+        (["--output", "c.mp4"], "--output c.mp4 is the same file as --source c.mp4"),
+        (["--events", "c.mp4"], "--events c.mp4 is the same file as --source c.mp4"),
+        (["--output", "sub/../c.mp4"], "--output sub/../c.mp4 is the same file as --source c.mp4"),
+        (["--events", "link.mp4"], "--events link.mp4 is the same file as --source c.mp4"),
+        (
+            ["--output", "o.mp4", "--events", "o.mp4"],
+            "--events o.mp4 is the same file as --output o.mp4",
+        ),
+    ],
+)
+def test_run_command_refuses_to_overwrite_its_source(
+    settings: Settings,
+    clip: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    targets: list[str],
+    named: str,
+) -> None:
+    source = tmp_path / "c.mp4"
+    source.write_bytes(clip.read_bytes())
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.mp4").hardlink_to(source)
+    monkeypatch.chdir(tmp_path)
+    status = main(["run", "--source", "c.mp4", *targets, *_options(settings)])
+    assert status == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message == f"facestream: error: {named}: refusing to overwrite it"
+    assert source.read_bytes() == clip.read_bytes()
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        ("missing/out.mp4", "the directory {tmp}/missing does not exist"),
+        ("", "it is a directory; give a file name such as {tmp}/out.mp4"),
+        ("out.txt", "'.txt' is not a video format facestream can write; use one of .mp4, "),
+        ("out", "a name without an extension is not a video format"),
+    ],
+)
+def test_run_command_says_why_it_cannot_write_the_video(
+    settings: Settings,
+    clip: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    reason: str,
+) -> None:
+    target = tmp_path / output if output else tmp_path
+    status = main(["run", "--source", str(clip), "--output", str(target), *_options(settings)])
+    assert status == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"facestream: error: cannot write video {target}: ")
+    assert reason.format(tmp=tmp_path) in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was written
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
+def test_run_command_names_a_read_only_output_directory(
+    settings: Settings, clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    try:
+        status = main(
+            ["run", "--source", str(clip), "--output", str(folder / "o.mp4"), *_options(settings)]
+        )
+    finally:
+        folder.chmod(0o755)
+    assert status == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.endswith(
+        f"cannot write video {folder / 'o.mp4'}: the directory {folder} is not writable"
     )
 
 

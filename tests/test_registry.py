@@ -5,6 +5,7 @@ import functools
 import hashlib
 import http.server
 import importlib.util
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -226,6 +227,31 @@ def test_no_network_names_file_urls_and_where_to_put_it(tmp_path: Path) -> None:
     assert "\n" not in message
     assert caught.value.destination == models_dir / "model.onnx"
     assert not any((tmp_path / "c").iterdir())
+
+
+def test_a_cache_that_cannot_be_written_is_named_before_any_download(
+    served: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, url = served
+    (root / "model.onnx").write_bytes(PAYLOAD)
+    spec = make_spec(f"{url}/model.onnx")
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    with pytest.raises(ModelError) as caught:
+        resolve_model(spec, explicit=None, models_dir=None, cache_dir=in_the_way / "models",
+                      progress=False)
+    assert type(caught.value) is ModelError
+    assert str(caught.value) == (
+        f"cannot write the model cache {in_the_way / 'models'}: Not a directory"
+    )
+    if os.geteuid() == 0:
+        return  # root writes through the mode
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(0o500)
+    with pytest.raises(ModelError) as caught:
+        resolve_model(spec, explicit=None, models_dir=None, cache_dir=read_only, progress=False)
+    assert type(caught.value) is ModelError  # not "download failed" for every URL
+    assert str(caught.value) == f"cannot write the model cache {read_only}: Permission denied"
 
 
 def test_download_disabled(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ of bad offer, against the real application on a loopback port."""
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import json
 import logging
@@ -484,6 +485,39 @@ async def test_a_server_failure_is_a_500_with_the_security_headers(
     assert "internal details" not in json.dumps(body)
     assert all(headers[k] == v for k, v in SECURITY_HEADERS.items()), headers
     assert "RuntimeError: a bug with internal details" in caplog.text
+
+
+async def test_every_api_error_is_json_with_the_security_headers(
+    settings: Settings, engine: Engine
+) -> None:
+    from streamer.web.server import SECURITY_HEADERS
+
+    big = io.BytesIO(b"{" + b" " * (50 * 2**20))  # 50 MB: over the 1 MiB of a JSON body
+    async with (
+        live_server(settings, engine) as server,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+    ):
+        for method, path, data, status, body in [
+            ("POST", "/api/webrtc/offer", big, 413,
+             {"error": "Request Entity Too Large", "reason": "the body may be at most 1 MiB"}),
+            ("GET", "/api/nothing-here", None, 404,
+             {"error": "Not Found", "reason": "there is no /api/nothing-here in the API"}),
+            ("GET", "/api/webrtc/offer", None, 405,
+             {"error": "Method Not Allowed",
+              "reason": "GET is not accepted on /api/webrtc/offer; use POST"}),
+            ("DELETE", "/api/config", None, 405,
+             {"error": "Method Not Allowed",
+              "reason": "DELETE is not accepted on /api/config; use GET, HEAD"}),
+        ]:
+            async with http.request(method, server.url + path, data=data) as r:
+                assert (r.status, r.content_type) == (status, "application/json"), path
+                assert await r.json() == body
+                assert all(r.headers[k] == v for k, v in SECURITY_HEADERS.items()), r.headers
+                if status == 405:
+                    assert r.headers["Allow"] == body["reason"].split("use ")[1].replace(" ", "")
+        async with http.get(server.url + "/nothing-here") as r:  # not the API: as it was
+            assert (r.status, await r.text()) == (404, "404: Not Found")
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def _ready(server: LiveServer) -> int:

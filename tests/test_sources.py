@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from facecore.errors import SourceError
+from facestream.cli import main
 from streamer.live.sources import CaptureSource, PushSource, SourceSpec, open_source, parse_source
 
 CLIP_FRAMES = 275
@@ -56,6 +57,21 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     text.write_text("not a video")
     with pytest.raises(SourceError, match=r"notes\.mp4 cannot be opened as a video"):
         open_source(str(text))
+
+
+def test_directory_and_empty_sources_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SourceError, match=rf"^{tmp_path} is a directory, not a video file$"):
+        open_source(str(tmp_path))
+    for empty in ("", "  "):
+        with pytest.raises(SourceError, match=r"^the source is empty: give a video file"):
+            open_source(empty)
+    # as the user sees it from `facestream run`
+    for text, error in ((str(tmp_path), "is a directory, not a video file"), ("", "is empty")):
+        status = main(["run", "--source", text, "--state-dir", str(tmp_path / "state")])
+        assert status == 2
+        assert error in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_unreachable_stream_hides_its_password() -> None:

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from enrollment.errors import (
+    AmbiguousPersonError,
     DuplicatePersonError,
     DuplicateSampleError,
     InvalidNameError,
@@ -30,6 +31,7 @@ from enrollment.files import TEMP_PREFIX
 from enrollment.postgres import PostgresDatabase
 from enrollment.sqlite import DATABASE, SqliteDatabase
 from enrollment.store import EnrollmentStore, Quality, Sample, crop_sha256
+from facecore.config import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LANDMARKS = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
@@ -132,6 +134,65 @@ def test_names_that_disguise_themselves_are_refused(store: EnrollmentStore) -> N
     assert store.add_person("王小明").name == "王小明"
     assert store.add_person("<b>Tom</b> & Jerry").name == "<b>Tom</b> & Jerry"
     assert [p.name for p in store.list_people() if p.id == ana.id] == ["Ana Lopez"]
+
+
+def test_names_shaped_like_an_id_are_refused(store: EnrollmentStore) -> None:
+    ada = store.add_person("Ada")
+    for name in (ada.id, ada.id.upper(), f" {ada.id} ", "feedface0badf00d"):
+        with pytest.raises(InvalidNameError, match="shape of a person id"):
+            store.add_person(name)
+        with pytest.raises(InvalidNameError, match="shape of a person id"):
+            store.get_or_add_person(name)
+        with pytest.raises(InvalidNameError, match="shape of a person id"):
+            store.rename_person(ada.id, name)
+    # one digit more or less, or other words around it, is a name like any other
+    for name in ("feedface0badf00", "feedface0badf00d1", "Agent feedface0badf00d"):
+        assert store.add_person(name).name == name
+    assert store.find_person(ada.id).name == "Ada"
+
+
+def test_a_reference_that_is_one_persons_id_and_anothers_name_is_ambiguous(
+    store: EnrollmentStore,
+) -> None:
+    ada = store.add_person("Ada")
+    store.add_sample(ada.id, _crop(1), LANDMARKS, QUALITY, "photo")
+    # a person named like Ada's id, as in a store written before such names were refused
+    legacy = "0123456789abcdef"
+    with store.db.change() as conn:
+        conn.execute(
+            "INSERT INTO people (id, name, name_key, created, updated) VALUES (?, ?, ?, ?, ?)",
+            (legacy, ada.id, ada.id, ada.created, ada.created),
+        )
+    store.add_sample(legacy, _crop(2), LANDMARKS, QUALITY, "photo")
+    with pytest.raises(AmbiguousPersonError) as refused:
+        store.find_person(ada.id)
+    assert (refused.value.by_id, refused.value.by_name) == (ada.id, legacy)
+    assert f"it is the id of 'Ada' and the name of the person with the id {legacy}" in str(
+        refused.value
+    )
+    # the unambiguous references still work; ids the program holds are never names
+    assert store.find_person("ada").id == ada.id and store.find_person(legacy).name == ada.id
+    assert store.get_person(ada.id).name == "Ada"
+    assert store.rename_person(ada.id, "Ada Lovelace").id == ada.id
+    assert {p.id: p.sample_count for p in store.list_people()} == {ada.id: 1, legacy: 1}
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a folder store named like the URL would go
+    for url, given in (("notaurl", "not a URL"), ("ada:secret@db/faces", "not a URL"),
+                       ("mysql://ada:secret@db/faces", "a 'mysql' URL")):
+        settings = load_settings(
+            {"state_dir": str(tmp_path / "state"), "enrollment.database_url": url}, {}
+        )
+        with pytest.raises(StoreError, match="must be a PostgreSQL URL") as refused:
+            EnrollmentStore.from_settings(settings)
+        assert str(refused.value).endswith(f"the value given is {given}")
+        assert "secret" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StoreError, match="no store given"):
+        EnrollmentStore("")
 
 
 def test_samples_round_trip_and_duplicates(store: EnrollmentStore) -> None:

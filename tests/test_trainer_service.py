@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -36,6 +37,7 @@ from facecore.errors import BundleError
 from facecore.frontend import FrontEnd
 from facecore.publish import bundles_dir, current_bundle_dir, versions
 from facecore.registry import get_spec, model_cache_dir, model_path
+from facestream.cli import main
 from trainer.backbone import Backbone
 from trainer.dlib.export import prepare_dlib_resnet
 from trainer.dlib.landmarks import prepare_landmark_model
@@ -478,3 +480,79 @@ def test_one_trainer_at_a_time(settings: Settings, enroll: Callable[..., int],
             assert not waiting.is_alive() and second.lock.held
             assert second.run_once() is None  # up to date
     assert (settings.state_dir / "trainer.lock").read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize("damaged", ["head.npz", "backbone.onnx"])
+def test_a_damaged_current_bundle_is_replaced_not_called_up_to_date(
+    damaged: str, settings: Settings, enroll: Callable[..., int], shared_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    enroll(shared_dir / "people")
+    with TrainerService(settings, progress=False) as service:
+        first = service.run_once()
+        assert first is not None and service.run_once() is None
+        target = first.path / damaged
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 4] = b"XXXX"
+        # a new file: the backbone is a hard link to this module's model cache
+        target.unlink()
+        target.write_bytes(bytes(data))
+        with pytest.raises(BundleError, match="sha256"):
+            load_bundle(first.path)  # what the streamer does: it serves nobody
+        revision = service.store.revision()
+        assert not service.up_to_date(revision)
+        with caplog.at_level(logging.WARNING, logger="trainer.service"):
+            replaced = service.run_once()
+        assert replaced is not None and replaced.path != first.path
+        assert f"the current bundle is damaged, a new one will be published: bundle " \
+            f"{first.path}: {damaged} has sha256" in caplog.text
+        assert current_bundle_dir(bundles_dir(settings)) == replaced.path
+        assert load_bundle(replaced.path).manifest.labels == first.manifest.labels
+        assert service.up_to_date(revision) and service.run_once() is None
+
+
+def test_trainer_once_on_a_state_dir_that_is_a_file_is_one_line(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_the_way = tmp_path / "f"
+    in_the_way.write_text("x\n")
+    args = ["--state-dir", str(in_the_way), "--cache-dir", str(settings.cache_dir),
+            "--models-dir", str(settings.models_dir), "trainer", "--once"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"facestream: error: cannot create the trainer lock {in_the_way / 'trainer.lock'}: "
+        f"{in_the_way} is not a folder\n"
+    )
+
+
+def test_trainer_once_with_a_database_url_that_is_not_postgresql_is_one_line(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--state-dir", str(tmp_path / "state"), "--cache-dir", str(settings.cache_dir),
+            "--models-dir", str(settings.models_dir), "--database-url", "notaurl",
+            "trainer", "--once"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "facestream: error: enrollment.database_url (--database-url) must be a PostgreSQL "
+        "URL, postgresql://USER@HOST/DB; the value given is not a URL\n"
+    )
+    assert not (tmp_path / "state").exists()
+
+
+def test_eval_verify_with_too_few_pairs_says_so_once(
+    settings: Settings, shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "two"  # one photo of each of two people: no genuine pair
+    for person, photo in (("barack_obama", "obama.jpg"), ("joe_biden", "biden.jpg")):
+        (folder / person).mkdir(parents=True)
+        (folder / person / photo).symlink_to(shared_dir / "people" / person / photo)
+    monkeypatch.setenv("FACESTREAM_RECOGNITION_DEVICE", "cpu")
+    args = ["--state-dir", str(settings.state_dir), "--cache-dir", str(settings.cache_dir),
+            "--models-dir", str(settings.models_dir), "eval", "verify", str(folder)]
+    assert main(args) == 2
+    last = capsys.readouterr().err.rstrip("\n").rsplit("\n", 1)[-1]
+    assert last == (
+        "facestream: error: too few pairs left to measure: "
+        "TAR at FAR needs genuine and impostor pairs"
+    )

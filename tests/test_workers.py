@@ -238,3 +238,65 @@ def test_a_worker_that_cannot_listen_fails_the_start_clearly(
         rf"127\.0\.0\.1:{port}: .*address already in use", done.stderr, re.IGNORECASE
     ), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _facestream(args: list[str], tmp_path: Path, shared_dir: Path,
+                **environ: str) -> subprocess.CompletedProcess[str]:
+    """``facestream ARGS`` with its own state and the shared models, to its end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env.update(PYTHONPATH=str(REPO_ROOT), **environ)
+    return subprocess.run(
+        [sys.executable, "-m", "facestream", "--state-dir", str(tmp_path / "state"),
+         "--cache-dir", str(tmp_path / "cache"), "--models-dir", str(shared_dir / "models"),
+         *args],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+SERVE = ["serve", "--http", "--host", "127.0.0.1", "--token", TOKEN]
+
+
+@pytest.mark.parametrize("command", [
+    [*SERVE, "--port", "0"], [*SERVE, "--port", "0", "--workers", "2"], ["trainer", "--once"],
+])
+def test_a_metrics_port_in_use_fails_the_start_clearly(
+    command: list[str], shared_dir: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        key = "SERVER" if command[0] == "serve" else "TRAINER"
+        done = _facestream(command, tmp_path, shared_dir,
+                           **{f"FACESTREAM_{key}_METRICS_PORT": str(port)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.endswith(
+        f"facestream: error: cannot listen on 127.0.0.1:{port} for /metrics: "
+        "address already in use\n"
+    ), done.stderr
+    assert "http://127.0.0.1" not in done.stdout  # no address announced that is not served
+
+
+def test_a_metrics_host_that_does_not_resolve_fails_the_start_clearly(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    done = _facestream([*SERVE, "--port", "0", "--metrics-port", str(free_port())], tmp_path,
+                       shared_dir, FACESTREAM_SERVER_METRICS_HOST="nosuch.invalid")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.search(
+        r"^facestream: error: cannot listen on nosuch\.invalid:\d+ for /metrics: \S",
+        done.stderr, re.MULTILINE,
+    ), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_metrics_on_the_server_port_is_refused_before_listening(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    port = str(free_port())
+    done = _facestream([*SERVE, "--port", port, "--metrics-port", port], tmp_path, shared_dir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == (
+        f"facestream: error: server.metrics_port = {port} (from command line --metrics-port): "
+        "is also server.port on 127.0.0.1; give /metrics a port of its own\n"
+    )

@@ -12,8 +12,9 @@ from numpy.typing import NDArray
 from facecore.config import Settings
 from facecore.download import sha256_file
 from facecore.embedder import Embedder, Preprocessing
+from facecore.errors import ConfigError
 from facecore.frontend import FrontEnd
-from facecore.registry import MODELS, model_path
+from facecore.registry import MODELS, describe_kind, model_path
 
 __all__ = ["Backbone"]
 
@@ -36,7 +37,17 @@ class Backbone:
         name = settings.recognition.model
         spec = MODELS[name]
         if spec.kind != "recognizer" or spec.template is None:
-            raise ValueError(f"{name} is not a recognizer with an alignment template")
+            reason = (
+                f"{describe_kind(spec)}, not a recognizer"
+                if spec.kind != "recognizer"
+                else "a recognizer without an alignment template, which the trainer needs"
+            )
+            raise ConfigError(
+                reason,
+                key="recognition.model",
+                value=name,
+                origin=settings.origins.get("recognition.model"),
+            )
         path = model_path(settings, name)
         embedder = Embedder.load(
             path,

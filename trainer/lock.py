@@ -24,7 +24,10 @@ from pathlib import Path
 from types import TracebackType
 
 from enrollment.postgres import AdvisoryLock
+from enrollment.store import store_location
 from facecore.config import Settings
+from facecore.errors import ConfigError
+from facecore.files import os_reason
 from trainer.errors import TrainerBusyError
 
 __all__ = ["LOCK_FILE", "StoreTrainerLock", "TrainerLock", "trainer_lock"]
@@ -37,20 +40,29 @@ _WAIT_POLL_S = 0.5  # how often a waiting trainer tries the advisory lock
 
 
 def trainer_lock(settings: Settings) -> TrainerLock | StoreTrainerLock:
-    """The lock that the trainers of this installation's store share."""
-    if settings.enrollment.database_url:
-        return StoreTrainerLock(settings.enrollment.database_url)
+    """The lock that the trainers of this installation's store share (StoreError for
+    a database URL that is not PostgreSQL's, as the store gives)."""
+    location = store_location(settings)
+    if isinstance(location, str):
+        return StoreTrainerLock(location)
     return TrainerLock(settings.state_dir)
 
 
 class TrainerLock:
     """The lock file ``state_dir/trainer.lock``; ``acquire()`` takes the lock (once),
-    ``close()`` releases it (safe twice)."""
+    ``close()`` releases it (safe twice). `ConfigError` when the state folder cannot
+    hold it (read-only, or a file in its place), as the store reports its own."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / LOCK_FILE
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # mkdir(exist_ok=True) says "File exists" of a file where the folder should be
+            reason = (f"{exc.filename} is not a folder" if isinstance(exc, FileExistsError)
+                      else os_reason(exc))
+            raise ConfigError(f"cannot create the trainer lock {self.path}: {reason}") from exc
         self.held = False
 
     def acquire(self, *, wait: bool) -> None:

@@ -4,8 +4,9 @@ One run (``TrainerService.run_once``) works in two phases (``trainer.fitting.bui
 that a new person is named within seconds and the better head follows:
 
 1. read the store's revision; when the current bundle was built from that revision
-   with the same backbone (file, alignment template, preprocessing) and is settled
-   (it has its training report), there is nothing to do;
+   with the same backbone (file, alignment template, preprocessing), is settled
+   (it has its training report) and intact (its files hash to its manifest's sums,
+   as the streamer checks), there is nothing to do; a damaged one is replaced;
 2. the baseline: embed the samples' clean chips (``trainer.fitting.embeddings``; cached, so
    only new samples cost anything), build the prototypes and calibrate their
    threshold (``trainer.fitting.selection.select_baseline``: no fitting), and publish them at
@@ -41,6 +42,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -55,7 +57,7 @@ from enrollment.database import retry_delay
 from enrollment.errors import StoreUnavailableError
 from enrollment.store import EnrollmentStore, Person, Sample
 from facecore import metrics, systemd
-from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, load_bundle
+from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, check_bundle, load_bundle
 from facecore.calibration import find_calibration
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
@@ -157,6 +159,8 @@ class TrainerService:
         self.builder = BundleBuilder(
             self.backbone, self.recipe.copies, settings.trainer.target_far, publish_pause
         )
+        # (the files' stat stamp, intact): the last `intact` verdict
+        self._checked: tuple[tuple[object, ...], bool] | None = None
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -207,9 +211,36 @@ class TrainerService:
         )
 
     def up_to_date(self, revision: int) -> bool:
-        """``built_from(revision)``, and settled: nothing is left to fit."""
+        """``built_from(revision)``, settled and intact: nothing is left to do."""
         directory = current_bundle_dir(self.bundles_dir)
-        return directory is not None and self.built_from(revision) and settled(directory)
+        return (
+            directory is not None
+            and self.built_from(revision)
+            and settled(directory)
+            and self.intact(directory)
+        )
+
+    def intact(self, directory: Path) -> bool:
+        """The bundle's model files hash to its manifest's sums (`check_bundle`, the
+        streamer's check: it refuses a damaged bundle, and every face would be unknown);
+        a damaged one is logged. ``serve`` asks on every turn: the files are hashed
+        again only when one of them is replaced or written (inode, size, mtime)."""
+        try:
+            stamp = tuple(
+                (e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns)
+                for e in sorted(os.scandir(directory), key=lambda e: e.name)
+            )
+        except OSError:
+            stamp = ()  # gone or unreadable: check_bundle says what is wrong
+        if self._checked is None or not stamp or self._checked[0] != stamp:
+            try:
+                check_bundle(directory)
+                self._checked = (stamp, True)
+            except BundleError as exc:
+                log.warning("the current bundle is damaged, a new one will be published: %s",
+                            exc)
+                self._checked = (stamp, False)
+        return self._checked[1]
 
     def _template(self) -> tuple[tuple[float, float], ...]:
         return tuple((float(x), float(y)) for x, y in self.backbone.template)
@@ -253,7 +284,7 @@ class TrainerService:
             )
         prototypes = roster.fitted(PHASE_BASELINE, clean.computed, baseline)
         current = current_bundle_dir(self.bundles_dir)
-        if current is not None and self.built_from(revision):
+        if current is not None and self.built_from(revision) and self.intact(current):
             bundle = load_bundle(current)  # published by a run stopped before it settled
         else:
             bundle = self._publish(prototypes)
@@ -318,9 +349,10 @@ class TrainerService:
         return bundle
 
     def _build(self, fitted: Fitted, directory: Path, version: int) -> Bundle:
-        return self.builder.build(
-            fitted, directory, version, link_from=current_bundle_dir(self.bundles_dir)
-        )
+        current = current_bundle_dir(self.bundles_dir)
+        if current is not None and not self.intact(current):
+            current = None  # its backbone may be the damaged file: never link it
+        return self.builder.build(fitted, directory, version, link_from=current)
 
     def _roster(self, revision: int) -> _Roster:
         listed = self.store.list_people()

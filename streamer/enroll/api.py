@@ -14,7 +14,8 @@ Routes (every one needs the token, like the rest of the server)::
     GET    /api/samples/{sample}/thumbnail     a small JPEG of the face crop
     GET    /api/model, /api/model/{version}/files/{name}    see `streamer.web.model_api`
 
-``{person}`` is a person's id or display name (any case). An upload request's whole
+``{person}`` is a person's id or display name (any case); one that is the id of
+one person and the name of another is refused with 409, naming both. An upload request's whole
 body may be at most ``server.max_upload_mb`` MiB: a larger declared length is refused
 at once and a chunked body as soon as it passes the limit, with 413, before the rest
 is read. Each file is checked by its content (`enrollment.ingest`), never by its name
@@ -37,6 +38,7 @@ import cv2
 from aiohttp import BodyPartReader, web
 
 from enrollment.errors import (
+    AmbiguousPersonError,
     DuplicatePersonError,
     EnrollmentError,
     InvalidNameError,
@@ -80,6 +82,7 @@ _ALL_REJECTED = (
 _ERROR_STATUS: tuple[tuple[type[EnrollmentError], int], ...] = (
     (UnknownPersonError, 404),
     (UnknownSampleError, 404),
+    (AmbiguousPersonError, 409),
     (DuplicatePersonError, 409),
     (InvalidNameError, 400),
     (StoreUnavailableError, 503),  # PostgreSQL down: the next request connects again
@@ -153,8 +156,9 @@ def _result_json(result: IngestResult) -> dict[str, object]:
 
 
 def _store_errors(handler: Handler) -> Handler:
-    """Answer the store's errors as JSON: unknown 404, taken name 409, bad name 400,
-    a database that cannot be reached 503; a store that cannot be used 500 (logged)."""
+    """Answer the store's errors as JSON: unknown 404, taken name or ambiguous
+    reference 409, bad name 400, a database that cannot be reached 503; a store that
+    cannot be used 500 (logged)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
@@ -307,7 +311,7 @@ async def _upload(request: web.Request) -> web.Response:
     results = await worker.call(ingest)
     accepted = sum(r.accepted for r in results)
     body: dict[str, Any] = {
-        "person": person_json(await worker.call(lambda store: store.find_person(person.id))),
+        "person": person_json(await worker.call(lambda store: store.get_person(person.id))),
         "accepted": accepted,
         "rejected": len(results) - accepted,
         "files": [_result_json(r) for r in results],

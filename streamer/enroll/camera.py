@@ -89,7 +89,7 @@ def _commit(
     if added and not any(r.accepted for r in results):
         store.remove_person(person.id)
     else:
-        person = store.find_person(person.id)
+        person = store.get_person(person.id)
     return _Committed(person, results, not added)
 
 

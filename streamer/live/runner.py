@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import queue
 import threading
 import time
@@ -28,7 +29,11 @@ from streamer.errors import OutputError
 from streamer.live.pipeline import FrameResult, StreamPipeline
 from streamer.live.sources import FrameSource, SourceFrame
 
-__all__ = ["RunSummary", "VideoFileSink", "run_source"]
+__all__ = ["VIDEO_EXTENSIONS", "RunSummary", "VideoFileSink", "check_video_output", "run_source"]
+
+# what this OpenCV build writes with mp4v and reads back; others fail or, like .jpg,
+# silently write something else (an image sequence)
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
 
 ResultCallback = Callable[[SourceFrame, FrameResult, float], Awaitable[None] | None]
 
@@ -120,6 +125,32 @@ async def run_source(
     )
 
 
+def check_video_output(path: Path) -> None:
+    """Raise `OutputError` saying why a video cannot be written at ``path`` (checked
+    before anything is opened: ``cv2.VideoWriter`` only says that it failed)."""
+    path = Path(path)
+    problem = f"cannot write video {path}"
+    if path.is_dir():
+        raise OutputError(
+            f"{problem}: it is a directory; give a file name such as {path / 'out.mp4'}"
+        )
+    parent = path.parent  # "." for a bare name
+    if not parent.exists():
+        raise OutputError(f"{problem}: the directory {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{problem}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{problem}: the directory {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{problem}: the file exists and is not writable")
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        kind = f"'{path.suffix}'" if path.suffix else "a name without an extension"
+        raise OutputError(
+            f"{problem}: {kind} is not a video format facestream can write; "
+            f"use one of {', '.join(VIDEO_EXTENSIONS)}"
+        )
+
+
 class VideoFileSink:
     """Writes frames to a video file from its own thread (a bounded queue: the
     caller waits when the encoder falls behind; an output file loses nothing)."""
@@ -128,6 +159,7 @@ class VideoFileSink:
         self, path: Path, fps: float, size: tuple[int, int], *, fourcc: str = "mp4v"
     ) -> None:
         self.path = Path(path)
+        check_video_output(self.path)
         self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
         if not self._writer.isOpened():
             raise OutputError(f"cannot write video {self.path} ({fourcc}, {size[0]}x{size[1]})")

@@ -147,7 +147,11 @@ class SourceSpec:
 
 
 def parse_source(text: str | int) -> SourceSpec:
-    """``0`` -> camera 0; ``rtsp://...`` or ``http://...`` -> a stream; else a file."""
+    """``0`` -> camera 0; ``rtsp://...`` or ``http://...`` -> a stream; else a file.
+
+    An empty ``text`` raises `SourceError` (as a path it would name the current folder)."""
+    if isinstance(text, str) and not text.strip():
+        raise SourceError("the source is empty: give a video file, a stream URL or a camera index")
     if isinstance(text, int) or str(text).strip().isdigit():
         return SourceSpec("camera", int(text))
     if _URL.match(text):
@@ -235,6 +239,8 @@ class CaptureSource:
 
     def _open_first(self) -> Capture:
         spec = self.spec
+        if spec.kind == "file" and Path(str(spec.target)).is_dir():
+            raise SourceError(f"{spec.target} is a directory, not a video file")
         if spec.kind == "file" and not Path(str(spec.target)).is_file():
             raise SourceError(f"{spec.description} does not exist")
         if spec.kind == "camera" and sys.platform == "linux" and not _device(spec).exists():

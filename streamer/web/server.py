@@ -11,8 +11,9 @@ Routes::
     POST /api/webrtc/offer     {"sdp", "type": "offer"} -> {"sdp", "type": "answer"}
     GET  /static/...           the page's script, stylesheet and icon
 
-Every error answer is JSON ``{"error": <HTTP reason>, "reason": <what to do>}``, and
-every answer, errors and 500s included, carries the security headers, and
+Every error answer under /api/ is JSON ``{"error": <HTTP reason>, "reason": <what to
+do>}``, aiohttp's own included (no such path, wrong method, body over 1 MiB), and every
+answer, errors and 500s included, carries the security headers, and
 ``X-Facestream-Worker``: the pid of the process that answered (with ``serve
 --workers`` the one that holds a session is the one that answered its offer). A JSON body of
 any shape (not JSON, not UTF-8, nested a thousand deep, not an object) gets a 400.
@@ -100,7 +101,9 @@ def create_app(
     )
     auth = Auth.for_settings(settings, token, secure=secure)
     app = web.Application(
-        middlewares=[forwarded_middleware(trusted), _security_headers, auth_middleware(auth)]
+        middlewares=[
+            forwarded_middleware(trusted), _security_headers, _api_errors, auth_middleware(auth)
+        ]
     )
     app[AUTH] = auth
     app[ENGINE] = engine
@@ -141,6 +144,31 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
         # which process answered (``serve --workers``; an offer's holds its session)
         response.headers[WORKER_HEADER] = str(os.getpid())
     return response
+
+
+@web.middleware
+async def _api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors under /api/ (no such path, wrong method, body too large)
+    as the API's JSON errors; the pages keep aiohttp's."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        api = request.path.startswith("/api/")
+        if not api or exc.status < 400 or exc.content_type == "application/json":
+            raise  # pages, redirects, and errors already worded for the API
+        headers = {k: exc.headers[k] for k in ("Allow", "Retry-After") if k in exc.headers}
+        return error_response(exc.status, _api_error_reason(request, exc), headers)
+
+
+def _api_error_reason(request: web.Request, exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPNotFound):
+        return f"there is no {request.path} in the API"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"{request.method} is not accepted on {request.path}; use {allowed}"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return f"the body may be at most {request.client_max_size / 2**20:g} MiB"
+    return exc.text or HTTPStatus(exc.status).phrase
 
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:

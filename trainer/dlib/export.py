@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from facecore.download import sha256_file
+from facecore.registry import ensure_model_cache
 from trainer.dlib.resnet import DlibResNet
 from trainer.errors import ExportCheckError
 
@@ -122,14 +123,15 @@ def _dlib_metadata(model: DlibResNet, source: Path, digest: str) -> dict[str, st
 
 
 def prepare_dlib_resnet(source: Path, cache_dir: Path) -> Path:
-    """Convert dlib's ResNet ``.dat`` to ONNX once; later calls return the cached file."""
+    """Convert dlib's ResNet ``.dat`` to ONNX once; later calls return the cached file.
+    `ModelError` when ``cache_dir`` cannot be written."""
     source, cache_dir = Path(source), Path(cache_dir)
     digest = sha256_file(source)
     target = cache_dir / f"dlib_resnet_v1-{digest[:16]}.onnx"
     if target.is_file():
         log.info("using cached ONNX conversion %s", target)
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    ensure_model_cache(cache_dir)
     model = DlibResNet.from_dat(source)
     export_onnx(model, target, input_size=model.input_size,
                 metadata=_dlib_metadata(model, source, digest))

@@ -20,7 +20,13 @@ from numpy.typing import NDArray
 from facecore.config import Settings
 from facecore.download import sha256_file
 from facecore.files import fsync_path
-from facecore.registry import DLIB_LANDMARKS, get_spec, model_cache_dir, model_path
+from facecore.registry import (
+    DLIB_LANDMARKS,
+    ensure_model_cache,
+    get_spec,
+    model_cache_dir,
+    model_path,
+)
 from trainer.dlib.format import DlibReader
 from trainer.errors import DlibFormatError
 
@@ -90,14 +96,15 @@ def parse_shape_predictor(data: bytes) -> dict[str, NDArray[np.generic]]:
 
 def prepare_shape_predictor(source: Path, target: Path) -> Path:
     """Convert ``source`` (.dat) to ``target`` (.npz) once; a later call finds it.
-    DlibFormatError names ``source`` when it is not a shape predictor."""
+    DlibFormatError names ``source`` when it is not a shape predictor; `ModelError`
+    when ``target``'s folder cannot be written."""
     if target.is_file():
         return target
     try:
         arrays = parse_shape_predictor(Path(source).read_bytes())
     except DlibFormatError as exc:
         raise DlibFormatError(f"{source}: {exc}") from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_model_cache(target.parent)
     partial = target.with_name(target.name + ".partial")
     with partial.open("wb") as out:
         np.savez(out, **arrays)

@@ -36,6 +36,7 @@ from trainer.evaluation.evaluate import FAR, FOLDS, Pairs, Verification
 __all__ = ["Column", "register_eval", "run_verify"]
 
 MAX_GENUINE = 3000
+OWN_COLUMN = "facestream"  # the report's one column when no --front-end is compared
 
 DESCRIPTION = """\
 Measure face verification on DIR, a folder with one sub-folder of images per person
@@ -192,7 +193,7 @@ def run_verify(
 ) -> list[Column]:
     """``eval verify``: print the report and return its columns (one per front-end
     candidate, default the model's own, then dlib-bin's with ``reference="dlib"``)."""
-    from facecore.registry import DETECTOR, get_spec
+    from facecore.registry import DETECTOR, describe_kind, get_spec
 
     if not folder.is_dir():
         raise SourceError(f"{folder} is not a folder")
@@ -201,7 +202,7 @@ def run_verify(
     spec = get_spec(settings.recognition.model)
     if spec.kind != "recognizer":
         raise ConfigError(
-            f"{spec.name} is a {spec.kind}, not a recognizer",
+            f"{spec.name} is {describe_kind(spec)}, not a recognizer",
             key="recognition.model",
             value=spec.name,
             origin=settings.origins.get("recognition.model"),
@@ -219,7 +220,7 @@ def run_verify(
     ):
         columns.append(
             _column(
-                "facestream" if len(candidates) == 1 else candidate.name,
+                OWN_COLUMN if len(candidates) == 1 else candidate.name,
                 f"{DETECTOR} + {candidate.name} + {spec.name}",
                 ("cosine similarity", "similarity >=", 1.0),
                 embedded,
@@ -298,7 +299,9 @@ def _column(
     try:
         verification = verify(np.asarray(scores)[keep], pairs[keep], FAR)
     except ValueError as err:
-        raise SourceError(f"{title}: too few pairs left to measure: {err}") from err
+        # the one column of a plain run is "facestream": the error line says that already
+        where = "" if title == OWN_COLUMN else f"{title}: "
+        raise SourceError(f"{where}too few pairs left to measure: {err}") from err
     return Column(
         title=title,
         pipeline=pipeline,
