@@ -79,6 +79,9 @@ class BundleManifest:
     # existed were all cut with the template
     front_end: str = "yunet_template"
     landmarks_sha256: str = ""  # of LANDMARKS_FILE; "" when the front end needs none
+    # the trainer's digest of the people (ids, names) and samples it was built from, so
+    # that a store change that leaves them as they were builds nothing ("" before 2026-12-07)
+    roster_sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)

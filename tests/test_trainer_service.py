@@ -511,6 +511,37 @@ def test_a_damaged_current_bundle_is_replaced_not_called_up_to_date(
         assert service.up_to_date(revision) and service.run_once() is None
 
 
+def test_a_store_change_that_leaves_people_and_samples_as_they_were_publishes_nothing(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    enroll(shared_dir / "people")
+    monkeypatch.setenv("FACESTREAM_RECOGNITION_DEVICE", "cpu")
+    options = ["--state-dir", str(settings.state_dir), "--cache-dir", str(settings.cache_dir),
+               "--models-dir", str(settings.models_dir)]
+    assert main([*options, "trainer", "--once"]) == 0
+    first, published = current_bundle_dir(bundles_dir(settings)), versions(bundles_dir(settings))
+    assert first is not None
+    # a new name whose one photo is refused (Biden's again: a duplicate) is added to
+    # the store and taken away again: the revision moves, the people do not
+    assert main([*options, "enroll", "add", "王小明", str(shared_dir / "media/biden.jpg")]) == 1
+    with EnrollmentStore.from_settings(settings) as store:
+        assert store.revision() > load_bundle(first).manifest.store_revision
+        store.add_person("Ada Lovelace")  # nobody without a sample is in a model either
+        biden = store.find_person("Joe Biden")
+    capsys.readouterr()
+    assert main([*options, "trainer", "--once"]) == 0
+    assert capsys.readouterr().out == "nothing to do: the current bundle is up to date\n"
+    assert versions(bundles_dir(settings)) == published
+    assert current_bundle_dir(bundles_dir(settings)) == first
+    with EnrollmentStore.from_settings(settings) as store:
+        store.rename_person(biden.id, "Joseph Biden")  # a new name is a new model
+    assert main([*options, "trainer", "--once"]) == 0
+    renamed = current_bundle_dir(bundles_dir(settings))
+    assert renamed is not None and renamed != first
+    assert "Joseph Biden" in load_bundle(renamed).manifest.labels
+
+
 def test_trainer_once_on_a_state_dir_that_is_a_file_is_one_line(
     settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,10 +3,12 @@
 One run (``TrainerService.run_once``) works in two phases (``trainer.fitting.building``), so
 that a new person is named within seconds and the better head follows:
 
-1. read the store's revision; when the current bundle was built from that revision
-   with the same backbone (file, alignment template, preprocessing), is settled
-   (it has its training report) and intact (its files hash to its manifest's sums,
-   as the streamer checks), there is nothing to do; a damaged one is replaced;
+1. read the store's revision; when the current bundle was built from that revision,
+   or from the same people and samples (ids and names: the manifest's
+   ``roster_sha256``), with the same backbone (file, alignment template,
+   preprocessing), is settled (it has its training report) and intact (its files
+   hash to its manifest's sums, as the streamer checks), there is nothing to do; a
+   damaged one is replaced;
 2. the baseline: embed the samples' clean chips (``trainer.fitting.embeddings``; cached, so
    only new samples cost anything), build the prototypes and calibrate their
    threshold (``trainer.fitting.selection.select_baseline``: no fitting), and publish them at
@@ -41,6 +43,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -105,6 +109,16 @@ class _Roster:
     labels: NDArray[np.intp]  # [N]
     without: int
 
+    @property
+    def sha256(self) -> str:
+        """Digest of what a bundle is made of: each person's id and name, in row order,
+        and each sample's id and row. The revision and the people without samples are
+        left out: a person added and taken away again with no sample changes nothing."""
+        people = [[p.id, p.name] for p in self.people]
+        samples = [[s.id, int(row)] for s, row in zip(self.samples, self.labels, strict=True)]
+        text = json.dumps([people, samples], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def fitted(self, phase: float, embedded: int, selection: Selection | None) -> Fitted:
         return Fitted(
             phase=phase,
@@ -115,6 +129,7 @@ class _Roster:
             people_without_samples=self.without,
             embedded=embedded,
             selection=selection,
+            roster_sha256=self.sha256,
         )
 
 
@@ -161,6 +176,9 @@ class TrainerService:
         )
         # (the files' stat stamp, intact): the last `intact` verdict
         self._checked: tuple[tuple[object, ...], bool] | None = None
+        # (store revision, bundle version): a revision found to hold the people and
+        # samples of that bundle, so that polls at that revision do not read them again
+        self._unchanged: tuple[int, int] | None = None
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -195,14 +213,21 @@ class TrainerService:
                         directory, exc)
             return None
 
-    def built_from(self, revision: int) -> bool:
-        """The current bundle was built from store ``revision`` with this backbone,
-        front end (kind, template, landmark model) and preprocessing (settled or not):
-        a bundle from another front end is rebuilt, its vectors re-embedded."""
+    def built_from(self, revision: int, roster: _Roster | None = None) -> bool:
+        """The current bundle was built from store ``revision`` (or from the same people
+        and samples as ``roster``, read at it) with this backbone, front end (kind,
+        template, landmark model) and preprocessing (settled or not): a bundle from
+        another front end is rebuilt, its vectors re-embedded."""
         manifest = self.current_manifest()
+        if manifest is None:
+            return False
+        same_content = (
+            manifest.store_revision == revision
+            or self._unchanged == (revision, manifest.version)
+            or (roster is not None and manifest.roster_sha256 == roster.sha256)
+        )
         return (
-            manifest is not None
-            and manifest.store_revision == revision
+            same_content
             and manifest.backbone_sha256 == self.backbone.sha256
             and manifest.template == self._template()
             and manifest.front_end == self.backbone.front_end.kind
@@ -210,12 +235,12 @@ class TrainerService:
             and manifest.preprocessing == self.backbone.embedder.preprocessing
         )
 
-    def up_to_date(self, revision: int) -> bool:
-        """``built_from(revision)``, settled and intact: nothing is left to do."""
+    def up_to_date(self, revision: int, roster: _Roster | None = None) -> bool:
+        """``built_from(revision, roster)``, settled and intact: nothing is left to do."""
         directory = current_bundle_dir(self.bundles_dir)
         return (
             directory is not None
-            and self.built_from(revision)
+            and self.built_from(revision, roster)
             and settled(directory)
             and self.intact(directory)
         )
@@ -269,6 +294,13 @@ class TrainerService:
         if self.up_to_date(revision):
             return None
         roster = self._roster(revision)
+        shown, manifest = current_bundle_dir(self.bundles_dir), self.current_manifest()
+        if shown is not None and manifest is not None and self.up_to_date(revision, roster):
+            # e.g. a person added and removed again when none of their photos was taken
+            log.info("store revision %d has the people and samples of %s: it stays",
+                     revision, shown.name)
+            self._unchanged = (revision, manifest.version)
+            return None
         self.notify(f"STATUS=publishing the prototypes of store revision {revision}")
         clean = embed_samples(self.store, self.backbone, roster.samples, None,
                               progress=self.progress)
@@ -284,7 +316,7 @@ class TrainerService:
             )
         prototypes = roster.fitted(PHASE_BASELINE, clean.computed, baseline)
         current = current_bundle_dir(self.bundles_dir)
-        if current is not None and self.built_from(revision) and self.intact(current):
+        if current is not None and self.built_from(revision, roster) and self.intact(current):
             bundle = load_bundle(current)  # published by a run stopped before it settled
         else:
             bundle = self._publish(prototypes)

@@ -75,6 +75,7 @@ class Fitted:
     people_without_samples: int
     embedded: int  # samples embedded (clean, or their augmented copies) in this phase
     selection: Selection | None  # None when nobody has a sample
+    roster_sha256: str  # of the people and samples it was fitted on (BundleManifest's)
 
 
 def settled(directory: Path) -> bool:
@@ -119,6 +120,7 @@ class BundleBuilder:
             threshold=selection.threshold if selection else DEFAULT_THRESHOLD,
             metrics=metrics,
             threshold_reason=selection.calibration.reason if selection else "nobody enrolled",
+            roster_sha256=fitted.roster_sha256,
         )
         bundle = write_bundle(
             directory, backbone=backbone.path, weights=head.unit_weights(), manifest=manifest,
