@@ -54,6 +54,7 @@ class Outcome(StrEnum):
     SEVERAL_FACES = "several_faces"
     FACE_TOO_SMALL = "face_too_small"
     TOO_BLURRED = "too_blurred"
+    TURNED_AWAY = "turned_away"
     DUPLICATE = "duplicate"
     NOT_IN_PERSON_FOLDER = "not_in_person_folder"
     BROKEN_LINK = "broken_link"  # a symbolic link to nothing, or a loop of links
@@ -73,6 +74,9 @@ class IngestPolicy:
     max_pixels: int = 40_000_000  # width x height from the header, before decoding
     min_face_px: float = 64.0  # face box side (sqrt of its area) in the photo
     min_sharpness: float = 25.0  # Quality.sharpness; sharp photos score 75 and more
+    # Quality.frontalness: below it, a profile or the back of a head, whose landmarks
+    # are guesses (a three-quarter view scores about 1/3; LFW's photos 0.25 and more)
+    min_frontalness: float = 0.2
     dominance: float = 2.0  # with several faces, the largest must have this x the area
     margin: float = 0.5  # crop margin on each side, in face box sizes
     stored_face_px: float = 320.0  # larger faces are scaled down to this in the crop
@@ -329,6 +333,12 @@ def _store_face(
             Outcome.TOO_BLURRED,
             f"too blurred (sharpness {quality.sharpness:.0f}, at least "
             f"{policy.min_sharpness:g} needed)",
+        )
+    if quality.frontalness < policy.min_frontalness:
+        raise _Rejected(
+            Outcome.TURNED_AWAY,
+            f"face turned too far from the camera (frontalness {quality.frontalness:.2f}, at "
+            f"least {policy.min_frontalness:g} needed): use a photo facing the camera",
         )
     crop, points = _stored_crop(frame, xyxy, landmarks, quality, policy)
     try:

@@ -13,11 +13,15 @@ import pytest
 from browser_support import ARTIFACTS, PHONE, chromium, make_y4m, needs_chromium
 from webrtc_support import TOKEN, build_people_bundle, live_server, server_settings
 
+from enrollment.store import EnrollmentStore
 from facecore.config import Settings
 from streamer.live.engine import Engine
 from streamer.web.server import PEERS
+from trainer.service import TrainerService
 
 pytestmark = needs_chromium
+
+LONG_NAME = "Lin Manuel Miranda de la Vega Fernández y López-Hamilton"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,11 @@ def settings(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sett
     root = tmp_path_factory.mktemp("browser")
     settings = server_settings(shared_dir, root / "state", root / "cache")
     build_people_bundle(settings, shared_dir)
+    # a long name, as a user may give: the live list cuts it to one line on a phone
+    with EnrollmentStore.from_settings(settings) as store:
+        store.rename_person(store.find_person("Lin Manuel Miranda").id, LONG_NAME)
+    with TrainerService(settings, progress=False) as trainer:
+        assert trainer.run_once() is not None
     return settings
 
 
@@ -70,6 +79,13 @@ async def test_phone_page_shows_the_annotated_video_and_who_is_in_view(
             )
             listed = await page.evaluate(names + ".map(e => e.textContent)")
             assert named, f"Lin-Manuel Miranda is not in the list: {listed}"
+            assert LONG_NAME in listed
+            # his long name is cut to the list's width, and the page does not scroll sideways
+            assert await page.evaluate(
+                f"{names}.every(e => e.getBoundingClientRect().right <= innerWidth)"
+                " && document.documentElement.scrollWidth <= innerWidth"
+            ), await page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+            assert await page.evaluate(f"{names}.some(e => e.scrollWidth > e.clientWidth)")
             later = await page.evaluate("document.getElementById('remote').currentTime")
             assert later > first, "the returned video stopped"
             size = await page.evaluate(

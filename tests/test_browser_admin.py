@@ -5,7 +5,7 @@ script runs. Leaves a screenshot in test-artifacts/admin-names.png."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -93,3 +93,93 @@ async def test_names_with_markup_are_shown_as_text(
                 f"{PERSON_NAMES}.find(e => e.textContent.length === 200).scrollIntoView()"
             )
             await page.screenshot(ARTIFACTS / "admin-names.png")
+
+
+async def test_the_admin_page_says_what_went_wrong(
+    settings: Settings, engine: Engine, shared_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Signing in from /admin goes back there; a name past the limit is refused in
+    words, not cut; erasing a sample asks first; a person removed elsewhere leaves the
+    list; a server out of reach is said so, for every action."""
+    async with (
+        enroll_server(settings, engine, CapturePlan()) as server,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+    ):
+        people = {}
+        for name in ("Barack Obama", "Joe Biden"):
+            async with http.post(server.url + "/api/people", json={"name": name},
+                                 ssl=server.ssl_context) as r:
+                people[name] = (await r.json())["id"]
+        form = aiohttp.FormData()
+        form.add_field("photo", shared_file("media/obama.jpg").read_bytes(),
+                       filename="obama.jpg")
+        async with http.post(f"{server.url}/api/people/{people['Barack Obama']}/samples",
+                             data=form, ssl=server.ssl_context) as r:
+            assert (await r.json())["accepted"] == 1, await r.text()
+        async with chromium(f"{server.url}/admin", None, tmp_path / "profile") as page:
+            assert await page.until("location.pathname === '/login'", 15)
+            assert await page.evaluate("location.search") == "?next=/admin"
+            await page.type_text("#token", TOKEN)
+            await page.evaluate("document.getElementById('login-form').requestSubmit()")
+            biden = f".person-card[data-id=\"{people['Joe Biden']}\"]"
+            obama = f".person-card[data-id=\"{people['Barack Obama']}\"]"
+            shown = f"!!document.querySelector('{biden}') && !!document.querySelector('{obama}')"
+            assert await page.until(f"location.pathname === '/admin' && {shown}", 15), (
+                await page.evaluate("location.href")
+            )
+            notice = "document.getElementById('notice')"
+
+            async def said(pattern: str) -> str:
+                shown = await page.until(
+                    f"!{notice}.hidden && /{pattern}/.test({notice}.textContent)"
+                    f" && {notice}.textContent", 10)
+                assert shown, await page.evaluate(f"{notice}.textContent")
+                return str(shown)
+
+            await page.tap(f"{biden} [data-action=rename]")
+            await page.evaluate(f"document.querySelector('{biden} .rename-form input')"
+                                f".value = '{'Z' * 300}'")
+            await page.tap(f"{biden} .rename-form [type=submit]")
+            await said("at most 200 characters")
+            # the longest name there may be, as one word: the notice wraps it on a phone
+            await page.evaluate(f"document.querySelector('{biden} .rename-form input')"
+                                f".value = '{'Z' * 200}'")
+            await page.tap(f"{biden} .rename-form [type=submit]")
+            await said("Renamed Joe Biden to Z{200}")
+            await page.emulate_phone(SMALL_PHONE)
+            widths = await page.until(
+                "innerWidth === 390 && [document.documentElement.scrollWidth, innerWidth]", 15
+            )
+            assert widths == [390, 390], widths
+            await page.send("Emulation.clearDeviceMetricsOverride")
+            await page.send("Emulation.setTouchEmulationEnabled", enabled=False)
+
+            assert await page.until(
+                f"document.querySelectorAll('{obama} .sample').length === 1", 10)
+            await page.tap(f"{obama} .sample-remove")
+            assert await page.evaluate("document.getElementById('confirm').open")
+            assert await page.evaluate(
+                "document.getElementById('confirm-title').textContent"
+            ) == "Remove this sample?"
+            await page.tap("#confirm-delete")
+            await said("The sample was removed")
+            assert await page.until(
+                f"document.querySelectorAll('{obama} .sample').length === 0", 10)
+
+            async with http.delete(f"{server.url}/api/people/{people['Joe Biden']}",
+                                   ssl=server.ssl_context) as r:
+                assert r.status == 204
+            await page.tap(f"{biden} [data-action=rename]")
+            await page.tap(f"{biden} .rename-form [type=submit]")
+            await said("Cannot rename Z{200}: no enrolled person")
+            assert await page.until(f"!document.querySelector('{biden}')", 10)
+
+            await page.send("Network.enable")
+            await page.send("Network.emulateNetworkConditions", offline=True, latency=0,
+                            downloadThroughput=-1, uploadThroughput=-1)
+            await page.type_text("#new-name", "Ada Lovelace")
+            await page.tap("#add-person [type=submit]")
+            await said("Cannot add the person: the server cannot be reached")
+            await page.tap(f"{obama} [data-action=delete]")
+            await page.tap("#confirm-delete")
+            await said("Cannot delete Barack Obama: the server cannot be reached")

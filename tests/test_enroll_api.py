@@ -112,7 +112,7 @@ async def test_without_the_token_nothing_is_served(api: Api) -> None:
                 assert response.status == 401, (method, path)
                 assert (await response.json())["error"] == "Unauthorized"
         async with anonymous.get(api.url + "/admin", allow_redirects=False) as response:
-            assert response.status == 303 and response.headers["Location"] == "/login"
+            assert response.status == 303 and response.headers["Location"] == "/login?next=/admin"
     status, page = await api.call("GET", "/admin")
     assert status == 200 and b'src="/static/admin.js"' in page
 

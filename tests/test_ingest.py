@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from enroll_support import clip_frames
 
 from enrollment.ingest import IngestPolicy, Outcome, import_folder, ingest_face, ingest_photo
 from enrollment.quality import frontalness, measure_quality
@@ -108,6 +109,8 @@ def test_bad_and_good_inputs(
     small_biden = cv2.resize(biden, None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA)
     composite[-small_biden.shape[0]:, : small_biden.shape[1]] = small_biden
     gradient = np.tile(np.linspace(0, 255, 640, dtype=np.uint8)[None, :, None], (480, 1, 3))
+    # Lin-Manuel Miranda close up in profile, turned right away from the camera
+    (profile,) = clip_frames(shared_file("media/short_hamilton_clip.mp4"), range(25, 26))
     files = {
         "notes.jpg": b"this is a text file, whatever its name says\n" * 20,
         "empty.png": b"",
@@ -124,6 +127,7 @@ def test_bad_and_good_inputs(
             ".png", cv2.resize(obama, None, fx=0.15, fy=0.15, interpolation=cv2.INTER_AREA)
         )[1].tobytes(),
         "blurred.jpg": cv2.imencode(".jpg", cv2.GaussianBlur(obama, (0, 0), 4 * face_px / 112))[1],
+        "profile.png": cv2.imencode(".png", profile)[1],
     }
     expected = {
         "notes.jpg": (Outcome.UNREADABLE, "unreadable file"),
@@ -139,6 +143,7 @@ def test_bad_and_good_inputs(
         "composite.jpg": (Outcome.ACCEPTED, "largest of 2 faces taken"),
         "tiny.png": (Outcome.FACE_TOO_SMALL, "face too small"),
         "blurred.jpg": (Outcome.TOO_BLURRED, "too blurred"),
+        "profile.png": (Outcome.TURNED_AWAY, "face turned too far from the camera"),
     }
     person = store.add_person("Barack Obama")
     for name, data in files.items():

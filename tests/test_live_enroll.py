@@ -99,6 +99,8 @@ def test_examine_reports_what_is_wrong(
     assert examine(detector, np.full((360, 640, 3), 90, np.uint8)) == "no_face"
     assert examine(detector, cv2.resize(frame, None, fx=0.5, fy=0.5)) == "too_small"
     assert examine(detector, cv2.GaussianBlur(frame, (0, 0), 4)) == "too_blurred"
+    (profile,) = clip_frames(shared_file("media/short_hamilton_clip.mp4"), range(25, 26))
+    assert examine(detector, profile) == "turned_away"  # the clip's close-up in profile
     pair = cv2.imread(str(shared_file("media/two_people.jpg")))
     assert examine(detector, pair) == "several_faces"
 
@@ -187,10 +189,19 @@ async def test_live_enrollment_over_webrtc(
         assert await phone.wait_for(
             lambda: any(m["state"] in ("done", "failed") for m in phone.enroll_messages()), 60
         ), phone.enroll_messages()
+        messages = phone.enroll_messages()
+        # the same person again, typed another way: the result names him as stored
+        phone.received.clear()
+        phone.send({"type": "enroll", "name": "  lin-manuel   MIRANDA "})
+        assert await phone.wait_for(
+            lambda: any(m["state"] in ("done", "failed") for m in phone.enroll_messages()), 60
+        ), phone.enroll_messages()
+        again = phone.enroll_messages()[-1]
     finally:
         await phone.close()
 
-    messages = phone.enroll_messages()
+    assert again["state"] == "done" and again["existing"] is True, again
+    assert again["person"] == "Lin-Manuel Miranda"
     final = messages[-1]
     assert final["state"] == "done", final
     assert final["person"] == "Lin-Manuel Miranda" and final["existing"] is False
@@ -206,9 +217,9 @@ async def test_live_enrollment_over_webrtc(
     with EnrollmentStore(server.settings.state_dir / "enrollment") as store:
         assert [p.name for p in store.list_people()] == ["Lin-Manuel Miranda"]
         person = store.find_person("Lin-Manuel Miranda")
-        assert person.id == final["person_id"]
+        assert person.id == final["person_id"] == again["person_id"]
         samples = store.samples(person.id)
-        assert len(samples) >= FAST_PLAN.target
+        assert len(samples) >= FAST_PLAN.target + again["count"]
         assert {s.source for s in samples} == {"live"}
         crops = [store.load_crop(s) for s in samples]
     poses = []

@@ -182,6 +182,8 @@ async def test_without_the_token_only_the_login_page_is_served(
                     assert r.status == 401
                 else:
                     assert (r.status, r.headers["Location"]) == (303, "/login")
+        async with http.get(server.url + "/admin", allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/login?next=/admin")
         async with http.get(server.url + "/api/config") as r:
             assert r.status == 401
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -211,6 +213,12 @@ async def test_login_sets_a_strict_http_only_cookie(settings: Settings, engine: 
         ) as r:
             assert (r.status, r.headers["Location"]) == (303, "/")
             cookie = r.headers["Set-Cookie"]
+        # a sign-in asked for by the admin page goes back there, and only to a page of ours
+        for asked, landing in (("/admin", "/admin"), ("https://elsewhere.example/", "/"),
+                               ("//elsewhere.example/admin", "/")):
+            async with http.post(server.url + "/login", params={"next": asked},
+                                 data={"token": TOKEN}, allow_redirects=False) as r:
+                assert (r.status, r.headers["Location"]) == (303, landing), asked
         assert cookie.startswith(COOKIE_NAME + "=") and TOKEN not in cookie
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert "Secure" not in cookie  # plain HTTP here; the HTTPS test checks Secure

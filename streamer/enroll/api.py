@@ -354,8 +354,8 @@ def _too_large(request: web.Request, limit: int) -> web.Response:
     """413, and the connection closed so the rest of the body is not read."""
     log.info("upload from %s refused: over %d bytes", request.remote, limit)
     response = error_response(
-        413, f"an upload may be at most {limit / 2**20:g} MiB (server.max_upload_mb); "
-        "send fewer or smaller photos per request"
+        413, f"an upload may be at most {limit / 2**20:g} MiB (server.max_upload_mb): "
+        "use a smaller photo, or send fewer at a time"
     )
     response.force_close()
     return response

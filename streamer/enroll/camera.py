@@ -220,6 +220,7 @@ class LiveEnrollment:
             reasons = "; ".join(sorted({r.reason for r in committed.results}))
             self._report("failed", reason=f"no view could be stored: {reasons}")
             return
+        self.name = committed.person.name  # as stored: "ada" joins "Ada Lovelace"
         self._report("done", count=accepted, person_id=committed.person.id,
                      existing=committed.existing)
 

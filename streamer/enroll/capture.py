@@ -42,6 +42,7 @@ GUIDANCE = {
     "several_faces": "Only the person being enrolled should be in view",
     "too_small": "Come closer to the camera",
     "too_blurred": "Hold still: the picture is blurred",
+    "turned_away": "Turn back towards the camera",
 }
 _TEMPLATE = np.asarray(ARCFACE_112_TEMPLATE, np.float64)
 _EYE_DISTANCE = float(np.hypot(*(_TEMPLATE[1] - _TEMPLATE[0])))
@@ -99,6 +100,8 @@ def examine(
         return "too_small"
     if quality.sharpness < policy.min_sharpness:
         return "too_blurred"
+    if quality.frontalness < policy.min_frontalness:
+        return "turned_away"
     region, points = crop_with_margin(frame, xyxy, landmarks, REGION_MARGIN)
     shift = landmarks[0] - points[0]
     box = (xyxy - np.tile(shift, 2)).astype(np.float32)

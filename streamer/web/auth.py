@@ -54,6 +54,7 @@ __all__ = [
     "Auth",
     "FailureLimiter",
     "Sessions",
+    "after_sign_in",
     "auth_middleware",
     "client_key",
     "load_or_create_token",
@@ -80,7 +81,17 @@ PUBLIC_PATHS = frozenset(
     {"/login", "/static/style.css", "/static/login.js", "/static/icon.svg", "/favicon.ico",
      "/ready"}
 )
+# Pages a sign-in goes back to (``/login?next=/admin``); any other goes to the camera
+# page, "/": a list, so that ``next`` can never send a browser to another site.
+RETURN_PAGES = frozenset({"/admin"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def after_sign_in(request: web.Request) -> str:
+    """Where the login form sends the browser: its ``next`` page, when it is one of
+    `RETURN_PAGES`, else the camera page."""
+    page = request.query.get("next", "")
+    return page if page in RETURN_PAGES else "/"
 
 
 def token_path(settings: Settings) -> Path:
@@ -375,6 +386,7 @@ def auth_middleware(auth: Auth) -> Callable[[web.Request, Handler], Awaitable[we
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="facestream"'},
             )
-        raise web.HTTPSeeOther("/login")
+        returning = request.method == "GET" and request.path in RETURN_PAGES
+        raise web.HTTPSeeOther(f"/login?next={request.path}" if returning else "/login")
 
     return middleware

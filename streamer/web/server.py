@@ -3,7 +3,8 @@
 Routes::
 
     GET  /                     the phone page (needs the token)
-    GET  /login, POST /login   the login form; a right token sets the session cookie
+    GET  /login, POST /login   the login form; a right token sets the session cookie and
+                               goes back to ?next= (/admin) or to /
     POST /logout               end the session (its cookie no longer works)
     GET  /api/config           ICE servers, session limit, model bundle version
     GET  /ready                public: 200 while this process takes new phones, 503
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiortc import RTCIceServer, RTCSessionDescription
 
-from streamer.web.auth import Auth, auth_middleware
+from streamer.web.auth import Auth, after_sign_in, auth_middleware
 from streamer.web.forwarded import forwarded_middleware, parse_trusted_proxies
 from streamer.web.signalling import OfferError, parse_ice_servers
 from streamer.web.webrtc import PeerManager
@@ -226,7 +227,7 @@ async def _index(request: web.Request) -> web.Response:
 
 async def _login_page(request: web.Request) -> web.StreamResponse:
     if request.app[AUTH].signed_in(request):
-        raise web.HTTPSeeOther("/")
+        raise web.HTTPSeeOther(after_sign_in(request))
     return _page("login.html")
 
 
@@ -238,7 +239,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     candidate = form.get("token")
     if auth.check_token(request, candidate.strip() if isinstance(candidate, str) else "", "login"):
-        response = web.HTTPSeeOther("/")
+        response = web.HTTPSeeOther(after_sign_in(request))
         auth.sign_in(request, response)
         raise response
     return _login_error(401, LOGIN_ERROR_TEXT)

@@ -9,6 +9,8 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const MODEL_EVERY_MS = 5000;
+  const UNREACHABLE =
+    "the server cannot be reached: check that this device is on its network and that facestream is running";
 
   // ---- requests ---------------------------------------------------------------
   async function api(method, path, body) {
@@ -19,7 +21,13 @@
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const res = await fetch(path, init);
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch {
+      // the browser's own words ("Failed to fetch") tell a user nothing
+      return { status: 0, ok: false, reply: { reason: UNREACHABLE } };
+    }
     if (res.status === 401) {
       location.assign("/login");
       throw new Error("signed out");
@@ -30,6 +38,13 @@
 
   function problem(result) {
     return (result.reply && result.reply.reason) || `the server answered ${result.status}`;
+  }
+
+  // A refused request: said in the notice; a person or sample that is gone (removed
+  // from another tab, say) also refreshes the list, which still showed them.
+  function refused(what, result) {
+    notify(`${what}: ${problem(result)}`, "error");
+    if (result.status === 404) loadPeople();
   }
 
   let noticeTimer = 0;
@@ -96,7 +111,7 @@
       event.preventDefault();
       const result = await api("PATCH", `/api/people/${person.id}`, { name: renameInput.value });
       if (!result.ok) {
-        notify(`Cannot rename ${person.name}: ${problem(result)}`, "error");
+        refused(`Cannot rename ${person.name}`, result);
         return;
       }
       notify(`Renamed ${person.name} to ${result.reply.name}.`);
@@ -136,11 +151,18 @@
         remove.setAttribute("aria-label", "Remove this sample");
         remove.title = "Remove this sample";
         remove.textContent = "×";
-        remove.addEventListener("click", async () => {
-          const done = await api("DELETE", `/api/samples/${sample.id}`);
-          if (!done.ok) notify(`Cannot remove the sample: ${problem(done)}`, "error");
-          loadSamples(personId);
-        });
+        remove.addEventListener("click", () => confirmErase(
+          "Remove this sample?",
+          "This face sample will be erased, and the next model will be trained without it. " +
+            "This cannot be undone.",
+          "Remove",
+          async () => {
+            const done = await api("DELETE", `/api/samples/${sample.id}`);
+            if (!done.ok) refused("Cannot remove the sample", done);
+            else notify("The sample was removed.");
+            loadSamples(personId);
+          },
+        ));
         const source = document.createElement("span");
         source.className = "sample-source";
         source.textContent = sample.source;
@@ -159,14 +181,7 @@
       report.append(line);
       const form = new FormData();
       form.append("photo", file, file.name);
-      let result;
-      try {
-        result = await api("POST", `/api/people/${person.id}/samples`, form);
-      } catch (err) {
-        line.textContent = `${file.name}: ${err.message || err}`;
-        line.className = "rejected";
-        continue;
-      }
+      const result = await api("POST", `/api/people/${person.id}/samples`, form);
       const verdict = result.reply && result.reply.files ? result.reply.files[0] : null;
       if (verdict) {
         line.textContent = `${file.name}: ${verdict.accepted ? "added" : verdict.reason}`;
@@ -175,31 +190,46 @@
       } else {
         line.textContent = `${file.name}: ${problem(result)}`;
         line.className = "rejected";
+        if (result.status === 404) {
+          refused(`Cannot add photos to ${person.name}`, result);
+          return;
+        }
       }
     }
     if (accepted) notify(`${plural(accepted, "photo")} added to ${person.name}.`);
     loadSamples(person.id);
   }
 
-  function confirmDelete(person) {
+  // Erasing face data asks first, in the page's dialog; ``erase`` runs on its button.
+  function confirmErase(title, text, button, erase) {
     const dialog = $("confirm");
-    $("confirm-title").textContent = `Delete ${person.name}?`;
-    $("confirm-text").textContent =
-      `${plural(person.sample_count, "face sample")} will be erased, and the next model ` +
-      "will no longer recognise this person. This cannot be undone.";
+    $("confirm-title").textContent = title;
+    $("confirm-text").textContent = text;
+    $("confirm-delete").textContent = button;
     dialog.returnValue = "";
-    dialog.addEventListener("close", async function onClose() {
+    dialog.addEventListener("close", function onClose() {
       dialog.removeEventListener("close", onClose);
-      if (dialog.returnValue !== "delete") return;
-      const result = await api("DELETE", `/api/people/${person.id}`);
-      if (!result.ok) {
-        notify(`Cannot delete ${person.name}: ${problem(result)}`, "error");
-      } else {
-        notify(`${person.name} was deleted.`);
-      }
-      loadPeople();
+      if (dialog.returnValue === "delete") erase();
     });
     dialog.showModal();
+  }
+
+  function confirmDelete(person) {
+    confirmErase(
+      `Delete ${person.name}?`,
+      `${plural(person.sample_count, "face sample")} will be erased, and the next model ` +
+        "will no longer recognise this person. This cannot be undone.",
+      "Delete",
+      async () => {
+        const result = await api("DELETE", `/api/people/${person.id}`);
+        if (!result.ok) {
+          refused(`Cannot delete ${person.name}`, result);
+          return;
+        }
+        notify(`${person.name} was deleted.`);
+        loadPeople();
+      },
+    );
   }
 
   $("add-person").addEventListener("submit", async (event) => {
@@ -231,12 +261,7 @@
   }
 
   async function loadModel() {
-    let result;
-    try {
-      result = await api("GET", "/api/model");
-    } catch {
-      return;
-    }
+    const result = await api("GET", "/api/model");
     if (!result.ok) return;
     const model = result.reply;
     if (model.version === shownVersion) return;

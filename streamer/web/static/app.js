@@ -128,13 +128,15 @@
     local.play().catch(() => {});
   }
 
+  // Shown once the browser lists two cameras (before the first permission it may list
+  // none), so that a one-camera device never shows it.
   async function updateFlipButton() {
     try {
       const devices = await navigator.mediaDevices.enumerateDevices();
       const cameras = devices.filter((d) => d.kind === "videoinput");
       $("flip").hidden = cameras.length < 2;
     } catch {
-      $("flip").hidden = false;
+      $("flip").hidden = false; // cannot tell: offer it
     }
   }
 
@@ -286,7 +288,12 @@
       await loadConfig();
       if (current()) await connect();
     } catch (err) {
-      if (current()) fail("Cannot reach the server", err.message || String(err));
+      // a fetch that cannot connect fails with a TypeError whose words ("Failed to
+      // fetch") tell a user nothing
+      const text = err instanceof TypeError
+        ? "Check that this device is on the server's network and that facestream is running, then try again."
+        : err.message || String(err);
+      if (current()) fail("Cannot reach the server", text);
       return;
     }
     if (!current() || !app.pc) return;
@@ -464,5 +471,6 @@
   app.listTimer = setInterval(renderPeople, 500);
   window.addEventListener("pagehide", () => teardown(true));
   loadConfig().catch(() => {});
+  updateFlipButton();
   setState("idle");
 })();

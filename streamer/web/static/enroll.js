@@ -56,7 +56,7 @@
   }
 
   const nameInput = element("input", {
-    id: "enroll-name", type: "text", maxlength: "200", autocomplete: "off",
+    id: "enroll-name", type: "text", autocomplete: "off",
     autocapitalize: "words", spellcheck: "false", placeholder: "Their name, in any script",
   });
   const startButton = element("button", { type: "submit", class: "primary wide", text: "Start" });

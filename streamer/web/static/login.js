@@ -14,10 +14,14 @@
     reveal.setAttribute("aria-label", hidden ? "Hide the token" : "Show the token");
   });
 
+  // back to the page that asked for the sign-in (/login?next=/admin): the server
+  // reads it from the form's address, and goes there only if it is one of its pages
+  form.action = `/login${location.search}`;
+
   const fragment = new URLSearchParams(location.hash.slice(1));
   const token = fragment.get("token");
   if (token) {
-    history.replaceState(null, "", location.pathname);
+    history.replaceState(null, "", location.pathname + location.search);
     input.value = token;
     form.submit();
   } else {
