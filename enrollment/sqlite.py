@@ -216,6 +216,23 @@ class SqliteDatabase:
             raise StoreError(f"the enrollment database {self.path} is closed")
         return self._conn
 
+    def _refuse_a_lost_database(self) -> None:
+        """A database without tables (deleted, or emptied) beside stored crops is a lost
+        one, not a new store: opening it would take every crop for an orphan and erase
+        it. Refused, with nothing changed, so that the database can be restored."""
+        try:
+            tables = self._connection().execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            people = sum(1 for entry in self._samples_dir.iterdir() if entry.is_dir())
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot read the enrollment store {self.root}: {exc}") from exc
+        if tables == 0 and people:
+            raise StoreError(
+                f"the enrollment database {self.path} is missing or empty, but "
+                f"{self._samples_dir} holds the face crops of {people} people: restore the "
+                f"database from a backup, or move {_SAMPLES}/ away to start a new store; "
+                "nothing was changed"
+            )
+
     def _remove_orphans(self) -> None:
         """Delete sample files without a committed row (a crash between a sample's file
         write and its commit) and temporary files. Runs under the write lock, so a
@@ -252,6 +269,7 @@ class SqliteDatabase:
                 f"this one reads {SCHEMA_VERSION})"
             )
         if version < SCHEMA_VERSION:
+            self._refuse_a_lost_database()
             with self.transaction() as locked:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():

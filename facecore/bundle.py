@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,11 @@ class BundleManifest:
         data["template"] = tuple(tuple(p) for p in data["template"])
         data["labels"] = tuple(data["labels"])
         data["person_ids"] = tuple(data["person_ids"])
-        return cls(**data)
+        # a field a newer facestream added within this format is left out: such fields
+        # are extras an older reader may ignore (one it must not ignore is a new format),
+        # so a box not yet upgraded keeps following the trainer's bundles
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ def write_bundle(
         landmarks_sha256=landmarks_sha256,
     )
     (path / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    for name in (HEAD_FILE, MANIFEST_FILE):  # the gallery and the names: biometric data
+        (path / name).chmod(0o600)
     for name in names:
         fsync_path(path / name)
     fsync_path(path)

@@ -64,7 +64,13 @@ def versions(bundles_dir: Path) -> list[int]:
 
 
 def next_version(bundles_dir: Path) -> int:
-    return max(versions(bundles_dir), default=0) + 1
+    """One past every version here: those on disk and the one ``current`` names, whose
+    folder may have been deleted, so that no number is given to two bundles (a server
+    would take the second for the one it serves)."""
+    pointer = bundles_dir / CURRENT
+    named = _VERSION.match(os.readlink(pointer)) if pointer.is_symlink() else None
+    pointed = [int(named.group(1))] if named else []
+    return max([*versions(bundles_dir), *pointed], default=0) + 1
 
 
 def current_bundle_dir(bundles_dir: Path) -> Path | None:

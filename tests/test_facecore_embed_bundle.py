@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -138,6 +139,12 @@ def test_bundle_round_trip_and_tamper(model: Path, tmp_path: Path) -> None:
     assert again.manifest == bundle.manifest
     assert again.manifest.labels == ("Zoë", "王小明")
     assert oct((tmp_path / "b").stat().st_mode & 0o777) == "0o700"
+    for name in ("head.npz", "manifest.json"):  # whatever the umask
+        assert oct((tmp_path / "b" / name).stat().st_mode & 0o777) == "0o600", name
+    # a field that a newer facestream adds within the format is ignored, not refused
+    manifest = tmp_path / "b" / "manifest.json"
+    newer = json.loads(manifest.read_text(encoding="utf-8")) | {"added_later": [1, 2]}
+    assert BundleManifest.from_json(json.dumps(newer)) == bundle.manifest
     # A bundle whose head no longer matches its manifest is refused, never half-loaded.
     np.savez(tmp_path / "b" / "head.npz", weights=np.ones((2, 3), np.float32))
     with pytest.raises(BundleError, match=r"head\.npz has sha256"):

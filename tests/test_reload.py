@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -93,6 +94,27 @@ def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
     assert engine.recognizer.model.version == 1
     _publish(bundles, backbone, labels=("red", "blue", "green"))
     assert watcher.check() is True and engine.bundle_version == 4
+
+
+def test_a_bundle_folder_deleted_and_published_again_is_a_new_bundle(
+    engine: Engine, bundles: Path, backbone: Path
+) -> None:
+    """A user deleting the served bundle by hand, then erasing someone: the server must
+    not keep the erased person because the new bundle has the old one's name."""
+    watcher = engine.watch(bundles, interval=3600)  # checked by hand below
+    served = _publish(bundles, backbone, labels=("Ada", "Bob"))
+    assert watcher.check() and engine.bundle.manifest.labels == ("Ada", "Bob")
+    shutil.rmtree(served.path)
+    (bundles / CURRENT).unlink()
+    erased = _publish(bundles, backbone, labels=("Ada",))  # Bob erased
+    assert erased.path == served.path  # the same name: nothing on disk says it was used
+    assert watcher.check() and engine.bundle.manifest.labels == ("Ada",)
+    # with ``current`` still naming the deleted folder, its number is not given again
+    shutil.rmtree(erased.path)
+    renumbered = _publish(bundles, backbone, labels=("Ada", "Cy"))
+    assert renumbered.manifest.version == erased.manifest.version + 1
+    assert watcher.check() and engine.bundle.manifest.labels == ("Ada", "Cy")
+    assert watcher.check() is False  # and the same bundle is not loaded twice
 
 
 def test_a_gallery_of_another_width_is_refused(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from enrollment.postgres import PostgresDatabase
 from enrollment.sqlite import DATABASE, SqliteDatabase
 from enrollment.store import EnrollmentStore, Quality, Sample, crop_sha256
 from facecore.config import load_settings
+from facestream.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LANDMARKS = np.array([[20, 24], [44, 24], [32, 36], [22, 48], [42, 48]], np.float32)
@@ -345,6 +347,50 @@ def test_not_a_database(tmp_path: Path) -> None:
     (root / DATABASE).write_bytes(b"this is not SQLite" * 100)
     with pytest.raises(StoreError, match="not a usable SQLite database"):
         EnrollmentStore(root)
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_a_lost_database_beside_stored_crops_is_refused_not_wiped(
+    loss: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "state" / "enrollment"
+    with EnrollmentStore(root) as store:
+        for seed, name in enumerate(("Ada", "Bob")):
+            store.add_sample(store.add_person(name).id, _crop(seed), LANDMARKS, QUALITY, "photo")
+    crops = sorted((root / "samples").rglob("*.png"))
+    assert len(crops) == 2
+    if loss == "deleted":
+        (root / DATABASE).unlink()
+    else:
+        (root / DATABASE).write_bytes(b"")
+    for stale in root.glob(DATABASE + "-*"):  # the WAL files go with their database
+        stale.unlink()
+    with pytest.raises(StoreError, match="holds the face crops of 2 people"):
+        EnrollmentStore(root)
+    # what a user sees, from any command, and then again: the crops are all kept
+    for _ in range(2):
+        assert main(["--state-dir", str(tmp_path / "state"), "enroll", "list"]) == 2
+        assert capsys.readouterr().err == (
+            f"facestream: error: the enrollment database {root / DATABASE} is missing or "
+            f"empty, but {root / 'samples'} holds the face crops of 2 people: restore the "
+            "database from a backup, or move samples/ away to start a new store; nothing "
+            "was changed\n"
+        )
+    assert sorted((root / "samples").rglob("*.png")) == crops
+    # with the crops moved away, a new store starts
+    (root / "samples").rename(tmp_path / "moved-away")
+    with EnrollmentStore(root) as store:
+        assert store.list_people() == []
+        ada = store.add_person("Ada")
+        store.add_sample(ada.id, _crop(7), LANDMARKS, QUALITY, "photo")
+    # the last person's erasure cut short after its commit: the next open finishes it
+    with sqlite3.connect(root / DATABASE) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM people")
+    assert (root / "samples" / ada.id).is_dir()
+    with EnrollmentStore(root) as store:
+        assert store.list_people() == []
+    assert not (root / "samples" / ada.id).exists()
 
 
 # --- other processes ----------------------------------------------------------------

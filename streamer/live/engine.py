@@ -96,7 +96,7 @@ class Engine:
         )
         if bundle is not None:
             try:
-                self.recognizer.swap(self.prepare(bundle))
+                self.install(self.prepare(bundle))  # logs what it serves from the start
             except BundleRefusedError:
                 self.recognizer.close()
                 if self._triton is not None:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from facecore.bundle import Bundle, load_bundle
+from facecore.bundle import MANIFEST_FILE, Bundle, load_bundle
 from facecore.errors import BundleError
 from facecore.publish import CURRENT
 from streamer.errors import BundleRefusedError
@@ -61,7 +61,11 @@ class BundleWatcher:
         self.interval = interval
         self.swaps = 0
         self.refused = 0
-        self._seen: str | None = str(Path(loaded).resolve()) if loaded is not None else None
+        # the bundle last looked at: its folder and its manifest file's identity, so that
+        # a folder deleted and published again under the same name is still new
+        self._seen: tuple[str, tuple[int, int] | None] | None = (
+            _identity(Path(loaded).resolve()) if loaded is not None else None
+        )
         self._stop = threading.Event()
         self._check_lock = threading.Lock()
         self._thread = threading.Thread(
@@ -77,20 +81,19 @@ class BundleWatcher:
                 target = str((self.bundles_dir / os.readlink(pointer)).resolve())
             except OSError:
                 return False  # nothing published yet (or being replaced right now)
-            if target == self._seen:
+            seen = _identity(Path(target))
+            if seen == self._seen:
                 return False
-            self._seen = target
+            self._seen = seen
             try:
                 bundle = load_bundle(Path(target))
                 model = self.target.prepare(bundle)
             except (BundleError, BundleRefusedError) as exc:
                 self.refused += 1
-                log.error(
-                    "refused bundle %s: %s; still serving version %s",
-                    target,
-                    exc,
-                    self.target.bundle_version,
-                )
+                version = self.target.bundle_version
+                log.error("refused bundle %s: %s; %s", target, exc,
+                          "every face stays unknown" if version is None
+                          else f"still serving version {version}")
                 return False
             self.target.install(model)
             self.swaps += 1
@@ -107,3 +110,13 @@ class BundleWatcher:
                 self.check()
             except Exception:  # a bug here must not end hot reload for good
                 log.exception("checking %s for a new bundle failed", self.bundles_dir / CURRENT)
+
+
+def _identity(directory: Path) -> tuple[str, tuple[int, int] | None]:
+    """A bundle folder's path with its manifest file's inode and change time (None
+    while it cannot be read): a bundle's files are never modified once published."""
+    try:
+        stat = (directory / MANIFEST_FILE).stat()
+    except OSError:
+        return str(directory), None
+    return str(directory), (stat.st_ino, stat.st_ctime_ns)
