@@ -188,12 +188,16 @@ def _option_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def _quiet_opencv(debug: bool) -> None:
     """OpenCV logs to stderr on its own; outside debug keep only its errors (its
-    warnings, such as OpenCV 5's note on each YuNet instance, are noise to a user)."""
+    warnings, such as OpenCV 5's note on each YuNet instance, are noise to a user).
+    FFmpeg's own lines ("[tcp @ 0x...] Connection refused", "moov atom not found")
+    are silenced too: facestream says in one line what could not be opened."""
     import cv2
 
     logging_module = cv2.utils.logging
     level = logging_module.LOG_LEVEL_INFO if debug else logging_module.LOG_LEVEL_ERROR
     logging_module.setLogLevel(level)
+    if not debug:  # read by OpenCV when it first opens a video with FFmpeg
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 def main(argv: Sequence[str] | None = None) -> int:

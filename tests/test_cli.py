@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -366,3 +367,22 @@ def test_models_prepare_with_a_file_or_read_only_cache_is_one_line(
         f"facestream: error: cannot write the model cache {read_only / 'models'}: "
         "Permission denied\n"
     )
+
+
+def test_a_video_that_cannot_be_opened_is_one_line_without_ffmpeg_s_own(
+    env: dict[str, str], shared_dir: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    cut = tmp_path / "cut.mp4"  # its index (the moov atom) is past the cut
+    cut.write_bytes((shared_dir / "media/short_hamilton_clip.mp4").read_bytes()[:100_000])
+    expected = {
+        f"rtsp://127.0.0.1:{port}/live": f"stream rtsp://127.0.0.1:{port}/live cannot be opened "
+        "(no answer or no video stream)",
+        str(cut): f"video file {cut} cannot be opened as a video",
+    }
+    for source, error in expected.items():
+        result = facestream_run(env, "--models-dir", str(shared_dir / "models"), "run",
+                                "--source", source, "--output", str(tmp_path / "out.mp4"))
+        assert (result.returncode, result.stderr) == (2, f"facestream: error: {error}\n")
