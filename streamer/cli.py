@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from streamer.live.sources import CaptureSource, SourceFrame
 
 __all__ = ["apply_key", "register"]
+
+log = logging.getLogger(__name__)
 
 KEY_QUIT = (ord("q"), 27)  # q, Esc
 KEY_TRACK_IDS = ord("t")
@@ -155,11 +158,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     source = open_source(args.source, loop=args.loop, realtime=args.realtime)
     try:
         summary = _drive(
-            settings, source, Overlay(track_ids=args.track_ids), args.events, args.output
+            settings, source, Overlay(track_ids=args.track_ids), args.events, args.output,
+            progress=True,
         )
     finally:
         source.close()
     print(summary.line(), file=sys.stderr if args.events == "-" else sys.stdout)
+    expected = source.length
+    if expected and not args.loop and summary.ended and summary.frames < 0.95 * expected:
+        log.warning("%s ended after %d of the %d frames its index lists: the file may be "
+                    "cut short or damaged", source.description, summary.frames, expected)
     return 0
 
 
@@ -234,6 +242,7 @@ def _drive(
     output: str | None,
     *,
     window: str | None = None,
+    progress: bool = False,
 ) -> RunSummary:
     from streamer.live.engine import Engine
     from streamer.live.events import EventWriter
@@ -241,7 +250,7 @@ def _drive(
     events = EventWriter(events_target) if events_target else None
     try:
         with Engine.from_settings(settings) as engine:
-            return asyncio.run(_loop(engine, source, overlay, events, output, window))
+            return asyncio.run(_loop(engine, source, overlay, events, output, window, progress))
     finally:
         if events is not None:
             events.close()
@@ -254,9 +263,15 @@ async def _loop(
     events: EventWriter | None,
     output: str | None,
     window: str | None,
+    progress: bool,
 ) -> RunSummary:
+    from tqdm import tqdm
+
     from streamer.live.runner import VideoFileSink, run_source
 
+    # on a terminal only (disable=None): the summary line is what scripts read
+    bar = tqdm(total=source.length, unit="frame", file=sys.stderr, leave=False,
+               disable=None if progress else True, desc=source.description)
     pipeline = engine.pipeline(source.description, overlay=overlay)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -271,6 +286,7 @@ async def _loop(
 
     def on_result(frame: SourceFrame, result: FrameResult, done: float) -> None:
         nonlocal window_sized
+        bar.update()
         if events is not None:
             events.write(result.events)
         if output is not None:
@@ -289,6 +305,7 @@ async def _loop(
     try:
         return await run_source(source, pipeline, on_result, stop=stop)
     finally:
+        bar.close()
         loop.remove_signal_handler(signal.SIGINT)
         source.close()  # before the loop ends: its executor waits for a pending read
         pipeline.close()

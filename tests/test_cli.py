@@ -386,3 +386,22 @@ def test_a_video_that_cannot_be_opened_is_one_line_without_ffmpeg_s_own(
         result = facestream_run(env, "--models-dir", str(shared_dir / "models"), "run",
                                 "--source", source, "--output", str(tmp_path / "out.mp4"))
         assert (result.returncode, result.stderr) == (2, f"facestream: error: {error}\n")
+
+
+def test_run_says_when_a_video_ends_before_its_index_does(
+    env: dict[str, str], shared_dir: Path, tmp_path: Path
+) -> None:
+    whole = tmp_path / "whole.mp4"  # the index (moov) first, so that a cut copy still opens
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i",
+                    str(shared_dir / "media/short_hamilton_clip.mp4"), "-c", "copy",
+                    "-movflags", "+faststart", str(whole)], check=True, timeout=60)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for source, warned in ((whole, False), (cut, True)):
+        result = facestream_run(env, "--models-dir", str(shared_dir / "models"), "run",
+                                "--source", str(source), "--output", str(tmp_path / "out.mp4"))
+        assert result.returncode == 0, result.stderr
+        frames = int(result.stdout.split()[0])
+        assert (frames == 275) != warned, result.stdout
+        assert (f"video file {source} ended after {frames} of the 275 frames its index lists: "
+                "the file may be cut short or damaged" in result.stderr) == warned, result.stderr

@@ -45,6 +45,7 @@ class RunSummary:
     dropped: int  # frames the source skipped because the pipeline was busy
     faces_seen: int  # distinct tracks
     names_seen: tuple[str, ...] = field(default=())
+    ended: bool = False  # the source ran out of frames (rather than being stopped)
 
     @property
     def fps(self) -> float:
@@ -79,17 +80,20 @@ async def run_source(
     tracks: set[int] = set()
     names: set[str] = set()
     frames = 0
+    ended = False
 
     async def timed(image: NDArray[np.uint8]) -> tuple[FrameResult, float]:
         result = await pipeline.process(image)
         return result, time.monotonic()
 
     async def feed() -> None:
+        nonlocal ended
         try:
             while not stop.is_set():
                 await room.acquire()
                 frame = await loop.run_in_executor(None, source.read)
                 if frame is None or stop.is_set():
+                    ended = frame is None and not stop.is_set()
                     break
                 await started.put((frame, asyncio.create_task(timed(frame.image))))
         finally:
@@ -121,7 +125,8 @@ async def run_source(
             if (item := started.get_nowait()) is not None:
                 item[1].cancel()
     return RunSummary(
-        frames, time.monotonic() - begin, source.dropped, len(tracks), tuple(sorted(names))
+        frames, time.monotonic() - begin, source.dropped, len(tracks), tuple(sorted(names)),
+        ended,
     )
 
 

@@ -216,6 +216,9 @@ class CaptureSource:
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.0 < fps < 1000.0 else None  # what the source says, if sane
         self.pace = (pace or self.fps or 30.0) if realtime or pace is not None else None
+        count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        # frames in a file, as its index says (None for cameras and streams)
+        self.length = count if spec.kind == "file" and count > 0 else None
         live = spec.kind != "file" or self.pace is not None
         self._mailbox = PushSource(self.description, lossless=not live)
         self._stop = threading.Event()
