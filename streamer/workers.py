@@ -14,7 +14,8 @@ The parent announces the addresses and sends systemd ``READY=1`` once every work
 listens. A worker that dies is started again after a pause that doubles (1 s up to
 30 s) while it keeps dying within a minute of its start; its phones reconnect to the
 others meanwhile. SIGTERM or SIGINT to the parent stops every worker (SIGTERM, then
-SIGKILL after ``STOP_TIMEOUT_S``).
+SIGKILL after ``STOP_TIMEOUT_S``). A worker whose parent is gone, however it died
+(SIGKILL, say, which leaves it no time to stop them), stops itself as on SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -228,6 +230,7 @@ def _worker_main(settings: Settings, prepared: Prepared, conn: Connection) -> No
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: the parent stops us
     os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears the parent only (NotifyAccess=main)
+    _stop_with_the_supervisor()
 
     def listening(port: int) -> None:
         conn.send(("listening", os.getpid()))
@@ -239,3 +242,23 @@ def _worker_main(settings: Settings, prepared: Prepared, conn: Connection) -> No
         raise SystemExit(2) from None
     finally:
         conn.close()
+
+
+def _stop_with_the_supervisor() -> None:
+    """SIGTERM this worker once its supervisor is gone, however it died: a worker left
+    behind would go on answering on the shared port (SO_REUSEPORT) beside the next
+    ``serve``. The parent's sentinel (a pipe whose write end only the parent holds)
+    becomes readable when the parent exits, so the kernel tells us; PR_SET_PDEATHSIG
+    would fire on the exit of the parent *thread* that started us instead."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by multiprocessing: nothing to watch
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        log.warning("the supervisor (pid %s) is gone: stopping", parent.pid)
+        # the way the supervisor stops us: run_server closes its peers and returns (if
+        # it has not set its handler yet, SIGTERM ends the process, which has none)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="facestream-supervisor-watch", daemon=True).start()

@@ -2,7 +2,8 @@
 named faces back from two worker processes on one port, ``/metrics`` sums both
 workers' figures and they move as frames flow, a sign-in made in one worker holds
 (and a sign-out ends it) in the other, a worker killed with SIGKILL is started again
-and serves, and SIGTERM stops them all. Also the shared session file on its own."""
+and serves, SIGTERM stops them all, and a supervisor killed with SIGKILL takes its
+workers with it. Also the shared session file on its own."""
 
 from __future__ import annotations
 
@@ -214,6 +215,55 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
     for pid in [pids[1], new]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie: a worker orphaned by the test is no child of ours,
+    so whoever adopted it (PID 1, which may not reap) decides when it goes."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"  # the state, after "(comm)"
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env.update(PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable, "-m", "facestream", "serve", "--workers", "2", "--http",
+        "--host", "127.0.0.1", "--port", "0", "--token", TOKEN,
+        "--state-dir", str(tmp_path / "state"), "--cache-dir", str(tmp_path / "cache"),
+        "--models-dir", str(shared_dir / "models"),
+    ]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    pids: list[int] = []
+    try:
+        await _wait(lambda: _pids(log.read_text()), 120, "two workers listening", log)
+        pids = _pids(log.read_text())
+        port = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
+        assert port, log.read_text()
+        process.kill()  # no SIGTERM to the workers from it: they must see it go
+        process.wait(10)
+        await _wait(lambda: all(_gone(p) for p in pids), 10, "the workers to stop", log)
+    finally:
+        process.kill()
+        process.wait(10)
+        for pid in pids:  # orphans the fix failed to stop: ours to end
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    text = log.read_text()
+    assert text.count(f"the supervisor (pid {process.pid}) is gone: stopping") == 2, text
+    assert "Traceback" not in text, text
+    with socket.socket() as again:  # as the next ``serve`` binds (no SO_REUSEPORT)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", int(port.group(1))))
+        again.listen()
 
 
 def test_a_worker_that_cannot_listen_fails_the_start_clearly(
