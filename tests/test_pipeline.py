@@ -444,6 +444,19 @@ def test_run_command_names_a_read_only_output_directory(
     )
 
 
+def test_run_command_says_why_the_kernel_refuses_the_output(
+    settings: Settings, clip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc takes no new files, whoever asks: root included, whom the permission bits
+    do not stop (cv2.VideoWriter only says that it failed)."""
+    target = Path("/proc/facestream-out.mp4")
+    status = main(["run", "--source", str(clip), "--output", str(target), *_options(settings)])
+    assert status == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"facestream: error: cannot write video {target}: cannot create it (")
+    assert not target.exists()
+
+
 def test_rate_meter_is_steady_when_frames_finish_in_pairs() -> None:
     meter = RateMeter()
     now, figures = 0.0, []

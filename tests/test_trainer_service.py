@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -509,6 +510,24 @@ def test_a_damaged_current_bundle_is_replaced_not_called_up_to_date(
         assert current_bundle_dir(bundles_dir(settings)) == replaced.path
         assert load_bundle(replaced.path).manifest.labels == first.manifest.labels
         assert service.up_to_date(revision) and service.run_once() is None
+
+
+def test_a_current_bundle_folder_that_is_gone_is_replaced_with_one_warning(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    enroll(shared_dir / "people")
+    with TrainerService(settings, progress=False) as service:
+        first = service.run_once()
+        assert first is not None
+        shutil.rmtree(first.path)  # by hand, or a cleaner: current dangles
+        with caplog.at_level(logging.WARNING, logger="trainer.service"):
+            replaced = service.run_once()
+            assert service.run_once() is None
+        assert replaced is not None and current_bundle_dir(bundles_dir(settings)) == replaced.path
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"current names {first.path}, which is gone: a new bundle will be "
+                        "published"]
 
 
 def test_a_store_change_that_leaves_people_and_samples_as_they_were_publishes_nothing(

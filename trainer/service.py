@@ -179,6 +179,8 @@ class TrainerService:
         # (store revision, bundle version): a revision found to hold the people and
         # samples of that bundle, so that polls at that revision do not read them again
         self._unchanged: tuple[int, int] | None = None
+        # the damaged bundle folder last warned of (see `_report_damaged`)
+        self._reported_damaged: Path | None = None
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -209,8 +211,7 @@ class TrainerService:
         try:
             return BundleManifest.from_json((directory / MANIFEST_FILE).read_text("utf-8"))
         except (OSError, ValueError, KeyError, TypeError, BundleError) as exc:
-            log.warning("the current bundle %s is unreadable (%s): it will be replaced",
-                        directory, exc)
+            self._report_damaged(directory, exc)
             return None
 
     def built_from(self, revision: int, roster: _Roster | None = None) -> bool:
@@ -262,10 +263,22 @@ class TrainerService:
                 check_bundle(directory)
                 self._checked = (stamp, True)
             except BundleError as exc:
-                log.warning("the current bundle is damaged, a new one will be published: %s",
-                            exc)
+                self._report_damaged(directory, exc)
                 self._checked = (stamp, False)
         return self._checked[1]
+
+    def _report_damaged(self, directory: Path, reason: Exception) -> None:
+        """Warn that the current bundle is damaged, once per bundle folder: a run reads
+        it several times, and a poll that cannot publish would say it again each turn."""
+        if self._reported_damaged == directory:
+            return
+        self._reported_damaged = directory
+        if not directory.is_dir():
+            log.warning("current names %s, which is gone: a new bundle will be published",
+                        directory)
+        else:
+            log.warning("the current bundle is damaged, a new one will be published: %s",
+                        reason)
 
     def _template(self) -> tuple[tuple[float, float], ...]:
         return tuple((float(x), float(y)) for x, y in self.backbone.template)

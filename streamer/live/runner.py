@@ -154,6 +154,16 @@ def check_video_output(path: Path) -> None:
             f"{problem}: {kind} is not a video format facestream can write; "
             f"use one of {', '.join(VIDEO_EXTENSIONS)}"
         )
+    # The permission bits do not bind root, and say nothing of a read-only mount or
+    # a pseudo filesystem: opening the file is the only test that asks the kernel.
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise OutputError(f"{problem}: cannot create it ({error.strerror})") from None
+    if not existed:
+        path.unlink()
 
 
 class VideoFileSink:
