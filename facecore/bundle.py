@@ -82,6 +82,9 @@ class BundleManifest:
     # the trainer's digest of the people (ids, names) and samples it was built from, so
     # that a store change that leaves them as they were builds nothing ("" before 2026-12-07)
     roster_sha256: str = ""
+    # the enrollment samples it was built from, so that the trainer can remove an older
+    # bundle that still holds one erased since (() before 2026-12-07)
+    sample_ids: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
@@ -104,6 +107,7 @@ class BundleManifest:
         data["template"] = tuple(tuple(p) for p in data["template"])
         data["labels"] = tuple(data["labels"])
         data["person_ids"] = tuple(data["person_ids"])
+        data["sample_ids"] = tuple(data.get("sample_ids", ()))
         # a field a newer facestream added within this format is left out: such fields
         # are extras an older reader may ignore (one it must not ignore is a new format),
         # so a box not yet upgraded keeps following the trainer's bundles
@@ -175,6 +179,8 @@ def check_bundle(path: Path) -> BundleManifest:
     before it serves a bundle, without loading anything. ``BundleError`` naming the
     file otherwise."""
     path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle {path} is gone (deleted by hand?)")
     try:
         manifest = BundleManifest.from_json((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     except BundleError:

@@ -37,6 +37,7 @@ __all__ = [
     "current_bundle_dir",
     "next_version",
     "publish",
+    "remove_version",
     "versions",
 ]
 
@@ -113,12 +114,17 @@ def _publish(bundles_dir: Path, build: Callable[[Path, int], Bundle], keep: int)
     os.replace(link, bundles_dir / CURRENT)
     fsync_path(bundles_dir)
     for old in versions(bundles_dir)[:-keep] if keep > 0 else []:
-        # hidden by a rename first: a crash mid-removal leaves a leftover, never a
-        # half-deleted vNNNNNN
-        doomed = bundles_dir / f".pruned-v{old:06d}"
-        os.rename(bundles_dir / f"v{old:06d}", doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_version(bundles_dir, old)
     return replace(bundle, path=bundles_dir / name)
+
+
+def remove_version(bundles_dir: Path, version: int) -> None:
+    """Delete the published bundle ``version`` (never the one ``current`` names: the
+    caller's to see to). Hidden by a rename first: a crash mid-removal leaves a
+    leftover that the next publish deletes, never a half-deleted vNNNNNN."""
+    doomed = bundles_dir / f".pruned-v{version:06d}"
+    os.rename(bundles_dir / f"v{version:06d}", doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _remove_leftovers(bundles_dir: Path) -> None:

@@ -129,15 +129,18 @@ def register_serve(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPa
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Run the server until SIGINT or SIGTERM: in this process, or with
     ``server.workers`` > 1 in that many worker processes on the one port."""
-    if settings.server.metrics_port:  # before anything imports prometheus_client
-        from facecore.metrics_export import use_multiprocess_dir
+    from streamer.serving import server_lock
 
-        use_multiprocess_dir(settings.state_dir / "server" / "metrics")
-    if settings.server.workers > 1:
-        from streamer.workers import supervise
+    with server_lock(settings):
+        if settings.server.metrics_port:  # before anything imports prometheus_client
+            from facecore.metrics_export import use_multiprocess_dir
 
-        return supervise(settings, sys.stdout)
-    asyncio.run(_serve(settings, sys.stdout))
+            use_multiprocess_dir(settings.state_dir / "server" / "metrics")
+        if settings.server.workers > 1:
+            from streamer.workers import supervise
+
+            return supervise(settings, sys.stdout)
+        asyncio.run(_serve(settings, sys.stdout))
     return 0
 
 

@@ -209,6 +209,7 @@ def _reserved_port(server: ServerSettings) -> Iterator[int]:
     """``server.port``, or for port 0 a free one, held (bound, not listening, so it
     gets no connections) with SO_REUSEPORT until the workers are gone."""
     if server.port != 0:
+        _check_free(server)
         yield server.port
         return
     family, kind, proto, _, address = socket.getaddrinfo(
@@ -218,6 +219,23 @@ def _reserved_port(server: ServerSettings) -> Iterator[int]:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(address)
         yield int(holder.getsockname()[1])
+
+
+def _check_free(server: ServerSettings) -> None:
+    """Refuse a port another server listens on. The workers bind it with SO_REUSEPORT,
+    which would let them share it with another ``serve --workers`` unseen (the kernel
+    would split the phones between the two); a bind without it is refused instead."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        server.host or None, server.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {server.host}:{server.port}: {exc.strerror}"
+            ) from exc
 
 
 def _worker_main(settings: Settings, prepared: Prepared, conn: Connection) -> None:

@@ -14,6 +14,7 @@ page, streaming the part of the shared clip where Lin-Manuel Miranda faces the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -136,7 +137,9 @@ async def test_enroll_train_serve_reload_and_a_killed_trainer(
             assert served[0] == serving.version
             async with http.get(url + "/api/model") as response:
                 model = await response.json()
-            assert model["version"] == serving.version and "Joe Biden" in model["labels"]
+            # the bundle in force still holds him, but the server names nobody erased
+            assert model["version"] == serving.version and "Joe Biden" not in model["labels"]
+            assert "Joe Biden" in serving.labels
             assert any(at > killed_at for at, _ in phone.received)  # the stream goes on
 
             # the next trainer run removes the leftover and publishes the change
@@ -159,3 +162,54 @@ async def test_enroll_train_serve_reload_and_a_killed_trainer(
     assert events and all(
         set(e) >= {"time", "stream", "track", "name", "confidence", "box"} for e in events
     )
+
+
+async def test_a_rename_or_an_erasure_reaches_the_stream_before_any_trainer_runs(
+    installation: Installation, shared_dir: Path, shared_file: SharedFile
+) -> None:
+    """The README's path without the trainer service: `trainer --once` published a
+    bundle, and nobody runs it again. A person renamed on the admin page is named anew,
+    and one erased with `enroll remove` is no longer named, on the live stream within
+    seconds; the next `trainer --once` removes every bundle that still holds him."""
+    setup = installation
+    setup.run("enroll", "import", str(shared_dir / "people"))
+    setup.run("trainer", "--once", timeout=300)
+    fitted = setup.current_manifest()
+    assert fitted is not None and FOLDER_LIN in fitted.labels
+    server, url = setup.serve(TOKEN)
+    frames = clip_frames(shared_file("media/short_hamilton_clip.mp4"), LIN_FACING)
+    renamed = "林-曼努尔·米兰达"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        for _ in range(600):  # the server starts
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                if await served_version(http, url) == fitted.version:
+                    break
+            await asyncio.sleep(0.1)
+        phone = await connect_phone(url, TOKEN, FramesTrack(frames))
+        try:
+            await until(lambda: phone.first_named(FOLDER_LIN), 30,
+                        f"an event naming {FOLDER_LIN}", server)
+            async with http.patch(f"{url}/api/people/{FOLDER_LIN}",
+                                  json={"name": renamed}) as response:
+                assert response.status == 200
+            at = time.time()
+            await until(lambda: phone.first_named(renamed, after=at), 10,
+                        f"an event naming {renamed}", server)
+            setup.run("enroll", "remove", renamed, "--yes")  # another process
+            at = time.time()
+            await until(lambda: phone.first_named("unknown", after=at), 10,
+                        "Lin to become unknown", server)
+            await asyncio.sleep(1.0)
+            assert phone.first_named(renamed, after=at + 0.5) is None
+            async with http.get(url + "/api/model") as response:
+                model = await response.json()
+            assert model["version"] == fitted.version and renamed not in model["labels"]
+            assert FOLDER_LIN not in model["labels"]
+        finally:
+            await phone.close()
+    # the served bundle, as published, still holds him until the trainer runs again
+    assert FOLDER_LIN in (setup.bundles / f"v{fitted.version:06d}" / MANIFEST_FILE).read_text()
+    setup.run("trainer", "--once", timeout=300)
+    manifests = [p.read_text("utf-8") for p in setup.bundles.glob("v*/" + MANIFEST_FILE)]
+    assert manifests and not [m for m in manifests if FOLDER_LIN in m or renamed in m]
+    assert server.stop() == 0, server.output()[-3000:]

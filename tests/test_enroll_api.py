@@ -318,8 +318,7 @@ async def test_thumbnails_and_sample_removal(api: Api, shared_file: SharedFile) 
 
     async with api.http.get(api.url + sample["thumbnail"]) as response:
         assert response.status == 200 and response.content_type == "image/jpeg"
-        assert response.headers["Cache-Control"].startswith("private")
-        etag = response.headers["ETag"]
+        assert response.headers["Cache-Control"] == "no-store"  # a face: never cached
         thumb = cv2.imdecode(np.frombuffer(await response.read(), np.uint8), cv2.IMREAD_COLOR)
     assert thumb is not None and max(thumb.shape[:2]) == enroll_api.THUMBNAIL_PX
     # the face is in the middle of the thumbnail: YuNet finds it there
@@ -332,9 +331,6 @@ async def test_thumbnails_and_sample_removal(api: Api, shared_file: SharedFile) 
     assert len(face) == 1
     centre = face.xyxy[0].reshape(2, 2).mean(axis=0) / 2
     assert np.allclose(centre, np.array(thumb.shape[1::-1]) / 2, atol=25)
-
-    async with api.http.get(api.url + sample["thumbnail"], headers={"If-None-Match": etag}) as r:
-        assert r.status == 304
 
     sample_file = api.settings.state_dir / "enrollment" / "samples" / sample["person_id"]
     assert len(list(sample_file.iterdir())) == 1

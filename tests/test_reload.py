@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -142,7 +143,7 @@ def test_a_bundle_of_another_front_end_is_refused(
 
 
 def test_engine_starts_from_the_published_bundle(
-    yunet_path: Path, tmp_path: Path, backbone: Path
+    yunet_path: Path, tmp_path: Path, backbone: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(
         state_dir=tmp_path / "state",
@@ -161,3 +162,14 @@ def test_engine_starts_from_the_published_bundle(
     with Engine.from_settings(settings, watch=False) as engine:
         assert engine.bundle_version is None  # a broken bundle is not served
         engine.swap_bundle(None)
+    # one that is gone is said once, in words, not again by the watcher's first look
+    shutil.rmtree(settings.state_dir / "bundles" / "v000002")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR), Engine.from_settings(settings) as engine:
+        time.sleep(0.6)  # two of the watcher's turns
+        assert engine.bundle_version is None
+    gone = settings.state_dir / "bundles" / "v000002"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"bundle {gone} is gone (deleted by hand?); every face is unknown until a good "
+        "bundle is published"
+    ]

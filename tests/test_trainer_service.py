@@ -215,7 +215,7 @@ def test_refit_caches_embeddings_and_forgets_removed_people(
         assert set(bundle.manifest.labels) == names
         assert hugo.id not in bundle.manifest.person_ids
         assert counting.chips == added * (1 + copies)  # nothing new to embed
-        assert len(versions(bundles)) == 3  # keep_versions
+        assert len(versions(bundles)) == 2  # the one that held Hugo went with this publish
 
     # another front end makes other chips: the bundle is rebuilt, nothing cached reused
     assert backbone.front_end.kind == "dlib_5"
@@ -528,6 +528,32 @@ def test_a_current_bundle_folder_that_is_gone_is_replaced_with_one_warning(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"current names {first.path}, which is gone: a new bundle will be "
                         "published"]
+
+
+def test_older_bundles_holding_an_erased_person_are_removed_with_the_next_publish(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path
+) -> None:
+    """Old versions are kept for servers still loading one, not to keep a face template
+    of someone a user erased: the publish that follows an erasure removes each older
+    version that holds a sample the store no longer has."""
+    enroll(shared_dir / "people")
+    bundles = bundles_dir(settings)
+    with TrainerService(settings, progress=False) as service:
+        first = service.run_once()  # the four people
+        enroll(Hugo_Chavez=3)
+        with_blair = service.run_once()
+        assert first is not None and with_blair is not None
+        assert "Hugo Chavez" in with_blair.manifest.labels
+        with EnrollmentStore.from_settings(settings) as store:
+            store.remove_person(store.find_person("Hugo Chavez").id)
+        after = service.run_once()
+    assert after is not None and "Hugo Chavez" not in after.manifest.labels
+    # the first never held him and stays; the one that did is gone, files and all
+    assert versions(bundles) == [first.manifest.version, after.manifest.version]
+    assert not with_blair.path.exists()
+    assert [p.name for p in bundles.iterdir() if p.name.startswith(".")] == []
+    for manifest in bundles.glob("v*/manifest.json"):
+        assert "Hugo Chavez" not in manifest.read_text("utf-8")
 
 
 def test_a_store_change_that_leaves_people_and_samples_as_they_were_publishes_nothing(

@@ -159,6 +159,27 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         assert before[("facestream_recognition_batch_faces_count", ())] > 0
         for stage in ("convert_in", "detect", "recognize", "annotate", "convert_out", "total"):
             assert _stage_count(before, stage) > 0, stage
+
+        # a second server on this port (from another state folder) or on this state
+        # folder (on another port) is refused, and leaves this one's figures alone
+        options = ["--http", "--host", "127.0.0.1", "--token", TOKEN, "--cache-dir",
+                   str(settings.cache_dir), "--models-dir", str(shared_dir / "models")]
+        rivals = [
+            ["--workers", "2", "--port", port.group(1), "--state-dir", str(tmp_path / "other")],
+            ["--port", "0", "--state-dir", str(settings.state_dir),
+             "--metrics-port", str(free_port())],
+        ]
+        refusals = [
+            rf"cannot listen on 127\.0\.0\.1:{port.group(1)}: address already in use",
+            rf"another facestream serve \(pid {process.pid}\) runs on the state folder",
+        ]
+        for rival, refusal in zip(rivals, refusals, strict=True):
+            done = subprocess.run(
+                [sys.executable, "-m", "facestream", "serve", *options, *rival], env=env,
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+            )
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert re.search(refusal, done.stderr, re.IGNORECASE), done.stderr
         await asyncio.sleep(2)
         after = await _scrape(metrics_url.group(1))
         frames_in = ("facestream_frames_total", (("direction", "in"),))
@@ -266,7 +287,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(
         again.listen()
 
 
-def test_a_worker_that_cannot_listen_fails_the_start_clearly(
+def test_a_port_in_use_fails_a_start_with_workers_clearly(
     shared_dir: Path, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
@@ -284,8 +305,8 @@ def test_a_worker_that_cannot_listen_fails_the_start_clearly(
         )
     assert done.returncode == 2, done.stdout + done.stderr
     assert re.search(
-        rf"facestream: error: server worker \d did not start: cannot listen on "
-        rf"127\.0\.0\.1:{port}: .*address already in use", done.stderr, re.IGNORECASE
+        rf"facestream: error: cannot listen on 127\.0\.0\.1:{port}: address already in use",
+        done.stderr, re.IGNORECASE,
     ), done.stderr
     assert "Traceback" not in done.stderr
 

@@ -65,7 +65,7 @@ from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, check_bundle,
 from facecore.calibration import find_calibration
 from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
-from facecore.publish import bundles_dir, current_bundle_dir, publish
+from facecore.publish import bundles_dir, current_bundle_dir, publish, remove_version, versions
 from facecore.registry import get_spec
 from trainer.backbone import Backbone
 from trainer.fitting.augment import Augmentation
@@ -130,6 +130,7 @@ class _Roster:
             embedded=embedded,
             selection=selection,
             roster_sha256=self.sha256,
+            sample_ids=tuple(s.id for s in self.samples),
         )
 
 
@@ -390,8 +391,35 @@ class TrainerService:
                  "store revision %d", bundle.path.name, fitted.phase, len(fitted.people),
                  bundle.manifest.head_kind, bundle.manifest.threshold, fitted.revision)
         log.info("threshold: %s", bundle.manifest.threshold_reason)
+        self._remove_erased(bundle)
         self.notify(f"STATUS={describe(bundle)}")
         return bundle
+
+    def _remove_erased(self, bundle: Bundle) -> None:
+        """Remove the older versions that hold a sample ``bundle`` was not built from:
+        erased since, alone or with its person. Older versions are kept for servers
+        still loading one, never to keep what a user erased. One that does not list its
+        samples (from before 2026-12-07) or cannot be read goes too."""
+        kept = set(bundle.manifest.sample_ids)
+        for version in versions(self.bundles_dir):
+            if version >= bundle.manifest.version:
+                continue
+            path = self.bundles_dir / f"v{version:06d}"
+            try:
+                old = BundleManifest.from_json((path / MANIFEST_FILE).read_text("utf-8"))
+                erased = not kept.issuperset(old.sample_ids) or bool(
+                    old.person_ids and not old.sample_ids
+                )
+            except (OSError, ValueError, KeyError, TypeError, BundleError):
+                erased = True
+            if not erased:
+                continue
+            try:
+                remove_version(self.bundles_dir, version)
+            except OSError as exc:
+                log.warning("cannot remove %s, which holds samples erased since: %s", path, exc)
+            else:
+                log.info("removed %s: it held samples erased since", path.name)
 
     def _build(self, fitted: Fitted, directory: Path, version: int) -> Bundle:
         current = current_bundle_dir(self.bundles_dir)

@@ -50,9 +50,10 @@ from enrollment.errors import (
 from enrollment.ingest import IngestResult, Outcome, ingest_photo
 from enrollment.store import EnrollmentStore, Person, Sample
 from facecore.config import Settings
+from streamer.enroll.people import follow_people
 from streamer.enroll.worker import EnrollmentWorker
-from streamer.web.model_api import CACHE_FOREVER, add_model_routes
-from streamer.web.server import STATIC_DIR, bad_request, error_response, read_json_object
+from streamer.web.model_api import add_model_routes
+from streamer.web.server import ENGINE, STATIC_DIR, bad_request, error_response, read_json_object
 
 __all__ = [
     "ENROLLMENT",
@@ -93,10 +94,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def add_enrollment_routes(app: web.Application, settings: Settings) -> EnrollmentWorker:
     """Add the routes above to the server's ``app`` (made by `streamer.web.server.create_app`,
-    whose auth middleware guards them). The store worker is closed when the
+    whose auth middleware guards them), and have its engine name faces as the store
+    has its people (`streamer.enroll.people`). The store worker is closed when the
     application is cleaned up."""
     worker = EnrollmentWorker.from_settings(settings)
     app[ENROLLMENT] = worker
+    follow_people(app, app[ENGINE], worker)
     app[UPLOAD_LIMIT] = settings.server.max_upload_mb * 2**20
     app.on_cleanup.append(_close_worker)
     add = app.router
@@ -255,15 +258,11 @@ def _find_sample(store: EnrollmentStore, sample_id: str) -> Sample:
     raise UnknownSampleError(sample_id)
 
 
-async def _thumbnail(request: web.Request) -> web.StreamResponse:
+async def _thumbnail(request: web.Request) -> web.Response:
     sample_id = request.match_info["sample"]
-    seen = request.headers.get("If-None-Match")
 
-    def thumbnail(store: EnrollmentStore) -> tuple[str, bytes | None]:
+    def thumbnail(store: EnrollmentStore) -> bytes:
         sample = _find_sample(store, sample_id)
-        etag = f'"{sample.sha256[:32]}"'
-        if seen == etag:
-            return etag, None
         crop = store.load_crop(sample)
         scale = THUMBNAIL_PX / max(crop.shape[:2])
         if scale < 1.0:
@@ -272,13 +271,13 @@ async def _thumbnail(request: web.Request) -> web.StreamResponse:
         ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
         if not ok:
             raise StoreError(f"OpenCV could not encode a thumbnail of sample {sample_id}")
-        return etag, jpeg.tobytes()
+        return jpeg.tobytes()
 
-    etag, body = await request.app[ENROLLMENT].call(thumbnail)
-    headers = {"Cache-Control": CACHE_FOREVER, "ETag": etag}
-    if body is None:
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, content_type="image/jpeg", headers=headers)
+    body = await request.app[ENROLLMENT].call(thumbnail)
+    # a face: never kept by the browser, where it would outlive the sample's erasure
+    return web.Response(
+        body=body, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
+    )
 
 
 async def _upload(request: web.Request) -> web.Response:

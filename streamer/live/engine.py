@@ -12,6 +12,10 @@ new backbone gets a new session, warmed up and checked against the gallery, in t
 caller's thread. A bundle cut with another front end than its model now wants is
 refused (`facecore.frontend.check_front_end`).
 ``install()`` hands it to the recognizer, which switches between two batches.
+``use_people()`` gives the engine the enrollment store's people as they are now (the
+server reads them whenever the store changes): a person erased since the bundle was
+fitted is unknown from the next batch on, and a renamed one carries the new name,
+without waiting for the trainer to publish again.
 
 With ``recognition.backend = "triton"`` the engine holds one `TritonConnection`
 instead, and a backbone's embedder is a `TritonEmbedder` of the model named as the
@@ -22,7 +26,9 @@ bundle (faces are unknown until Triton answers), a Triton serving another networ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +53,7 @@ from streamer.errors import BundleRefusedError, ClosedError
 from streamer.live.annotate import Overlay
 from streamer.live.fonts import FontSet
 from streamer.live.pipeline import StreamPipeline
-from streamer.live.recognizer import ActiveModel, BatchRecognizer
+from streamer.live.recognizer import ActiveModel, BatchRecognizer, EnrolledPeople
 from streamer.live.reload import POLL_SECONDS, BundleWatcher
 from streamer.live.tracker import scene_signature, view_quality
 
@@ -94,6 +100,8 @@ class Engine:
         self.recognizer = BatchRecognizer(
             batch_size=self.recognition.batch_size, batch_wait_ms=self.recognition.batch_wait_ms
         )
+        self._people: EnrolledPeople | None = None
+        self._installing = threading.Lock()  # the watcher's thread and the loop's
         if bundle is not None:
             try:
                 self.install(self.prepare(bundle))  # logs what it serves from the start
@@ -137,8 +145,8 @@ class Engine:
             engine = cls(
                 detector, fonts=fonts, recognition=settings.recognition, tracking=settings.tracking
             )
-        if watch:
-            engine.watch(published)
+        if watch:  # a bundle refused above is not looked at again until current moves on
+            engine.watch(published, looked_at=current)
         return engine
 
     def __enter__(self) -> Engine:
@@ -196,8 +204,12 @@ class Engine:
         return ActiveModel(bundle, embedder, front_end)
 
     def install(self, model: ActiveModel | None) -> None:
-        """Serve ``model`` from the next recognition batch on (None: nobody known)."""
-        self.recognizer.swap(model)
+        """Serve ``model`` from the next recognition batch on (None: nobody known),
+        with the people last given to `use_people`."""
+        with self._installing:
+            if model is not None:
+                model = dataclasses.replace(model, people=self._people)
+            self.recognizer.swap(model)
         if model is None:
             log.info("no bundle: every face is unknown")
         else:
@@ -208,17 +220,40 @@ class Engine:
                 model.bundle.path,
             )
 
+    def use_people(self, people: EnrolledPeople) -> None:
+        """Name faces as the store has its people at ``people.revision`` from the next
+        batch on (see the module docstring); every stream re-decides its tracks."""
+        with self._installing:
+            self._people = people
+            serving = self.recognizer.model
+            if serving is None:
+                return
+            model = dataclasses.replace(serving, people=people)
+            if model.gallery.labels == serving.gallery.labels:
+                return
+            self.recognizer.swap(model)
+        log.info(
+            "bundle version %d named as the store has its people at revision %d: "
+            "%d people (%d erased since it was fitted)",
+            model.version, people.revision, len(model.gallery.labels),
+            len(model.bundle.gallery.labels) - len(model.gallery.labels),
+        )
+
     def swap_bundle(self, bundle: Bundle | None) -> None:
         """``install(prepare(bundle))``: thread-safe; takes effect between batches,
         no frame is lost. Builds a session when the backbone is new, so call it
         off the event loop."""
         self.install(self.prepare(bundle) if bundle is not None else None)
 
-    def watch(self, bundles_dir: Path, *, interval: float = POLL_SECONDS) -> BundleWatcher:
-        """Start following ``bundles_dir/current`` (closed with the engine)."""
+    def watch(
+        self, bundles_dir: Path, *, interval: float = POLL_SECONDS, looked_at: Path | None = None
+    ) -> BundleWatcher:
+        """Start following ``bundles_dir/current`` (closed with the engine).
+        ``looked_at``: a bundle folder already tried (default: the one serving)."""
         if self._watcher is None:
-            loaded = self.bundle.path if self.bundle is not None else None
-            self._watcher = BundleWatcher(self, bundles_dir, interval=interval, loaded=loaded)
+            if looked_at is None and self.bundle is not None:
+                looked_at = self.bundle.path
+            self._watcher = BundleWatcher(self, bundles_dir, interval=interval, loaded=looked_at)
         return self._watcher
 
     def detect(

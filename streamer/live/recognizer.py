@@ -10,12 +10,14 @@ resolves each future with ``loop.call_soon_threadsafe``. The queue holds at most
 gets None, and ``dropped`` counts its faces), so a slow recognizer never builds up
 delay.
 
-The model (`ActiveModel`: bundle, embedder, front end) is swapped with
-``swap()`` from any thread and is read once per batch, so a swap takes effect
-between batches. A future resolves to None (no recognition) when there is no model,
-when its request was dropped, when the new model wants chips of another geometry
-than those submitted, when the embedder failed (Triton down or slow: the error is
-logged once, and each later batch tries again), or when the recognizer closed.
+The model (`ActiveModel`: bundle, embedder, front end, and the store's people as
+last read, which drop a person erased since the bundle was fitted and rename one
+renamed since) is swapped with ``swap()`` from any thread and is read once per
+batch, so a swap takes effect between batches. A future resolves to None (no
+recognition) when there is no model, when its request was dropped, when the new
+model wants chips of another geometry than those submitted, when the embedder
+failed (Triton down or slow: the error is logged once, and each later batch tries
+again), or when the recognizer closed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,23 +43,46 @@ from facecore.errors import FacestreamError
 from facecore.frontend import FrontEnd
 from streamer.errors import ClosedError
 
-__all__ = ["ActiveModel", "BatchRecognizer", "Recognition"]
+__all__ = ["ActiveModel", "BatchRecognizer", "EnrolledPeople", "Recognition"]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class EnrolledPeople:
+    """The enrollment store's people as read at store ``revision``: id -> name."""
+
+    revision: int
+    names: Mapping[str, str]
+
+
 @dataclass(frozen=True, eq=False)
 class ActiveModel:
-    """What recognition runs with: a bundle, the embedder for its backbone and the
-    front end that cuts its chips (`facecore.frontend`)."""
+    """What recognition runs with: a bundle, the embedder for its backbone, the
+    front end that cuts its chips (`facecore.frontend`) and, once read, the store's
+    people (`EnrolledPeople`)."""
 
     bundle: Bundle
     embedder: ChipEmbedder
     front_end: FrontEnd
+    people: EnrolledPeople | None = None
 
-    @property
+    @cached_property
     def gallery(self) -> Gallery:
-        return self.bundle.gallery
+        """The bundle's gallery as the store has its people: a person erased since the
+        bundle was fitted is left out, one renamed since has the new name. A bundle
+        fitted on a later revision than ``people`` (just published) names its own."""
+        gallery, manifest = self.bundle.gallery, self.bundle.manifest
+        if self.people is None or manifest.store_revision > self.people.revision:
+            return gallery
+        names = self.people.names
+        rows = [i for i, pid in enumerate(manifest.person_ids) if not pid or pid in names]
+        labels = tuple(
+            names.get(manifest.person_ids[i], gallery.labels[i]) for i in rows
+        )
+        if labels == gallery.labels:
+            return gallery
+        return Gallery(labels, gallery.weights[rows], gallery.threshold)
 
     @property
     def version(self) -> int:

@@ -45,7 +45,8 @@ class BundleTarget(Protocol):
 class BundleWatcher:
     """Polls ``bundles_dir/current`` in a thread; ``close()`` joins it (safe twice).
 
-    ``loaded``: the bundle directory already serving, so it is not loaded again.
+    ``loaded``: the bundle directory already serving (or refused at start), so it is
+    not loaded again.
     """
 
     def __init__(

@@ -26,13 +26,13 @@ from aiohttp import web
 from facecore.bundle import Bundle
 from streamer.web.server import ENGINE, error_response
 
-__all__ = ["CACHE_FOREVER", "REPORT_JSON", "add_model_routes"]
+__all__ = ["REPORT_JSON", "add_model_routes"]
 
 log = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 _PLOT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.png")
-# for a URL whose content never changes (a sample id, a bundle version), never shared
+# a plot: its URL names its bundle version, so its content never changes; never shared
 CACHE_FOREVER = "private, max-age=31536000, immutable"
 
 
@@ -43,9 +43,10 @@ def add_model_routes(app: web.Application) -> None:
 
 
 async def _model(request: web.Request) -> web.Response:
-    bundle = request.app[ENGINE].bundle
-    if bundle is None:
+    model = request.app[ENGINE].recognizer.model
+    if model is None:
         return web.json_response({"version": None, "labels": [], "metrics": {}, "report": None})
+    bundle = model.bundle
     report, plots = await asyncio.get_running_loop().run_in_executor(None, _report, bundle)
     manifest = bundle.manifest
     return web.json_response(
@@ -56,7 +57,7 @@ async def _model(request: web.Request) -> web.Response:
             "backbone": manifest.backbone_name,
             "head_kind": manifest.head_kind,
             "threshold": manifest.threshold,
-            "labels": list(manifest.labels),
+            "labels": list(model.gallery.labels),  # as the store names them now
             "metrics": manifest.metrics,
             "report": report,
             "plots": [f"/api/model/{manifest.version}/files/{name}" for name in plots],

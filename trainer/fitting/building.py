@@ -76,6 +76,7 @@ class Fitted:
     embedded: int  # samples embedded (clean, or their augmented copies) in this phase
     selection: Selection | None  # None when nobody has a sample
     roster_sha256: str  # of the people and samples it was fitted on (BundleManifest's)
+    sample_ids: tuple[str, ...]  # the samples it was fitted on
 
 
 def settled(directory: Path) -> bool:
@@ -121,6 +122,7 @@ class BundleBuilder:
             metrics=metrics,
             threshold_reason=selection.calibration.reason if selection else "nobody enrolled",
             roster_sha256=fitted.roster_sha256,
+            sample_ids=fitted.sample_ids,
         )
         bundle = write_bundle(
             directory, backbone=backbone.path, weights=head.unit_weights(), manifest=manifest,
