@@ -255,6 +255,14 @@ async def test_uploads_good_and_bad(api: Api, shared_file: SharedFile) -> None:
                                   data=aiohttp.FormData({"comment": "no file here"}),
                                   headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert status == 400
+    # a part's header that does not parse is a 400 too, not a server failure
+    status, body = await api.call(
+        "POST", "/api/people/Barack Obama/samples",
+        data=b'--b\r\nContent-Disposition: form-data; name="photo"; filename="a\x00.jpg"\r\n'
+        b"\r\nabc\r\n--b--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert status == 400 and "Invalid HTTP header" in body["reason"], body
     status, body = await api.upload("Nobody", ("obama.jpg", obama, "image/jpeg"))
     assert status == 404
 

@@ -238,6 +238,43 @@ async def test_login_sets_a_strict_http_only_cookie(settings: Settings, engine: 
             assert r.status == 303
 
 
+# bodies an outsider can post to the login form that aiohttp's form parser cannot read
+UNREADABLE_FORMS = [
+    ("application/x-www-form-urlencoded", b"token=\xff", "can't decode byte 0xff"),
+    ("multipart/form-data; boundary=x", b"junk", "Could not find starting boundary"),
+    ("application/x-www-form-urlencoded; charset=klingon", b"token=a", "unknown encoding"),
+    ("multipart/form-data; boundary=x",
+     b'--x\r\nContent-Disposition: form-data; name="token"\r\nX-A: a\x00b\r\n\r\n'
+     b"abc\r\n--x--\r\n", "Invalid HTTP header"),
+]
+
+
+async def test_a_login_form_that_cannot_be_read_is_a_400_logged_in_one_line(
+    settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer.web.server import SECURITY_HEADERS
+
+    big = io.BytesIO(b"token=" + b"a" * 2**21)  # over the 1 MiB of a form
+    async with live_server(settings, engine) as server, aiohttp.ClientSession() as http:
+        with caplog.at_level(logging.INFO):
+            for content_type, data, reason in UNREADABLE_FORMS:
+                async with http.post(server.url + "/login", data=data,
+                                     headers={"Content-Type": content_type}) as r:
+                    assert (r.status, r.content_type) == (400, "application/json"), reason
+                    body = await r.json()
+                    assert body["error"] == "Bad Request" and reason in body["reason"], body
+                    assert all(r.headers[k] == v for k, v in SECURITY_HEADERS.items())
+            async with http.post(server.url + "/login", data=big, headers={
+                    "Content-Type": "application/x-www-form-urlencoded"}) as r:
+                assert (r.status, r.content_type) == (413, "application/json")
+                assert await r.json() == {"error": "Request Entity Too Large",
+                                          "reason": "the body may be at most 1 MiB"}
+    refused = [r for r in caplog.records if "login form" in r.getMessage()]
+    assert len(refused) == len(UNREADABLE_FORMS), caplog.text
+    assert all(r.levelno < logging.WARNING and r.exc_info is None for r in caplog.records)
+    assert "Traceback" not in caplog.text
+
+
 async def _login(http: aiohttp.ClientSession, server: LiveServer, token: str) -> int:
     async with http.post(
         server.url + "/login", data={"token": token}, allow_redirects=False

@@ -52,7 +52,14 @@ from enrollment.store import EnrollmentStore, Person, Sample
 from facecore.config import Settings
 from streamer.enroll.worker import EnrollmentWorker
 from streamer.web.model_api import CACHE_FOREVER, add_model_routes
-from streamer.web.server import STATIC_DIR, bad_request, error_response, read_json_object
+from streamer.web.server import (
+    BODY_ERRORS,
+    STATIC_DIR,
+    bad_request,
+    body_error,
+    error_response,
+    read_json_object,
+)
 
 __all__ = [
     "ENROLLMENT",
@@ -295,8 +302,8 @@ async def _upload(request: web.Request) -> web.Response:
         files = await _read_files(request, limit)
     except _TooLarge:
         return _too_large(request, limit)
-    except ValueError as exc:  # aiohttp's multipart parser on a malformed body
-        return error_response(400, f"the multipart body cannot be read: {exc}")
+    except BODY_ERRORS as exc:  # aiohttp's multipart parser on a malformed body
+        return error_response(400, f"the multipart body cannot be read: {body_error(exc)}")
     if not files:
         return error_response(400, "the form holds no file: send photos as file fields")
     if len(files) > MAX_FILES:
