@@ -123,7 +123,20 @@ async def test_people_crud(api: Api) -> None:
     person_id = created["id"]
     status, body = await api.call("POST", "/api/people", json={"name": "zoë saldaña"})
     assert status == 409 and person_id in body["reason"]
+    assert "'zoë saldaña' is taken: 'Zoë Saldaña' is already enrolled" in body["reason"]
     await api.call("POST", "/api/people", json={"name": "Ada Lovelace"})
+    # the 409 names the person stored, which the user may not see as the same name
+    status, strasse = await api.call("POST", "/api/people", json={"name": "STRASSE"})
+    assert status == 201
+    status, body = await api.call("POST", "/api/people", json={"name": "Straße"})
+    assert status == 409, body
+    assert body["reason"].startswith(
+        f"'Straße' is taken: 'STRASSE' is already enrolled (id {strasse['id']})"
+    ), body
+    status, body = await api.call("PATCH", f"/api/people/{person_id}", json={"name": "strasse"})
+    assert status == 409 and "'strasse' is taken: 'STRASSE'" in body["reason"], body
+    status, _ = await api.call("DELETE", f"/api/people/{strasse['id']}")
+    assert status == 204
 
     status, listing = await api.call("GET", "/api/people")
     assert status == 200

@@ -74,6 +74,9 @@ def test_import_list_rename_remove_and_add_back(
     renamed = facestream("enroll", "rename", "lin manuel miranda", "Lin-Manuel Miranda")
     assert renamed.returncode == 0, renamed.stderr
     assert "'Lin-Manuel Miranda'" in renamed.stdout
+    taken = facestream("enroll", "rename", "Alex Lacamoire", "barack obama")
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr
+    assert "'barack obama' is taken: 'Barack Obama' is already enrolled" in taken.stderr
 
     refused = facestream("enroll", "remove", "Joe Biden")  # stdin is no terminal, no --yes
     assert refused.returncode == 2
