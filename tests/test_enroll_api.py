@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
+from enroll_support import blank_png
 from test_facecore_embed_bundle import _mean_colour_model
 from webrtc_support import BAD_JSON_BODIES
 
@@ -285,6 +286,12 @@ async def test_an_upload_over_the_limit_is_refused_before_it_is_read(
 ) -> None:
     await api.call("POST", "/api/people", json={"name": "Joe Biden"})
     limit = api.settings.server.max_upload_mb * 2**20
+
+    # an image too large in pixels, though small in bytes: the same words at any size
+    for side, size in ((13000, "13000x13000 = 169 MP"), (30000, "30000x30000 = 900 MP")):
+        status, report = await api.upload("Joe Biden", ("huge.png", blank_png(side), "image/png"))
+        assert status == 413 and report["files"][0]["outcome"] == "image_too_large", report
+        assert f"image too large ({size}, limit 40 MP)" in report["reason"], report
 
     # a declared length over the limit: refused from the headers alone
     huge = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), np.uint8)
