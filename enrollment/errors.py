@@ -71,12 +71,21 @@ class UnknownSampleError(EnrollmentError):
 
 
 class DuplicatePersonError(EnrollmentError):
-    """The display name is taken (names compare without regard to case)."""
+    """The display name ``name`` is taken by ``existing_name`` (names compare without
+    regard to case: 'Straße' takes 'STRASSE')."""
 
-    def __init__(self, name: str, existing_id: str) -> None:
+    def __init__(self, name: str, existing_id: str, existing_name: str) -> None:
         self.name = name
         self.existing_id = existing_id
-        super().__init__(f"a person named {name!r} is already enrolled (id {existing_id})")
+        self.existing_name = existing_name
+        if name == existing_name:
+            message = f"a person named {name!r} is already enrolled (id {existing_id})"
+        else:  # say whom it matched: the user may not see why the two are one name
+            message = (
+                f"{name!r} is taken: {existing_name!r} is already enrolled (id "
+                f"{existing_id}), and names match without regard to case"
+            )
+        super().__init__(message)
 
 
 class DuplicateSampleError(EnrollmentError):

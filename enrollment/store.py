@@ -397,10 +397,11 @@ class EnrollmentStore:
     @staticmethod
     def _check_name_free(conn: Session, name: str, person_id: str) -> None:
         row = conn.execute(
-            "SELECT id FROM people WHERE name_key = ? AND id != ?", (name_key(name), person_id)
+            "SELECT id, name FROM people WHERE name_key = ? AND id != ?",
+            (name_key(name), person_id),
         ).fetchone()
         if row is not None:
-            raise DuplicatePersonError(name, row[0])
+            raise DuplicatePersonError(name, row[0], row[1])
 
 
 def _now() -> str:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
+from enroll_support import blank_png
 from test_facecore_embed_bundle import _mean_colour_model
 from webrtc_support import BAD_JSON_BODIES
 
@@ -123,7 +124,20 @@ async def test_people_crud(api: Api) -> None:
     person_id = created["id"]
     status, body = await api.call("POST", "/api/people", json={"name": "zoë saldaña"})
     assert status == 409 and person_id in body["reason"]
+    assert "'zoë saldaña' is taken: 'Zoë Saldaña' is already enrolled" in body["reason"]
     await api.call("POST", "/api/people", json={"name": "Ada Lovelace"})
+    # the 409 names the person stored, which the user may not see as the same name
+    status, strasse = await api.call("POST", "/api/people", json={"name": "STRASSE"})
+    assert status == 201
+    status, body = await api.call("POST", "/api/people", json={"name": "Straße"})
+    assert status == 409, body
+    assert body["reason"].startswith(
+        f"'Straße' is taken: 'STRASSE' is already enrolled (id {strasse['id']})"
+    ), body
+    status, body = await api.call("PATCH", f"/api/people/{person_id}", json={"name": "strasse"})
+    assert status == 409 and "'strasse' is taken: 'STRASSE'" in body["reason"], body
+    status, _ = await api.call("DELETE", f"/api/people/{strasse['id']}")
+    assert status == 204
 
     status, listing = await api.call("GET", "/api/people")
     assert status == 200
@@ -255,6 +269,14 @@ async def test_uploads_good_and_bad(api: Api, shared_file: SharedFile) -> None:
                                   data=aiohttp.FormData({"comment": "no file here"}),
                                   headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert status == 400
+    # a part's header that does not parse is a 400 too, not a server failure
+    status, body = await api.call(
+        "POST", "/api/people/Barack Obama/samples",
+        data=b'--b\r\nContent-Disposition: form-data; name="photo"; filename="a\x00.jpg"\r\n'
+        b"\r\nabc\r\n--b--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert status == 400 and "Invalid HTTP header" in body["reason"], body
     status, body = await api.upload("Nobody", ("obama.jpg", obama, "image/jpeg"))
     assert status == 404
 
@@ -264,6 +286,12 @@ async def test_an_upload_over_the_limit_is_refused_before_it_is_read(
 ) -> None:
     await api.call("POST", "/api/people", json={"name": "Joe Biden"})
     limit = api.settings.server.max_upload_mb * 2**20
+
+    # an image too large in pixels, though small in bytes: the same words at any size
+    for side, size in ((13000, "13000x13000 = 169 MP"), (30000, "30000x30000 = 900 MP")):
+        status, report = await api.upload("Joe Biden", ("huge.png", blank_png(side), "image/png"))
+        assert status == 413 and report["files"][0]["outcome"] == "image_too_large", report
+        assert f"image too large ({size}, limit 40 MP)" in report["reason"], report
 
     # a declared length over the limit: refused from the headers alone
     huge = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), np.uint8)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from enroll_support import blank_png
 
 from enrollment.store import EnrollmentStore
 
@@ -74,6 +75,9 @@ def test_import_list_rename_remove_and_add_back(
     renamed = facestream("enroll", "rename", "lin manuel miranda", "Lin-Manuel Miranda")
     assert renamed.returncode == 0, renamed.stderr
     assert "'Lin-Manuel Miranda'" in renamed.stdout
+    taken = facestream("enroll", "rename", "Alex Lacamoire", "barack obama")
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr
+    assert "'barack obama' is taken: 'Barack Obama' is already enrolled" in taken.stderr
 
     refused = facestream("enroll", "remove", "Joe Biden")  # stdin is no terminal, no --yes
     assert refused.returncode == 2
@@ -100,17 +104,24 @@ def test_add_reports_each_rejected_file(facestream: Run, shared_dir: Path, tmp_p
     not_image.write_text("not a photo")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
+    huge, large = tmp_path / "huge.png", tmp_path / "large.png"
+    huge.write_bytes(blank_png(30000))  # past Pillow's own limit: refused in the same words
+    large.write_bytes(blank_png(13000))  # past Pillow's warning, which is not printed
     result = facestream(
         "enroll", "add", "李小龙",
         str(shared_dir / "media" / "two_people.jpg"), str(not_image), str(empty),
+        str(huge), str(large),
     )
     assert result.returncode == 1
+    assert "Decompression" not in result.stderr, result.stderr
     assert _lines(result.stdout, "rejected  ") == [
         f"rejected  {shared_dir / 'media' / 'two_people.jpg'}: 2 faces and none clearly the "
         "largest (the largest has 1.1x the area of the next, 2x needed): use a photo of one "
         "person",
         f"rejected  {not_image}: unreadable file (not an image, or in a format not supported)",
         f"rejected  {empty}: empty file (0 bytes)",
+        f"rejected  {huge}: image too large (30000x30000 = 900 MP, limit 40 MP)",
+        f"rejected  {large}: image too large (13000x13000 = 169 MP, limit 40 MP)",
     ]
     assert "李小龙 was not enrolled" in result.stdout
     listed = facestream("enroll", "list")

@@ -115,7 +115,8 @@ def test_bad_and_good_inputs(
         "notes.jpg": b"this is a text file, whatever its name says\n" * 20,
         "empty.png": b"",
         "huge.png": _png_header(8000, 6000),  # 48 MP: refused from its header alone
-        "enormous.png": _png_header(100_000, 100_000),
+        "enormous.png": _png_header(100_000, 100_000),  # past Pillow's own limits:
+        "large.png": _png_header(13_000, 13_000),  # refused in the same words
         "truncated.jpg": shared_file("media/obama2.jpg").read_bytes()[:300],
         "obama_png.jpg": cv2.imencode(".png", obama)[1].tobytes(),  # a PNG named .jpg
         "gradient.png": cv2.imencode(".png", gradient)[1].tobytes(),
@@ -133,7 +134,8 @@ def test_bad_and_good_inputs(
         "notes.jpg": (Outcome.UNREADABLE, "unreadable file"),
         "empty.png": (Outcome.EMPTY_FILE, "empty file"),
         "huge.png": (Outcome.IMAGE_TOO_LARGE, "8000x6000 = 48 MP, limit 40 MP"),
-        "enormous.png": (Outcome.IMAGE_TOO_LARGE, "image too large"),
+        "enormous.png": (Outcome.IMAGE_TOO_LARGE, "100000x100000 = 10000 MP, limit 40 MP"),
+        "large.png": (Outcome.IMAGE_TOO_LARGE, "13000x13000 = 169 MP, limit 40 MP"),
         "truncated.jpg": (Outcome.UNREADABLE, "unreadable file"),
         "obama_png.jpg": (Outcome.ACCEPTED, "one face"),
         "gradient.png": (Outcome.NO_FACE, "no face"),

@@ -30,6 +30,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 from aiortc.mediastreams import AudioStreamTrack
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from webrtc_support import (
     BAD_JSON_BODIES,
     TOKEN,
@@ -111,8 +112,60 @@ def test_user_certificate_must_come_with_its_own_key(tmp_path: Path) -> None:
         )
     )
     assert given == CertificatePair(made.cert, made.key, self_signed=False)
-    with pytest.raises(ConfigError, match="cannot use the certificate"):
-        server_ssl_context(CertificatePair(made.cert, other.key, self_signed=False))
+    # a pair that does not load: the error names the file at fault, not "[SSL] PEM lib"
+    garbage, missing = tmp_path / "garbage.pem", tmp_path / "missing.pem"
+    garbage.write_text("not PEM at all\n")
+    for cert, key, fault in [
+        (made.cert, other.key, f"the key {other.key} does not match the certificate {made.cert}"),
+        (garbage, made.key, f"the certificate {garbage} is not a PEM certificate"),
+        (made.key, made.key, f"the certificate {made.key} is not a PEM certificate"),
+        (made.cert, garbage, f"the key {garbage} is not a PEM private key"),
+        (made.cert, made.cert, f"the key {made.cert} is not a PEM private key"),
+        (missing, made.key, f"cannot read the certificate {missing}: No such file"),
+        (made.cert, missing, f"cannot read the key {missing}: No such file"),
+    ]:
+        with pytest.raises(ConfigError) as raised:
+            server_ssl_context(CertificatePair(cert, key, self_signed=False))
+        assert fault in str(raised.value) and "PEM lib" not in str(raised.value), fault
+
+
+def test_a_damaged_self_signed_pair_is_made_anew_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="streamer.web.tls"):
+        pair = ensure_certificate(settings)
+    assert not caplog.records  # the first one is made quietly
+    other = ensure_certificate(_settings(tmp_path / "other"))
+    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"a passphrase"),
+    )
+    for path, damage, fault in [
+        (pair.cert, b"-----BEGIN CERTIFICATE-----\ncut short", "cert.pem is not a PEM certificate"),
+        (pair.key, b"", "key.pem is not a PEM private key"),
+        (pair.key, None, "cannot read the key"),
+        (pair.key, other.key.read_bytes(), "does not match the certificate"),
+        (pair.key, encrypted, "key.pem is encrypted"),
+    ]:
+        before = fingerprint(pair.cert)
+        if damage is None:
+            path.unlink()
+        else:
+            path.write_bytes(damage)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="streamer.web.tls"):
+            assert ensure_certificate(settings) == pair
+        assert [r.levelname for r in caplog.records] == ["WARNING"], fault
+        assert fault in caplog.text and "fingerprint has changed" in caplog.text
+        assert fingerprint(pair.cert) != before
+        server_ssl_context(pair)  # the new pair loads
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamer.web.tls"):
+        kept = fingerprint(ensure_certificate(settings).cert)
+    assert kept == fingerprint(pair.cert) and not caplog.records  # a sound pair is kept
 
 
 # ---- ICE servers and the start-up announcement -------------------------------------------
@@ -236,6 +289,43 @@ async def test_login_sets_a_strict_http_only_cookie(settings: Settings, engine: 
             assert r.status == 303
         async with http.get(server.url + "/", allow_redirects=False) as r:
             assert r.status == 303
+
+
+# bodies an outsider can post to the login form that aiohttp's form parser cannot read
+UNREADABLE_FORMS = [
+    ("application/x-www-form-urlencoded", b"token=\xff", "can't decode byte 0xff"),
+    ("multipart/form-data; boundary=x", b"junk", "Could not find starting boundary"),
+    ("application/x-www-form-urlencoded; charset=klingon", b"token=a", "unknown encoding"),
+    ("multipart/form-data; boundary=x",
+     b'--x\r\nContent-Disposition: form-data; name="token"\r\nX-A: a\x00b\r\n\r\n'
+     b"abc\r\n--x--\r\n", "Invalid HTTP header"),
+]
+
+
+async def test_a_login_form_that_cannot_be_read_is_a_400_logged_in_one_line(
+    settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer.web.server import SECURITY_HEADERS
+
+    big = io.BytesIO(b"token=" + b"a" * 2**21)  # over the 1 MiB of a form
+    async with live_server(settings, engine) as server, aiohttp.ClientSession() as http:
+        with caplog.at_level(logging.INFO):
+            for content_type, data, reason in UNREADABLE_FORMS:
+                async with http.post(server.url + "/login", data=data,
+                                     headers={"Content-Type": content_type}) as r:
+                    assert (r.status, r.content_type) == (400, "application/json"), reason
+                    body = await r.json()
+                    assert body["error"] == "Bad Request" and reason in body["reason"], body
+                    assert all(r.headers[k] == v for k, v in SECURITY_HEADERS.items())
+            async with http.post(server.url + "/login", data=big, headers={
+                    "Content-Type": "application/x-www-form-urlencoded"}) as r:
+                assert (r.status, r.content_type) == (413, "application/json")
+                assert await r.json() == {"error": "Request Entity Too Large",
+                                          "reason": "the body may be at most 1 MiB"}
+    refused = [r for r in caplog.records if "login form" in r.getMessage()]
+    assert len(refused) == len(UNREADABLE_FORMS), caplog.text
+    assert all(r.levelno < logging.WARNING and r.exc_info is None for r in caplog.records)
+    assert "Traceback" not in caplog.text
 
 
 async def _login(http: aiohttp.ClientSession, server: LiveServer, token: str) -> int:

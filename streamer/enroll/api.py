@@ -53,7 +53,15 @@ from facecore.config import Settings
 from streamer.enroll.people import follow_people
 from streamer.enroll.worker import EnrollmentWorker
 from streamer.web.model_api import add_model_routes
-from streamer.web.server import ENGINE, STATIC_DIR, bad_request, error_response, read_json_object
+from streamer.web.server import (
+    BODY_ERRORS,
+    ENGINE,
+    STATIC_DIR,
+    bad_request,
+    body_error,
+    error_response,
+    read_json_object,
+)
 
 __all__ = [
     "ENROLLMENT",
@@ -294,8 +302,8 @@ async def _upload(request: web.Request) -> web.Response:
         files = await _read_files(request, limit)
     except _TooLarge:
         return _too_large(request, limit)
-    except ValueError as exc:  # aiohttp's multipart parser on a malformed body
-        return error_response(400, f"the multipart body cannot be read: {exc}")
+    except BODY_ERRORS as exc:  # aiohttp's multipart parser on a malformed body
+        return error_response(400, f"the multipart body cannot be read: {body_error(exc)}")
     if not files:
         return error_response(400, "the form holds no file: send photos as file fields")
     if len(files) > MAX_FILES:

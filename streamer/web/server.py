@@ -13,7 +13,8 @@ Routes::
     GET  /static/...           the page's script, stylesheet and icon
 
 Every error answer under /api/ is JSON ``{"error": <HTTP reason>, "reason": <what to
-do>}``, aiohttp's own included (no such path, wrong method, body over 1 MiB), and every
+do>}``, aiohttp's own included (no such path, wrong method, body over 1 MiB), and so are
+the login form's 400 and 413 (a body that is not a readable form, or over 1 MiB); every
 answer, errors and 500s included, carries the security headers, and
 ``X-Facestream-Worker``: the pid of the process that answered (with ``serve
 --workers`` the one that holds a session is the one that answered its offer). A JSON body of
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCIceServer, RTCSessionDescription
 
 from streamer.web.auth import Auth, after_sign_in, auth_middleware
@@ -47,12 +49,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH",
+    "BODY_ERRORS",
     "ENGINE",
     "ICE_SERVERS",
     "PEERS",
     "STATIC_DIR",
     "WORKER_HEADER",
     "bad_request",
+    "body_error",
     "create_app",
     "error_response",
     "read_json_object",
@@ -81,6 +85,10 @@ WORKER_HEADER = "X-Facestream-Worker"
 LOGIN_ERROR_MARKER = 'id="login-error" hidden'
 LOGIN_ERROR_TEXT = "That token is not right. Check it and try again."
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What aiohttp's form and multipart parsers raise on a body a client can send: bad
+# UTF-8 or no boundary (ValueError), an unknown charset (LookupError), a part's
+# header that does not parse (HttpProcessingError).
+BODY_ERRORS = (ValueError, LookupError, HttpProcessingError)
 
 
 def create_app(
@@ -199,6 +207,11 @@ async def read_json_object(request: web.Request, shape: str) -> dict[str, object
     return body
 
 
+def body_error(exc: Exception) -> str:
+    """What is wrong with a body, from one of `BODY_ERRORS`."""
+    return exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+
+
 def _json_kind(value: object) -> str:
     kinds = ((list, "an array"), (str, "a string"), (bool, "a boolean"), ((int, float), "a number"))
     return next((name for kind, name in kinds if isinstance(value, kind)), "null")
@@ -236,7 +249,14 @@ async def _login(request: web.Request) -> web.StreamResponse:
     if wait := auth.wait(request):  # before the body: a waiting guesser learns nothing
         message = f"Too many wrong tokens from this address: wait {wait} s and try again."
         return _login_error(429, message, {"Retry-After": str(wait)})
-    form = await request.post()
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge as exc:  # JSON, like the API's
+        return error_response(413, _api_error_reason(request, exc))
+    except BODY_ERRORS as exc:
+        log.info("login form from %s refused: %s", request.remote, body_error(exc))
+        return error_response(400, f"the form cannot be read ({body_error(exc)}); "
+                              "send token=... as a form in UTF-8")
     candidate = form.get("token")
     if auth.check_token(request, candidate.strip() if isinstance(candidate, str) else "", "login"):
         response = web.HTTPSeeOther(after_sign_in(request))

@@ -7,13 +7,16 @@ named for ``localhost``, this host's name and the given addresses) is made on
 first run in ``state_dir/tls/`` (both files 0600, like everything in the state
 directory: the certificate is public, but one rule is easier to audit) and reused
 while it is valid, so its fingerprint stays the same: users compare it with the one
-printed at start.
+printed at start. A stored pair that is damaged (a file unreadable or not PEM, or the
+key not the certificate's) is made anew with a warning, since phones then ask to
+accept a certificate whose fingerprint changed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -42,6 +46,8 @@ KEY_FILE = "key.pem"
 VALID_DAYS = 825
 RENEW_BEFORE = dt.timedelta(days=7)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class CertificatePair:
@@ -52,7 +58,7 @@ class CertificatePair:
 
 def ensure_certificate(settings: Settings, addresses: Sequence[str] = ()) -> CertificatePair:
     """The user's certificate and key when both are set, else the self-signed pair
-    in ``state_dir/tls`` (made now if missing or about to expire)."""
+    in ``state_dir/tls`` (made now if missing, about to expire or damaged)."""
     server = settings.server
     if (server.cert_file is None) != (server.key_file is None):
         given = "server.cert_file" if server.cert_file is not None else "server.key_file"
@@ -67,7 +73,7 @@ def ensure_certificate(settings: Settings, addresses: Sequence[str] = ()) -> Cer
     directory = settings.state_dir / "tls"
     pair = CertificatePair(directory / CERT_FILE, directory / KEY_FILE, self_signed=True)
     try:
-        if _still_valid(pair.cert):
+        if _stored_pair_usable(pair):
             os.chmod(pair.cert, 0o600)  # one made by an older version was 0644
         else:
             ensure_private_dir(directory)
@@ -77,12 +83,42 @@ def ensure_certificate(settings: Settings, addresses: Sequence[str] = ()) -> Cer
     return pair
 
 
-def _still_valid(cert_path: Path) -> bool:
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except (OSError, ValueError):
+def _stored_pair_usable(pair: CertificatePair) -> bool:
+    """Whether the self-signed ``pair`` can be used again: not when it is missing or
+    about to expire, nor when it is damaged (said in a warning: the next one has
+    another fingerprint, which phones ask to accept)."""
+    if not pair.cert.exists():
         return False
+    if fault := _pair_fault(pair):
+        log.warning(
+            "%s: it was replaced by a new self-signed certificate and key; phones will ask "
+            "to accept the new certificate, and its SHA-256 fingerprint has changed", fault
+        )
+        return False
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     return cert.not_valid_after_utc - RENEW_BEFORE > dt.datetime.now(dt.UTC)
+
+
+def _pair_fault(pair: CertificatePair) -> str | None:
+    """What keeps ``pair`` from loading, naming the file at fault; None if it loads."""
+    try:
+        cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    except OSError as exc:
+        return f"cannot read the certificate {pair.cert}: {exc.strerror}"
+    except ValueError:
+        return f"the certificate {pair.cert} is not a PEM certificate"
+    try:
+        key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    except OSError as exc:
+        return f"cannot read the key {pair.key}: {exc.strerror}"
+    except TypeError:  # cryptography's word for a key that needs a passphrase
+        return f"the key {pair.key} is encrypted: give it without a passphrase"
+    except (ValueError, UnsupportedAlgorithm):
+        return f"the key {pair.key} is not a PEM private key"
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        return f"the key {pair.key} does not match the certificate {pair.cert}"
+    return None
 
 
 def make_self_signed(cert_path: Path, key_path: Path, addresses: Sequence[str] = ()) -> None:
@@ -143,13 +179,15 @@ def fingerprint(cert_path: Path) -> str:
 
 
 def server_ssl_context(pair: CertificatePair) -> ssl.SSLContext:
-    """A TLS server context for ``pair``; a pair that does not load (missing file,
-    key not matching the certificate) raises ``ConfigError``."""
+    """A TLS server context for ``pair``; a pair that does not load (a file missing or
+    not PEM, the key not the certificate's) raises ``ConfigError`` naming the file at
+    fault (OpenSSL says only "PEM lib")."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(pair.cert, pair.key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"cannot use the certificate {pair.cert} with the key {pair.key}: {exc}"
-        ) from exc
+        fault = _pair_fault(pair)
+        if fault is None:  # cryptography reads them: OpenSSL's own words, then
+            fault = f"cannot use the certificate {pair.cert} with the key {pair.key}: {exc}"
+        raise ConfigError(fault) from exc
     return context
