@@ -7,6 +7,9 @@ import asyncio
 import collections
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -455,6 +458,41 @@ def test_run_command_says_why_the_kernel_refuses_the_output(
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith(f"facestream: error: cannot write video {target}: cannot create it (")
     assert not target.exists()
+
+
+def test_run_stopped_by_sigterm_finishes_the_video_and_prints_the_summary(
+    settings: Settings, clip: Path, tmp_path: Path
+) -> None:
+    """systemd and `timeout` stop with SIGTERM: the video must be as playable as
+    after Ctrl-C (an mp4 without its index cannot be opened at all)."""
+    out = tmp_path / "stopped.mp4"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    command = [sys.executable, "-m", "facestream", "run", "--source", str(clip), "--realtime",
+               "--output", str(out), *_options(settings)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)  # some 30 frames into the 9 s clip
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    summary = stdout.strip().splitlines()[-1]
+    assert " in " in summary and "names seen: " in summary
+    frames = int(summary.split()[0])
+    assert 0 < frames < CLIP_FRAMES
+    written = cv2.VideoCapture(str(out))
+    assert written.isOpened()
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    ok, first = written.read()
+    written.release()
+    assert ok and first.shape == (360, 640, 3)
 
 
 def test_rate_meter_is_steady_when_frames_finish_in_pairs() -> None:
