@@ -247,16 +247,25 @@ def _drive(
     window: str | None = None,
     progress: bool = False,
 ) -> RunSummary:
+    from facecore.errors import SourceError
     from streamer.live.engine import Engine
     from streamer.live.events import EventWriter
 
     events = EventWriter(events_target) if events_target else None
     try:
         with Engine.from_settings(settings) as engine:
-            return asyncio.run(_loop(engine, source, overlay, events, output, window, progress))
+            summary = asyncio.run(_loop(engine, source, overlay, events, output, window, progress))
     finally:
         if events is not None:
             events.close()
+    # OpenCV opens some files that are no image or video (text named .jpg) and then
+    # reads nothing from them; no frame was written either, so no video was left
+    if source.spec.kind == "file" and summary.ended and summary.frames == 0:
+        raise SourceError(
+            f"{source.description} cannot be decoded as an image or video: "
+            "not one frame could be read from it"
+        )
+    return summary
 
 
 async def _loop(

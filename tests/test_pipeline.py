@@ -355,6 +355,32 @@ def test_run_command_names_a_missing_camera(
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("notes.jpg", b"not a photo\n"), ("noise.png", bytes(range(256)) * 40)],
+    ids=["text", "bytes"],
+)
+def test_run_command_refuses_a_file_from_which_no_frame_can_be_read(
+    settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: bytes,
+) -> None:
+    """OpenCV opens these (by their name) and then reads nothing: not a run of 0 frames."""
+    source, out = tmp_path / name, tmp_path / "out.mp4"
+    source.write_bytes(content)
+    status = main(["run", "--source", str(source), "--output", str(out), *_options(settings)])
+    assert status == 2
+    lines = capsys.readouterr()
+    assert lines.out == ""  # no summary
+    assert lines.err.strip().splitlines()[-1] == (
+        f"facestream: error: video file {source} cannot be decoded as an image or video: "
+        "not one frame could be read from it"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no empty video left
+
+
 def _options(settings: Settings) -> list[str]:
     """The global options that point `facestream` at the test's settings."""
     return [
