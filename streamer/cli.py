@@ -254,6 +254,7 @@ def _drive(
     events = EventWriter(events_target) if events_target else None
     try:
         with Engine.from_settings(settings) as engine:
+            _warn_without_bundle(settings)
             summary = asyncio.run(_loop(engine, source, overlay, events, output, window, progress))
     finally:
         if events is not None:
@@ -266,6 +267,17 @@ def _drive(
             "not one frame could be read from it"
         )
     return summary
+
+
+def _warn_without_bundle(settings: Settings) -> None:
+    """Say why every face will be unknown when nothing was published yet (a bundle
+    that is there but cannot be loaded the engine reports itself)."""
+    from facecore.publish import bundles_dir, current_bundle_dir
+
+    folder = bundles_dir(settings)
+    if current_bundle_dir(folder) is None:
+        log.warning("no model bundle in %s: every face is unknown; run `facestream trainer "
+                    "--once`", folder)
 
 
 async def _loop(

@@ -381,6 +381,26 @@ def test_run_command_refuses_a_file_from_which_no_frame_can_be_read(
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no empty video left
 
 
+def test_run_command_warns_once_when_no_bundle_was_published(
+    settings: Settings,
+    bundle: Bundle,
+    shared_file: Callable[[str], Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    photo = str(shared_file("media/obama.jpg"))
+    empty = tmp_path / "state"
+    assert main(["run", "--source", photo, *_options(settings), "--state-dir", str(empty)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"no model bundle in {empty / 'bundles'}: every face is unknown; "
+        "run `facestream trainer --once`"
+    ]
+    caplog.clear()
+    assert main(["run", "--source", photo, *_options(settings)]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def _options(settings: Settings) -> list[str]:
     """The global options that point `facestream` at the test's settings."""
     return [
