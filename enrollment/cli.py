@@ -1,10 +1,11 @@
 """``facestream enroll add | import | list | rename | remove | copy``.
 
 Each verb that reads photos prints one line per file (or folder not read),
-``accepted`` or ``rejected`` with the reason, then a summary; it exits with status 1
-when a photo or folder was rejected for anything but being a duplicate of a stored
-sample (so a second import of the same folder succeeds), or when a new person was
-left without any photo and so not enrolled; 0 otherwise.
+``accepted`` or ``rejected`` with the reason, as soon as it is known, then a summary
+(after Ctrl-C too, of what was stored before it); it exits with status 1 when a
+photo or folder was rejected for anything but being a duplicate of a stored sample
+(so a second import of the same folder succeeds), or when a new person was left
+without any photo and so not enrolled; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,18 +125,23 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
     from enrollment.ingest import ingest_photo
 
     detector = _detector(settings)
+    results: list[IngestResult] = []
     with _open_store(settings) as store:
         try:  # resolved like every other reference: an ambiguous one is refused here
             person, created = store.find_person(args.name), False
         except UnknownPersonError:
             person, created = store.get_or_add_person(args.name)
-        results = [ingest_photo(store, detector, person.id, p, "photo") for p in args.photos]
-        _report(results)
-        if created and not any(r.accepted for r in results):
-            store.remove_person(person.id)
+        try:
+            with _reporting(results) as say:
+                for photo in args.photos:
+                    say(ingest_photo(store, detector, person.id, photo, "photo"))
+        finally:  # interrupted too: no one is left enrolled without a sample
+            person = store.get_person(person.id)
+            if created and not person.sample_count:
+                store.remove_person(person.id)
+        if created and not person.sample_count:
             print(f"no photo was accepted: {person.name} was not enrolled")
             return 1  # even when every photo was a duplicate: nothing was done
-        person = store.get_person(person.id)
         print(f"{person.name}: {_count(person.sample_count, 'sample')}")
     return _status(results)
 
@@ -143,9 +150,10 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
     from enrollment.ingest import import_folder
 
     detector = _detector(settings)
+    results: list[IngestResult] = []
     with _open_store(settings) as store:
-        results = import_folder(store, detector, args.folder, progress=True)
-        _report(results)
+        with _reporting(results) as say:
+            import_folder(store, detector, args.folder, progress=True, on_result=say)
         people = store.list_people()
         samples = _count(sum(p.sample_count for p in people), "sample")
         print(f"{_count(len(people), 'person')} enrolled, {samples}")
@@ -239,16 +247,37 @@ def _detector(settings: Settings) -> Detector:
     return Detector.from_settings(settings, min_face_px=0)
 
 
-def _report(results: Sequence[IngestResult]) -> None:
+@contextmanager
+def _reporting(results: list[IngestResult]) -> Iterator[Callable[[IngestResult], None]]:
+    """A function that prints each result at once (above the progress bar, flushed
+    for a pipe) and keeps it in ``results``; the summary follows, after Ctrl-C too:
+    the lines stand for what was stored before it."""
+    from tqdm import tqdm
+
+    def say(result: IngestResult) -> None:
+        results.append(result)
+        verdict = "accepted" if result.accepted else "rejected"
+        with tqdm.external_write_mode(file=sys.stdout):
+            print(f"{verdict}  {_printable(result.path)}: {result.reason}", flush=True)
+
+    try:
+        yield say
+    except KeyboardInterrupt:
+        print(_summary(results, interrupted=True))
+        raise
+    print(_summary(results))
+
+
+def _summary(results: Sequence[IngestResult], *, interrupted: bool = False) -> str:
     from enrollment.ingest import FOLDER_OUTCOMES
 
-    for result in results:
-        verdict = "accepted" if result.accepted else "rejected"
-        print(f"{verdict}  {_printable(result.path)}: {result.reason}")
     accepted = sum(r.accepted for r in results)
     folders = sum(r.outcome in FOLDER_OUTCOMES for r in results)
-    summary = f"{accepted} of {_count(len(results) - folders, 'file')} accepted"
-    print(summary + (f", {_count(folders, 'folder')} not imported" if folders else ""))
+    files = _count(len(results) - folders, "file")
+    summary = f"interrupted after {files}: {accepted} accepted" if interrupted else (
+        f"{accepted} of {files} accepted"
+    )
+    return summary + (f", {_count(folders, 'folder')} not imported" if folders else "")
 
 
 def _printable(path: str) -> str:
