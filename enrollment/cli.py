@@ -1,8 +1,9 @@
 """``facestream enroll add | import | list | rename | remove | copy``.
 
 Each verb that reads photos prints one line per file (or folder not read),
-``accepted`` or ``rejected`` with the reason, as soon as it is known, then a summary
-(after Ctrl-C too, of what was stored before it); it exits with status 1 when a
+``accepted`` or ``rejected`` with the reason, as soon as it is known, then one line
+for the files skipped as no image (README, notes.txt) and a summary (after Ctrl-C
+too, of what was stored before it); it exits with status 1 when a
 photo or folder was rejected for anything but being a duplicate of a stored sample
 (so a second import of the same folder succeeds), or when a new person was left
 without any photo and so not enrolled; 0 otherwise.
@@ -152,7 +153,7 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
     detector = _detector(settings)
     results: list[IngestResult] = []
     with _open_store(settings) as store:
-        with _reporting(results) as say:
+        with _reporting(results, args.folder) as say:
             import_folder(store, detector, args.folder, progress=True, on_result=say)
         people = store.list_people()
         samples = _count(sum(p.sample_count for p in people), "sample")
@@ -248,14 +249,21 @@ def _detector(settings: Settings) -> Detector:
 
 
 @contextmanager
-def _reporting(results: list[IngestResult]) -> Iterator[Callable[[IngestResult], None]]:
+def _reporting(
+    results: list[IngestResult], folder: Path | None = None
+) -> Iterator[Callable[[IngestResult], None]]:
     """A function that prints each result at once (above the progress bar, flushed
-    for a pipe) and keeps it in ``results``; the summary follows, after Ctrl-C too:
-    the lines stand for what was stored before it."""
+    for a pipe) and keeps it in ``results``; the files skipped as no image (named
+    within ``folder``) and the summary follow, after Ctrl-C too: the lines stand for
+    what was stored before it."""
     from tqdm import tqdm
+
+    from enrollment.ingest import Outcome
 
     def say(result: IngestResult) -> None:
         results.append(result)
+        if result.outcome == Outcome.NOT_AN_IMAGE:  # said once, at the end
+            return
         verdict = "accepted" if result.accepted else "rejected"
         with tqdm.external_write_mode(file=sys.stdout):
             print(f"{verdict}  {_printable(result.path)}: {result.reason}", flush=True)
@@ -263,17 +271,32 @@ def _reporting(results: list[IngestResult]) -> Iterator[Callable[[IngestResult],
     try:
         yield say
     except KeyboardInterrupt:
+        _say_skipped(results, folder)
         print(_summary(results, interrupted=True))
         raise
+    _say_skipped(results, folder)
     print(_summary(results))
 
 
+def _say_skipped(results: Sequence[IngestResult], folder: Path | None, shown: int = 5) -> None:
+    from enrollment.ingest import Outcome
+
+    paths = [Path(r.path) for r in results if r.outcome == Outcome.NOT_AN_IMAGE]
+    if not paths:
+        return
+    names = [_printable(str(p.relative_to(folder) if folder else p)) for p in paths[:shown]]
+    what = "file that is not an image" if len(paths) == 1 else "files that are not images"
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    print(f"skipped {len(paths)} {what}: {', '.join(names)}{more}")
+
+
 def _summary(results: Sequence[IngestResult], *, interrupted: bool = False) -> str:
-    from enrollment.ingest import FOLDER_OUTCOMES
+    from enrollment.ingest import FOLDER_OUTCOMES, Outcome
 
     accepted = sum(r.accepted for r in results)
     folders = sum(r.outcome in FOLDER_OUTCOMES for r in results)
-    files = _count(len(results) - folders, "file")
+    skipped = sum(r.outcome == Outcome.NOT_AN_IMAGE for r in results)
+    files = _count(len(results) - folders - skipped, "file")
     summary = f"interrupted after {files}: {accepted} accepted" if interrupted else (
         f"{accepted} of {files} accepted"
     )
@@ -289,7 +312,7 @@ def _printable(path: str) -> str:
 def _status(results: Sequence[IngestResult]) -> int:
     from enrollment.ingest import Outcome
 
-    benign = {Outcome.ACCEPTED, Outcome.DUPLICATE}
+    benign = {Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.NOT_AN_IMAGE}
     return 0 if all(r.outcome in benign for r in results) else 1
 
 

@@ -1,6 +1,7 @@
 """Photos in, enrollment samples out, with a result for every file.
 
-A photo is checked by its content, never by its name: the header is read first (with
+A photo is checked by its content, never by its name (only a folder import skips
+files whose name says they are no photo: README, notes.txt): the header is read first (with
 Pillow, which does not decode the pixels) to refuse an oversized image before it
 takes memory, then OpenCV decodes it. Then the face: exactly one, or one clearly the
 largest; big enough; sharp enough. What is kept is a square crop with margin around
@@ -44,7 +45,8 @@ __all__ = [
 
 
 class Outcome(StrEnum):
-    """What happened to one file; every value but ACCEPTED is a rejection."""
+    """What happened to one file; every value but ACCEPTED and NOT_AN_IMAGE is a
+    rejection."""
 
     ACCEPTED = "accepted"
     EMPTY_FILE = "empty_file"
@@ -60,6 +62,9 @@ class Outcome(StrEnum):
     NOT_IN_PERSON_FOLDER = "not_in_person_folder"
     BROKEN_LINK = "broken_link"  # a symbolic link to nothing, or a loop of links
     NESTED_FOLDER = "nested_folder"  # a folder inside a person's folder: not read
+    # a file whose name says that it is no photo (README, notes.txt), beside the
+    # photos of a folder import: skipped, not a failure
+    NOT_AN_IMAGE = "not_an_image"
     # a person's folder from which no one was enrolled: its name is not a usable
     # name, it cannot be listed, or none of its photos was accepted
     FOLDER_REJECTED = "folder_rejected"
@@ -171,8 +176,9 @@ def import_folder(
     Everything not read is reported and skipped, the import going on: files directly
     in ``folder``, a person's folder whose name is not a usable name (`clean_name`)
     or that cannot be listed, folders inside a person's folder, broken links (and
-    link loops). Hidden files (``.DS_Store``) are ignored. ``on_result`` gets each
-    result as soon as it is known."""
+    link loops), files whose name says they are no photo (`NOT_AN_IMAGE`). Hidden
+    files (``.DS_Store``) are ignored. ``on_result`` gets each result as soon as it
+    is known."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f"cannot import {folder}: it is not a folder")
@@ -192,7 +198,10 @@ def import_folder(
     jobs: dict[Path, tuple[str, list[Path]]] = {}
     for entry in entries:
         if not entry.is_dir():
-            keep(_skipped(entry, Outcome.NOT_IN_PERSON_FOLDER, _NOT_IN_FOLDER))
+            if _plainly_not_a_photo(entry):
+                keep(_skipped(entry, Outcome.NOT_AN_IMAGE, _NOT_AN_IMAGE))
+            else:
+                keep(_skipped(entry, Outcome.NOT_IN_PERSON_FOLDER, _NOT_IN_FOLDER))
             continue
         try:
             name = clean_name(folder_person_name(entry.name))
@@ -209,7 +218,9 @@ def import_folder(
             keep(result)
         photos = []
         for path in inside:
-            if path.is_file():
+            if path.is_file() and _plainly_not_a_photo(path):
+                keep(_skipped(path, Outcome.NOT_AN_IMAGE, _NOT_AN_IMAGE))
+            elif path.is_file():
                 photos.append(path)
             elif path.is_dir():
                 keep(_skipped(path, Outcome.NESTED_FOLDER, _NESTED))
@@ -239,6 +250,20 @@ def import_folder(
 _NOT_IN_FOLDER = "not in a person's sub-folder (FOLDER/NAME/PHOTO), skipped"
 _NESTED = "a folder inside a person's folder is not read (photos go in FOLDER/NAME/), skipped"
 _NOT_A_FILE = "not a regular file (a pipe, socket or device), skipped"
+_NOT_AN_IMAGE = "not an image, skipped"
+# what data sets and folders of photos hold beside the photos; any other name, an
+# image's extension or none, is judged by the content
+_NOT_PHOTO_SUFFIXES = frozenset({
+    ".txt", ".md", ".rst", ".html", ".htm", ".pdf", ".json", ".csv", ".tsv", ".xml",
+    ".yaml", ".yml", ".ini", ".db", ".py", ".sh", ".zip", ".gz", ".tar", ".mat",
+})
+_NOT_PHOTO_NAMES = frozenset({"readme", "license", "licence", "copying", "authors", "notice"})
+
+
+def _plainly_not_a_photo(path: Path) -> bool:
+    """Whether the name says that the file is no photo (README, notes.txt)."""
+    suffix = path.suffix.lower()
+    return suffix in _NOT_PHOTO_SUFFIXES or (not suffix and path.name.lower() in _NOT_PHOTO_NAMES)
 
 
 def _entries(folder: Path) -> tuple[list[Path], list[IngestResult]]:

@@ -236,6 +236,32 @@ def test_import_rejects_a_folder_with_a_disguised_name_and_imports_everyone_else
     assert "4 people enrolled, 5 samples" in imported.stdout
 
 
+def test_import_skips_files_that_are_no_images_and_fails_only_for_a_bad_photo(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    """A data set's README beside the people (ORL's), notes in a person's folder."""
+    people = tmp_path / "people"
+    shutil.copytree(shared_dir / "people", people)
+    (people / "README").write_text("The ORL database of faces\n")
+    (people / "joe_biden" / "README.txt").write_text("from the White House\n")
+    (people / "joe_biden" / "meta.json").write_text("{}\n")
+    imported = facestream("enroll", "import", str(people))
+    assert imported.returncode == 0, imported.stdout
+    assert _lines(imported.stdout, "rejected  ") == []
+    assert _lines(imported.stdout, "skipped ") == [
+        "skipped 3 files that are not images: README, joe_biden/README.txt, joe_biden/meta.json"
+    ]
+    assert "5 of 5 files accepted" in imported.stdout
+
+    (people / "joe_biden" / "bad.jpg").write_text("not a photo\n")  # named as an image
+    again = facestream("enroll", "import", str(people))
+    assert again.returncode == 1
+    assert [line for line in _lines(again.stdout, "rejected  ") if "duplicate" not in line] == [
+        f"rejected  {people / 'joe_biden' / 'bad.jpg'}: unreadable file (not an image, or in a "
+        "format not supported)"
+    ]
+
+
 def test_add_that_enrolls_no_one_fails_even_for_duplicates(
     facestream: Run, shared_dir: Path, tmp_path: Path
 ) -> None:
