@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from enrollment.errors import EnrollmentError
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
+from facecore.text import counted
 
 if TYPE_CHECKING:
     from enrollment.ingest import IngestResult
@@ -143,7 +144,7 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
         if created and not person.sample_count:
             print(f"no photo was accepted: {person.name} was not enrolled")
             return 1  # even when every photo was a duplicate: nothing was done
-        print(f"{person.name}: {_count(person.sample_count, 'sample')}")
+        print(f"{person.name}: {counted(person.sample_count, 'sample')}")
     return _status(results)
 
 
@@ -156,8 +157,8 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         with _reporting(results, args.folder) as say:
             import_folder(store, detector, args.folder, progress=True, on_result=say)
         people = store.list_people()
-        samples = _count(sum(p.sample_count for p in people), "sample")
-        print(f"{_count(len(people), 'person')} enrolled, {samples}")
+        samples = counted(sum(p.sample_count for p in people), "sample")
+        print(f"{counted(len(people), 'person')} enrolled, {samples}")
     return _status(results)
 
 
@@ -179,8 +180,8 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
                     f"sharpness {q.sharpness:.0f}  frontal {q.frontalness:.2f}  "
                     f"score {q.score:.2f}  {sample.created}"
                 )
-        samples = _count(sum(p.sample_count for p in people), "sample")
-        print(f"{_count(len(people), 'person')}, {samples} (store revision {store.revision()})")
+        samples = counted(sum(p.sample_count for p in people), "sample")
+        print(f"{counted(len(people), 'person')}, {samples} (store revision {store.revision()})")
     return 0
 
 
@@ -200,13 +201,13 @@ def _remove(settings: Settings, args: argparse.Namespace) -> int:
                 raise EnrollmentError(
                     f"removing {person.name} erases their face data: add --yes to confirm"
                 )
-            samples = _count(person.sample_count, "sample")
+            samples = counted(person.sample_count, "sample")
             answer = input(f"Erase {person.name} and their {samples}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing removed")
                 return 1
         store.remove_person(person.id)
-    print(f"removed {person.name}: {_count(person.sample_count, 'sample')} erased")
+    print(f"removed {person.name}: {counted(person.sample_count, 'sample')} erased")
     return 0
 
 
@@ -225,12 +226,12 @@ def _copy(settings: Settings, args: argparse.Namespace) -> int:
 
     def say(report: CopyReport) -> None:
         already = f" ({report.present} there already)" if report.present else ""
-        print(f"{report.name}: {_count(report.copied, 'sample')} copied{already}", flush=True)
+        print(f"{report.name}: {counted(report.copied, 'sample')} copied{already}", flush=True)
 
     with _open_store(settings) as source, EnrollmentStore(args.target) as target:
         reports = copy_store(source, target, say)
-    samples = _count(sum(r.copied for r in reports), "sample")
-    print(f"{_count(len(reports), 'person')}, {samples} copied to {redacted_url(args.target)}")
+    samples = counted(sum(r.copied for r in reports), "sample")
+    print(f"{counted(len(reports), 'person')}, {samples} copied to {redacted_url(args.target)}")
     return 0
 
 
@@ -296,11 +297,11 @@ def _summary(results: Sequence[IngestResult], *, interrupted: bool = False) -> s
     accepted = sum(r.accepted for r in results)
     folders = sum(r.outcome in FOLDER_OUTCOMES for r in results)
     skipped = sum(r.outcome == Outcome.NOT_AN_IMAGE for r in results)
-    files = _count(len(results) - folders - skipped, "file")
+    files = counted(len(results) - folders - skipped, "file")
     summary = f"interrupted after {files}: {accepted} accepted" if interrupted else (
         f"{accepted} of {files} accepted"
     )
-    return summary + (f", {_count(folders, 'folder')} not imported" if folders else "")
+    return summary + (f", {counted(folders, 'folder')} not imported" if folders else "")
 
 
 def _printable(path: str) -> str:
@@ -323,8 +324,3 @@ def _columns(cells: Sequence[str], widths: Sequence[int]) -> str:
 def _width(text: str) -> int:
     """Columns ``text`` takes in a terminal: East Asian wide letters take two."""
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _count(n: int, noun: str) -> str:
-    plural = "people" if noun == "person" else f"{noun}s"
-    return f"{n} {noun if n == 1 else plural}"

@@ -282,6 +282,10 @@ def test_verify_with_an_lfw_pairs_file(
     missing.write_text("1 1\nNobody 1 2\nNobody 1 Tony_Blair 1\n")
     with pytest.raises(SourceError, match=r"2 images named in .* are not in"):
         _run([str(lfw), "--pairs", str(missing)], cache_dir, yunet_path)
+    one = tmp_path / "one.txt"
+    one.write_text("1 1\nTony_Blair 1 2\nNobody 1 Tony_Blair 1\n")
+    with pytest.raises(SourceError, match=r"1 image named in .* is not in .*Nobody_0001\.jpg"):
+        _run([str(lfw), "--pairs", str(one)], cache_dir, yunet_path)
     broken = tmp_path / "broken.txt"
     broken.write_text("1 1\nTony_Blair 1\n")
     with pytest.raises(SourceError, match=r"broken\.txt: .*need 2 pair lines"):

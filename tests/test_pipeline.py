@@ -42,7 +42,7 @@ from streamer.live.annotate import Overlay
 from streamer.live.engine import Engine
 from streamer.live.events import RecognitionEvent
 from streamer.live.pipeline import FrameResult, RateMeter
-from streamer.live.runner import run_source
+from streamer.live.runner import RunSummary, run_source
 from streamer.live.sources import PushSource, SourceFrame, open_source
 
 PEOPLE = ("alex_lacamoire", "barack_obama", "joe_biden", "lin_manuel_miranda")
@@ -325,7 +325,7 @@ def test_run_command_writes_video_events_and_a_summary(
     summary = output.out.strip().splitlines()[-1]
     lin = label_of(bundle, "Miranda")
     assert summary.startswith("40 frames in ") and "fps" in summary
-    assert summary.endswith(f"1 faces seen, names seen: {lin}")
+    assert summary.endswith(f"1 face seen, names seen: {lin}")
     written = cv2.VideoCapture(str(out))
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
     ok, first = written.read()
@@ -539,6 +539,15 @@ def test_run_stopped_by_sigterm_finishes_the_video_and_prints_the_summary(
     ok, first = written.read()
     written.release()
     assert ok and first.shape == (360, 640, 3)
+
+
+def test_run_summary_counts_in_the_singular_and_the_plural() -> None:
+    assert RunSummary(1, 0.5, 0, 1).line() == (
+        "1 frame in 0.5 s (2.0 fps), 0 skipped, 1 face seen, names seen: none"
+    )
+    assert RunSummary(2, 1.0, 1, 0, ("Ada",)).line() == (
+        "2 frames in 1.0 s (2.0 fps), 1 skipped, 0 faces seen, names seen: Ada"
+    )
 
 
 def test_rate_meter_is_steady_when_frames_finish_in_pairs() -> None:

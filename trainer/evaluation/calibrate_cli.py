@@ -16,6 +16,7 @@ from pathlib import Path
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
 from facecore.errors import SourceError
+from facecore.text import counted
 
 __all__ = ["register_calibrate"]
 
@@ -92,7 +93,7 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError as err:
             raise SourceError(str(err)) from err
         print(
-            f"{folder}: {len(images)} images of {tail.people} people, "
+            f"{folder}: {counted(len(images), 'image')} of {counted(tail.people, 'person')}, "
             f"{len(images) - int(kept.sum())} without a face (left out); "
             f"{tail.impostor_count} impostor and {tail.genuine_count} genuine pairs, "
             f"genuine median {tail.genuine_median:.3f}"
