@@ -272,7 +272,7 @@ def _load_pairs(
                 f"e.g. {missing[0]}"
             )
         return paths, pairs, f"pairs from {pairs_file}"
-    images = labelled_images(folder)
+    images, unreadable = labelled_images(folder)
     people = {label for _, label in images}
     try:
         pairs = form_pairs(
@@ -280,7 +280,8 @@ def _load_pairs(
         )
     except ValueError as err:
         raise SourceError(f"{folder}: {err} (one sub-folder of images per person)") from err
-    origin = f"{len(people)} people; pairs formed with seed {seed}"
+    left_out = f"{counted(len(unreadable), 'unreadable file')} left out; " if unreadable else ""
+    origin = f"{left_out}{len(people)} people; pairs formed with seed {seed}"
     return [image for image, _ in images], pairs, origin
 
 
