@@ -1,10 +1,12 @@
 """``facestream enroll add | import | list | rename | remove | copy``.
 
 Each verb that reads photos prints one line per file (or folder not read),
-``accepted`` or ``rejected`` with the reason, then a summary; it exits with status 1
-when a photo or folder was rejected for anything but being a duplicate of a stored
-sample (so a second import of the same folder succeeds), or when a new person was
-left without any photo and so not enrolled; 0 otherwise.
+``accepted`` or ``rejected`` with the reason, as soon as it is known, then one line
+for the files skipped as no image (README, notes.txt) and a summary (after Ctrl-C
+too, of what was stored before it); it exits with status 1 when a
+photo or folder was rejected for anything but being a duplicate of a stored sample
+(so a second import of the same folder succeeds), or when a new person was left
+without any photo and so not enrolled; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from enrollment.errors import EnrollmentError
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
+from facecore.text import counted
 
 if TYPE_CHECKING:
     from enrollment.ingest import IngestResult
@@ -123,19 +127,24 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
     from enrollment.ingest import ingest_photo
 
     detector = _detector(settings)
+    results: list[IngestResult] = []
     with _open_store(settings) as store:
         try:  # resolved like every other reference: an ambiguous one is refused here
             person, created = store.find_person(args.name), False
         except UnknownPersonError:
             person, created = store.get_or_add_person(args.name)
-        results = [ingest_photo(store, detector, person.id, p, "photo") for p in args.photos]
-        _report(results)
-        if created and not any(r.accepted for r in results):
-            store.remove_person(person.id)
+        try:
+            with _reporting(results) as say:
+                for photo in args.photos:
+                    say(ingest_photo(store, detector, person.id, photo, "photo"))
+        finally:  # interrupted too: no one is left enrolled without a sample
+            person = store.get_person(person.id)
+            if created and not person.sample_count:
+                store.remove_person(person.id)
+        if created and not person.sample_count:
             print(f"no photo was accepted: {person.name} was not enrolled")
             return 1  # even when every photo was a duplicate: nothing was done
-        person = store.get_person(person.id)
-        print(f"{person.name}: {_count(person.sample_count, 'sample')}")
+        print(f"{person.name}: {counted(person.sample_count, 'sample')}")
     return _status(results)
 
 
@@ -143,12 +152,13 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
     from enrollment.ingest import import_folder
 
     detector = _detector(settings)
+    results: list[IngestResult] = []
     with _open_store(settings) as store:
-        results = import_folder(store, detector, args.folder, progress=True)
-        _report(results)
+        with _reporting(results, args.folder) as say:
+            import_folder(store, detector, args.folder, progress=True, on_result=say)
         people = store.list_people()
-        samples = _count(sum(p.sample_count for p in people), "sample")
-        print(f"{_count(len(people), 'person')} enrolled, {samples}")
+        samples = counted(sum(p.sample_count for p in people), "sample")
+        print(f"{counted(len(people), 'person')} enrolled, {samples}")
     return _status(results)
 
 
@@ -170,8 +180,8 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
                     f"sharpness {q.sharpness:.0f}  frontal {q.frontalness:.2f}  "
                     f"score {q.score:.2f}  {sample.created}"
                 )
-        samples = _count(sum(p.sample_count for p in people), "sample")
-        print(f"{_count(len(people), 'person')}, {samples} (store revision {store.revision()})")
+        samples = counted(sum(p.sample_count for p in people), "sample")
+        print(f"{counted(len(people), 'person')}, {samples} (store revision {store.revision()})")
     return 0
 
 
@@ -191,13 +201,13 @@ def _remove(settings: Settings, args: argparse.Namespace) -> int:
                 raise EnrollmentError(
                     f"removing {person.name} erases their face data: add --yes to confirm"
                 )
-            samples = _count(person.sample_count, "sample")
+            samples = counted(person.sample_count, "sample")
             answer = input(f"Erase {person.name} and their {samples}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing removed")
                 return 1
         store.remove_person(person.id)
-    print(f"removed {person.name}: {_count(person.sample_count, 'sample')} erased")
+    print(f"removed {person.name}: {counted(person.sample_count, 'sample')} erased")
     return 0
 
 
@@ -216,12 +226,12 @@ def _copy(settings: Settings, args: argparse.Namespace) -> int:
 
     def say(report: CopyReport) -> None:
         already = f" ({report.present} there already)" if report.present else ""
-        print(f"{report.name}: {_count(report.copied, 'sample')} copied{already}", flush=True)
+        print(f"{report.name}: {counted(report.copied, 'sample')} copied{already}", flush=True)
 
     with _open_store(settings) as source, EnrollmentStore(args.target) as target:
         reports = copy_store(source, target, say)
-    samples = _count(sum(r.copied for r in reports), "sample")
-    print(f"{_count(len(reports), 'person')}, {samples} copied to {redacted_url(args.target)}")
+    samples = counted(sum(r.copied for r in reports), "sample")
+    print(f"{counted(len(reports), 'person')}, {samples} copied to {redacted_url(args.target)}")
     return 0
 
 
@@ -239,16 +249,59 @@ def _detector(settings: Settings) -> Detector:
     return Detector.from_settings(settings, min_face_px=0)
 
 
-def _report(results: Sequence[IngestResult]) -> None:
-    from enrollment.ingest import FOLDER_OUTCOMES
+@contextmanager
+def _reporting(
+    results: list[IngestResult], folder: Path | None = None
+) -> Iterator[Callable[[IngestResult], None]]:
+    """A function that prints each result at once (above the progress bar, flushed
+    for a pipe) and keeps it in ``results``; the files skipped as no image (named
+    within ``folder``) and the summary follow, after Ctrl-C too: the lines stand for
+    what was stored before it."""
+    from tqdm import tqdm
 
-    for result in results:
+    from enrollment.ingest import Outcome
+
+    def say(result: IngestResult) -> None:
+        results.append(result)
+        if result.outcome == Outcome.NOT_AN_IMAGE:  # said once, at the end
+            return
         verdict = "accepted" if result.accepted else "rejected"
-        print(f"{verdict}  {_printable(result.path)}: {result.reason}")
+        with tqdm.external_write_mode(file=sys.stdout):
+            print(f"{verdict}  {_printable(result.path)}: {result.reason}", flush=True)
+
+    try:
+        yield say
+    except KeyboardInterrupt:
+        _say_skipped(results, folder)
+        print(_summary(results, interrupted=True))
+        raise
+    _say_skipped(results, folder)
+    print(_summary(results))
+
+
+def _say_skipped(results: Sequence[IngestResult], folder: Path | None, shown: int = 5) -> None:
+    from enrollment.ingest import Outcome
+
+    paths = [Path(r.path) for r in results if r.outcome == Outcome.NOT_AN_IMAGE]
+    if not paths:
+        return
+    names = [_printable(str(p.relative_to(folder) if folder else p)) for p in paths[:shown]]
+    what = "file that is not an image" if len(paths) == 1 else "files that are not images"
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    print(f"skipped {len(paths)} {what}: {', '.join(names)}{more}")
+
+
+def _summary(results: Sequence[IngestResult], *, interrupted: bool = False) -> str:
+    from enrollment.ingest import FOLDER_OUTCOMES, Outcome
+
     accepted = sum(r.accepted for r in results)
     folders = sum(r.outcome in FOLDER_OUTCOMES for r in results)
-    summary = f"{accepted} of {_count(len(results) - folders, 'file')} accepted"
-    print(summary + (f", {_count(folders, 'folder')} not imported" if folders else ""))
+    skipped = sum(r.outcome == Outcome.NOT_AN_IMAGE for r in results)
+    files = counted(len(results) - folders - skipped, "file")
+    summary = f"interrupted after {files}: {accepted} accepted" if interrupted else (
+        f"{accepted} of {files} accepted"
+    )
+    return summary + (f", {counted(folders, 'folder')} not imported" if folders else "")
 
 
 def _printable(path: str) -> str:
@@ -260,7 +313,7 @@ def _printable(path: str) -> str:
 def _status(results: Sequence[IngestResult]) -> int:
     from enrollment.ingest import Outcome
 
-    benign = {Outcome.ACCEPTED, Outcome.DUPLICATE}
+    benign = {Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.NOT_AN_IMAGE}
     return 0 if all(r.outcome in benign for r in results) else 1
 
 
@@ -271,8 +324,3 @@ def _columns(cells: Sequence[str], widths: Sequence[int]) -> str:
 def _width(text: str) -> int:
     """Columns ``text`` takes in a terminal: East Asian wide letters take two."""
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _count(n: int, noun: str) -> str:
-    plural = "people" if noun == "person" else f"{noun}s"
-    return f"{n} {noun if n == 1 else plural}"

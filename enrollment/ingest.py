@@ -1,6 +1,7 @@
 """Photos in, enrollment samples out, with a result for every file.
 
-A photo is checked by its content, never by its name: the header is read first (with
+A photo is checked by its content, never by its name (only a folder import skips
+files whose name says they are no photo: README, notes.txt): the header is read first (with
 Pillow, which does not decode the pixels) to refuse an oversized image before it
 takes memory, then OpenCV decodes it. Then the face: exactly one, or one clearly the
 largest; big enough; sharp enough. What is kept is a square crop with margin around
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -43,7 +45,8 @@ __all__ = [
 
 
 class Outcome(StrEnum):
-    """What happened to one file; every value but ACCEPTED is a rejection."""
+    """What happened to one file; every value but ACCEPTED and NOT_AN_IMAGE is a
+    rejection."""
 
     ACCEPTED = "accepted"
     EMPTY_FILE = "empty_file"
@@ -59,6 +62,9 @@ class Outcome(StrEnum):
     NOT_IN_PERSON_FOLDER = "not_in_person_folder"
     BROKEN_LINK = "broken_link"  # a symbolic link to nothing, or a loop of links
     NESTED_FOLDER = "nested_folder"  # a folder inside a person's folder: not read
+    # a file whose name says that it is no photo (README, notes.txt), beside the
+    # photos of a folder import: skipped, not a failure
+    NOT_AN_IMAGE = "not_an_image"
     # a person's folder from which no one was enrolled: its name is not a usable
     # name, it cannot be listed, or none of its photos was accepted
     FOLDER_REJECTED = "folder_rejected"
@@ -165,47 +171,65 @@ def import_folder(
     progress: bool = True,
     *,
     policy: IngestPolicy = DEFAULT_POLICY,
+    on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
     """Enroll every photo of ``folder/<person>/``: one sub-folder per person, named
     with ``_`` for a space (`folder_person_name`). A person who exists already gets
     the new samples; one created here but left without any accepted photo is removed
-    again, and their folder reported. Everything not read is reported and skipped,
-    the import going on: files directly in ``folder``, a person's folder whose name
-    is not a usable name (`clean_name`) or that cannot be listed, folders inside a
-    person's folder, broken links (and link loops). Hidden files (``.DS_Store``) are
-    ignored."""
+    again (also when the import is interrupted), and their folder reported.
+    Everything not read is reported and skipped, the import going on: files directly
+    in ``folder``, a person's folder whose name is not a usable name (`clean_name`)
+    or that cannot be listed, folders inside a person's folder, broken links (and
+    link loops), files whose name says they are no photo (`NOT_AN_IMAGE`). Hidden
+    files (``.DS_Store``) are ignored. ``on_result`` gets each result as soon as it
+    is known."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f"cannot import {folder}: it is not a folder")
+    results: list[IngestResult] = []
+
+    def keep(result: IngestResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
     try:
-        entries, results = _entries(folder)
+        entries, broken = _entries(folder)
     except OSError as exc:
         raise SourceError(f"cannot import {folder}: {exc.strerror}") from exc
+    for result in broken:
+        keep(result)
     jobs: dict[Path, tuple[str, list[Path]]] = {}
     for entry in entries:
         if not entry.is_dir():
-            results.append(_skipped(entry, Outcome.NOT_IN_PERSON_FOLDER, _NOT_IN_FOLDER))
+            if _plainly_not_a_photo(entry):
+                keep(_skipped(entry, Outcome.NOT_AN_IMAGE, _NOT_AN_IMAGE))
+            else:
+                keep(_skipped(entry, Outcome.NOT_IN_PERSON_FOLDER, _NOT_IN_FOLDER))
             continue
         try:
             name = clean_name(folder_person_name(entry.name))
             inside, problems = _entries(entry)
         except InvalidNameError as exc:
             reason = f"folder not imported, its name is not a usable person name: {exc}"
-            results.append(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
+            keep(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
             continue
         except OSError as exc:
             reason = f"folder not imported, it cannot be read ({exc.strerror})"
-            results.append(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
+            keep(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
             continue
-        results += problems
+        for result in problems:
+            keep(result)
         photos = []
         for path in inside:
-            if path.is_file():
+            if path.is_file() and _plainly_not_a_photo(path):
+                keep(_skipped(path, Outcome.NOT_AN_IMAGE, _NOT_AN_IMAGE))
+            elif path.is_file():
                 photos.append(path)
             elif path.is_dir():
-                results.append(_skipped(path, Outcome.NESTED_FOLDER, _NESTED))
+                keep(_skipped(path, Outcome.NESTED_FOLDER, _NESTED))
             else:  # reading a pipe would block the import
-                results.append(_skipped(path, Outcome.UNREADABLE, _NOT_A_FILE))
+                keep(_skipped(path, Outcome.UNREADABLE, _NOT_A_FILE))
         if photos:
             jobs[entry] = (name, photos)
     total = sum(len(photos) for _, photos in jobs.values())
@@ -213,22 +237,37 @@ def import_folder(
         for person_dir, (name, photos) in jobs.items():
             bar.set_description(name)  # cleaned: no control or bidi characters
             person, created = store.get_or_add_person(name)
-            accepted = 0
-            for path in photos:
-                result = ingest_photo(store, detector, person.id, path, "folder", policy=policy)
-                accepted += result.accepted
-                results.append(result)
-                bar.update()
-            if created and not accepted:
-                store.remove_person(person.id)
+            try:
+                for path in photos:
+                    keep(ingest_photo(store, detector, person.id, path, "folder", policy=policy))
+                    bar.update()
+            finally:  # interrupted too: no one is left enrolled without a sample
+                dropped = created and store.get_person(person.id).sample_count == 0
+                if dropped:
+                    store.remove_person(person.id)
+            if dropped:
                 reason = f"no photo was accepted: {person.name} was not enrolled"
-                results.append(_skipped(person_dir, Outcome.FOLDER_REJECTED, reason))
+                keep(_skipped(person_dir, Outcome.FOLDER_REJECTED, reason))
     return results
 
 
 _NOT_IN_FOLDER = "not in a person's sub-folder (FOLDER/NAME/PHOTO), skipped"
 _NESTED = "a folder inside a person's folder is not read (photos go in FOLDER/NAME/), skipped"
 _NOT_A_FILE = "not a regular file (a pipe, socket or device), skipped"
+_NOT_AN_IMAGE = "not an image, skipped"
+# what data sets and folders of photos hold beside the photos; any other name, an
+# image's extension or none, is judged by the content
+_NOT_PHOTO_SUFFIXES = frozenset({
+    ".txt", ".md", ".rst", ".html", ".htm", ".pdf", ".json", ".csv", ".tsv", ".xml",
+    ".yaml", ".yml", ".ini", ".db", ".py", ".sh", ".zip", ".gz", ".tar", ".mat",
+})
+_NOT_PHOTO_NAMES = frozenset({"readme", "license", "licence", "copying", "authors", "notice"})
+
+
+def _plainly_not_a_photo(path: Path) -> bool:
+    """Whether the name says that the file is no photo (README, notes.txt)."""
+    suffix = path.suffix.lower()
+    return suffix in _NOT_PHOTO_SUFFIXES or (not suffix and path.name.lower() in _NOT_PHOTO_NAMES)
 
 
 def _entries(folder: Path) -> tuple[list[Path], list[IngestResult]]:

@@ -35,6 +35,7 @@ from enrollment.database import SOURCES, Session
 from enrollment.errors import StoreError
 from enrollment.files import remove_path, write_private_file
 from facecore.config import ensure_private_dir
+from facecore.text import counted
 
 __all__ = ["BUSY_TIMEOUT_MS", "DATABASE", "SCHEMA_VERSION", "WAKE_SECONDS", "SqliteDatabase"]
 
@@ -228,9 +229,9 @@ class SqliteDatabase:
         if tables == 0 and people:
             raise StoreError(
                 f"the enrollment database {self.path} is missing or empty, but "
-                f"{self._samples_dir} holds the face crops of {people} people: restore the "
-                f"database from a backup, or move {_SAMPLES}/ away to start a new store; "
-                "nothing was changed"
+                f"{self._samples_dir} holds the face crops of {counted(people, 'person')}: "
+                f"restore the database from a backup, or move {_SAMPLES}/ away to start a "
+                "new store; nothing was changed"
             )
 
     def _remove_orphans(self) -> None:

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 KEY_QUIT = (ord("q"), 27)  # q, Esc
 KEY_TRACK_IDS = ord("t")
 KEY_FPS = ord("f")
+# Ctrl-C, and SIGTERM from systemd, `timeout` or kill: both end the run with the
+# video finished and the summary printed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -53,7 +56,7 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         "or a camera (its index): find faces, follow them, name the people known from the "
         'current bundle (everyone is "unknown" when there is none), and write the '
         "annotated video and the recognition events. Ends with a one-line summary. "
-        "Stop a camera, a stream or --loop with Ctrl-C.",
+        "Stop a camera, a stream or --loop with Ctrl-C (or SIGTERM).",
         epilog="examples:\n"
         "  facestream run --source clip.mp4 --output annotated.mp4\n"
         "  facestream run --source clip.mp4 --events -          # JSON lines on stdout\n"
@@ -244,16 +247,37 @@ def _drive(
     window: str | None = None,
     progress: bool = False,
 ) -> RunSummary:
+    from facecore.errors import SourceError
     from streamer.live.engine import Engine
     from streamer.live.events import EventWriter
 
     events = EventWriter(events_target) if events_target else None
     try:
         with Engine.from_settings(settings) as engine:
-            return asyncio.run(_loop(engine, source, overlay, events, output, window, progress))
+            _warn_without_bundle(settings)
+            summary = asyncio.run(_loop(engine, source, overlay, events, output, window, progress))
     finally:
         if events is not None:
             events.close()
+    # OpenCV opens some files that are no image or video (text named .jpg) and then
+    # reads nothing from them; no frame was written either, so no video was left
+    if source.spec.kind == "file" and summary.ended and summary.frames == 0:
+        raise SourceError(
+            f"{source.description} cannot be decoded as an image or video: "
+            "not one frame could be read from it"
+        )
+    return summary
+
+
+def _warn_without_bundle(settings: Settings) -> None:
+    """Say why every face will be unknown when nothing was published yet (a bundle
+    that is there but cannot be loaded the engine reports itself)."""
+    from facecore.publish import bundles_dir, current_bundle_dir
+
+    folder = bundles_dir(settings)
+    if current_bundle_dir(folder) is None:
+        log.warning("no model bundle in %s: every face is unknown; run `facestream trainer "
+                    "--once`", folder)
 
 
 async def _loop(
@@ -280,7 +304,8 @@ async def _loop(
         stop.set()
         source.close()  # wakes a read that waits for a camera to come back
 
-    loop.add_signal_handler(signal.SIGINT, interrupt)
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, interrupt)
     sinks: list[VideoFileSink] = []
     window_sized = False
 
@@ -306,11 +331,13 @@ async def _loop(
         return await run_source(source, pipeline, on_result, stop=stop)
     finally:
         bar.close()
-        loop.remove_signal_handler(signal.SIGINT)
         source.close()  # before the loop ends: its executor waits for a pending read
         pipeline.close()
         for sink in sinks:
             sink.close()
+        # only now: a second signal while the video is being finished changes nothing
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
 
 def _fit_window(window: str, frame: NDArray[np.uint8]) -> None:

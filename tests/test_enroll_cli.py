@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from enroll_support import blank_png
 
@@ -19,23 +22,33 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture
-def facestream(tmp_path: Path, yunet_path: Path) -> Run:
-    """Run ``facestream --state-dir TMP ... ARGS`` (in ``cwd``, the repository by
-    default); returns the finished process."""
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    options = [
+    return env
+
+
+@pytest.fixture
+def command(tmp_path: Path, yunet_path: Path) -> list[str]:
+    """``facestream --state-dir TMP ...``, to which a test adds the arguments."""
+    return [
+        sys.executable, "-m", "facestream",
         "--state-dir", str(tmp_path / "state"),
         "--cache-dir", str(tmp_path / "cache"),
         "--models-dir", str(yunet_path.parent),
     ]
 
+
+@pytest.fixture
+def facestream(command: list[str]) -> Run:
+    """Run ``facestream --state-dir TMP ... ARGS`` (in ``cwd``, the repository by
+    default); returns the finished process."""
+
     def run(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "facestream", *options, *args],
+            [*command, *args],
             cwd=cwd,
-            env=env,
+            env=_env(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -234,6 +247,32 @@ def test_import_rejects_a_folder_with_a_disguised_name_and_imports_everyone_else
     assert "4 people enrolled, 5 samples" in imported.stdout
 
 
+def test_import_skips_files_that_are_no_images_and_fails_only_for_a_bad_photo(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    """A data set's README beside the people (ORL's), notes in a person's folder."""
+    people = tmp_path / "people"
+    shutil.copytree(shared_dir / "people", people)
+    (people / "README").write_text("The ORL database of faces\n")
+    (people / "joe_biden" / "README.txt").write_text("from the White House\n")
+    (people / "joe_biden" / "meta.json").write_text("{}\n")
+    imported = facestream("enroll", "import", str(people))
+    assert imported.returncode == 0, imported.stdout
+    assert _lines(imported.stdout, "rejected  ") == []
+    assert _lines(imported.stdout, "skipped ") == [
+        "skipped 3 files that are not images: README, joe_biden/README.txt, joe_biden/meta.json"
+    ]
+    assert "5 of 5 files accepted" in imported.stdout
+
+    (people / "joe_biden" / "bad.jpg").write_text("not a photo\n")  # named as an image
+    again = facestream("enroll", "import", str(people))
+    assert again.returncode == 1
+    assert [line for line in _lines(again.stdout, "rejected  ") if "duplicate" not in line] == [
+        f"rejected  {people / 'joe_biden' / 'bad.jpg'}: unreadable file (not an image, or in a "
+        "format not supported)"
+    ]
+
+
 def test_add_that_enrolls_no_one_fails_even_for_duplicates(
     facestream: Run, shared_dir: Path, tmp_path: Path
 ) -> None:
@@ -265,3 +304,69 @@ def test_a_store_option_that_names_no_store_is_refused_and_writes_nothing(
     assert list(here.iterdir()) == []  # no store made where the command ran
     with EnrollmentStore(tmp_path / "state" / "enrollment") as store:
         assert [(p.name, p.sample_count) for p in store.list_people()] == [("Joe Biden", 1)]
+
+
+def _interrupted(argv: list[str], after: str) -> tuple[int, str, str]:
+    """Run ``argv`` and press Ctrl-C (SIGINT) once a line it prints starts with
+    ``after``; the exit status, stdout and stderr."""
+    process = subprocess.Popen(argv, cwd=REPO_ROOT, env=_env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:  # each line comes as soon as its photo is done
+            seen.append(line)
+            if line.startswith(after):
+                process.send_signal(signal.SIGINT)
+                break
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, "".join(seen) + out, err
+
+
+def _faceless_photos(folder: Path, count: int) -> list[Path]:
+    """``count`` large photos without a face (each takes a while to search)."""
+    folder.mkdir(parents=True)
+    gradient = np.tile(np.linspace(0, 255, 6000, dtype=np.uint8), (4500, 1))
+    ok, data = cv2.imencode(".jpg", cv2.merge([gradient, gradient[::-1], gradient]))
+    assert ok
+    photos = [folder / f"{i:02d}.jpg" for i in range(count)]
+    for photo in photos:
+        photo.write_bytes(data.tobytes())
+    return photos
+
+
+def test_interrupted_import_says_what_it_stored_and_leaves_no_one_without_a_sample(
+    command: list[str], facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    people = tmp_path / "people"
+    (people / "ada_lovelace").mkdir(parents=True)
+    shutil.copy(shared_dir / "media" / "obama.jpg", people / "ada_lovelace" / "1.jpg")
+    _faceless_photos(people / "grace_hopper", 16)
+    status, out, err = _interrupted(
+        [*command, "enroll", "import", str(people)], f"rejected  {people / 'grace_hopper'}"
+    )
+    assert status == 130, err
+    assert err.strip().splitlines()[-1] == "facestream: interrupted"
+    assert f"accepted  {people / 'ada_lovelace' / '1.jpg'}: one face" in out
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("interrupted after ") and summary.endswith(" files: 1 accepted")
+    # Grace Hopper, created by the import and given no sample, is gone again
+    listed = facestream("enroll", "list")
+    assert listed.stdout.splitlines()[-1].startswith("1 person, 1 sample"), listed.stdout
+
+
+def test_interrupted_add_removes_only_the_person_it_created(
+    command: list[str], facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    assert facestream("enroll", "add", "Ada Lovelace", str(shared_dir / "media" / "obama.jpg")
+                      ).returncode == 0
+    photos = [str(p) for p in _faceless_photos(tmp_path / "faceless", 16)]
+    for name in ("Alan Turing", "Ada Lovelace"):
+        status, out, err = _interrupted([*command, "enroll", "add", name, *photos], "rejected  ")
+        assert status == 130, err
+        assert out.startswith(f"rejected  {photos[0]}: no face found\n")
+        assert out.strip().splitlines()[-1].startswith("interrupted after ")
+    with EnrollmentStore(tmp_path / "state" / "enrollment") as store:
+        assert [(p.name, p.sample_count) for p in store.list_people()] == [("Ada Lovelace", 1)]

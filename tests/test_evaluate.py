@@ -17,6 +17,7 @@ from facecore.registry import get_spec, model_cache_dir, resolve_model
 from trainer.dlib.export import prepare_dlib_resnet
 from trainer.dlib.landmarks import prepare_landmark_model
 from trainer.evaluation.cli import register_eval
+from trainer.evaluation.embedding import labelled_images
 from trainer.evaluation.evaluate import (
     Pairs,
     best_threshold,
@@ -238,6 +239,32 @@ def test_verify_a_folder_with_dlib_reference(
     assert "TAR at FAR=0.001 (facestream) is imprecise: with 22 impostor pairs" in out
 
 
+def test_verify_leaves_out_an_image_opencv_cannot_read_and_says_so(
+    small_folder: Path,
+    cache_dir: Path,
+    yunet_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A damaged photo in a big set: measured without it, not the whole run stopped."""
+    folder = tmp_path / "imp"
+    for person in (p for p in small_folder.iterdir() if p.is_dir()):
+        (folder / person.name).mkdir(parents=True)
+        for photo in person.iterdir():
+            (folder / person.name / photo.name).symlink_to(photo)
+    bad = folder / "Hugo_Chavez" / "bad.jpg"
+    bad.write_text("not a photo\n")
+    images, unreadable = labelled_images(folder)
+    assert unreadable == [bad] and len(images) == 13
+    assert _run([str(folder)], cache_dir, yunet_path) == 0
+    out = capsys.readouterr().out
+    assert "13 images; 1 unreadable file left out; 3 people" in out
+    assert "22 genuine + 22 impostor in 10 folds" in out  # the pairs of the 13 readable
+    warnings = {r.getMessage() for r in caplog.records if r.levelname == "WARNING"}
+    assert warnings == {f"{bad} left out: OpenCV cannot read it as an image"}
+
+
 def test_verify_excluding_faceless_images(
     small_folder: Path, cache_dir: Path, yunet_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -282,6 +309,10 @@ def test_verify_with_an_lfw_pairs_file(
     missing.write_text("1 1\nNobody 1 2\nNobody 1 Tony_Blair 1\n")
     with pytest.raises(SourceError, match=r"2 images named in .* are not in"):
         _run([str(lfw), "--pairs", str(missing)], cache_dir, yunet_path)
+    one = tmp_path / "one.txt"
+    one.write_text("1 1\nTony_Blair 1 2\nNobody 1 Tony_Blair 1\n")
+    with pytest.raises(SourceError, match=r"1 image named in .* is not in .*Nobody_0001\.jpg"):
+        _run([str(lfw), "--pairs", str(one)], cache_dir, yunet_path)
     broken = tmp_path / "broken.txt"
     broken.write_text("1 1\nTony_Blair 1\n")
     with pytest.raises(SourceError, match=r"broken\.txt: .*need 2 pair lines"):

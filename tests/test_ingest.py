@@ -199,16 +199,20 @@ def test_import_folder_reports_stray_files_and_drops_people_without_photos(
 ) -> None:
     folder = tmp_path / "people"
     (folder / "nobody_here").mkdir(parents=True)
-    (folder / "nobody_here" / "notes.txt").write_text("no photo")
+    (folder / "nobody_here" / "scan.jpg").write_text("no photo")
     (folder / "Ada_Lovelace").mkdir()
     (folder / "Ada_Lovelace" / "ada.jpg").write_bytes(shared_file("media/obama.jpg").read_bytes())
     (folder / "Ada_Lovelace" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "Ada_Lovelace" / "notes.txt").write_text("taken in 1840")
     (folder / "stray.jpg").write_bytes(b"")
+    (folder / "README").write_text("a data set")
     results = import_folder(store, detector, folder, progress=False)
     assert {Path(r.path).name: r.outcome for r in results} == {
+        "README": Outcome.NOT_AN_IMAGE,  # by its name: no failure
         "stray.jpg": Outcome.NOT_IN_PERSON_FOLDER,
         "ada.jpg": Outcome.ACCEPTED,
-        "notes.txt": Outcome.UNREADABLE,
+        "notes.txt": Outcome.NOT_AN_IMAGE,
+        "scan.jpg": Outcome.UNREADABLE,  # an image's name: judged by its content
         "nobody_here": Outcome.FOLDER_REJECTED,
     }
     assert results[-1].reason == "no photo was accepted: Nobody Here was not enrolled"

@@ -7,6 +7,9 @@ import asyncio
 import collections
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +42,7 @@ from streamer.live.annotate import Overlay
 from streamer.live.engine import Engine
 from streamer.live.events import RecognitionEvent
 from streamer.live.pipeline import FrameResult, RateMeter
-from streamer.live.runner import run_source
+from streamer.live.runner import RunSummary, run_source
 from streamer.live.sources import PushSource, SourceFrame, open_source
 
 PEOPLE = ("alex_lacamoire", "barack_obama", "joe_biden", "lin_manuel_miranda")
@@ -322,7 +325,7 @@ def test_run_command_writes_video_events_and_a_summary(
     summary = output.out.strip().splitlines()[-1]
     lin = label_of(bundle, "Miranda")
     assert summary.startswith("40 frames in ") and "fps" in summary
-    assert summary.endswith(f"1 faces seen, names seen: {lin}")
+    assert summary.endswith(f"1 face seen, names seen: {lin}")
     written = cv2.VideoCapture(str(out))
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
     ok, first = written.read()
@@ -350,6 +353,52 @@ def test_run_command_names_a_missing_camera(
     assert error.startswith(
         f"facestream: error: camera {index} (/dev/video{index}) cannot be opened"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("notes.jpg", b"not a photo\n"), ("noise.png", bytes(range(256)) * 40)],
+    ids=["text", "bytes"],
+)
+def test_run_command_refuses_a_file_from_which_no_frame_can_be_read(
+    settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: bytes,
+) -> None:
+    """OpenCV opens these (by their name) and then reads nothing: not a run of 0 frames."""
+    source, out = tmp_path / name, tmp_path / "out.mp4"
+    source.write_bytes(content)
+    status = main(["run", "--source", str(source), "--output", str(out), *_options(settings)])
+    assert status == 2
+    lines = capsys.readouterr()
+    assert lines.out == ""  # no summary
+    assert lines.err.strip().splitlines()[-1] == (
+        f"facestream: error: video file {source} cannot be decoded as an image or video: "
+        "not one frame could be read from it"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no empty video left
+
+
+def test_run_command_warns_once_when_no_bundle_was_published(
+    settings: Settings,
+    bundle: Bundle,
+    shared_file: Callable[[str], Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    photo = str(shared_file("media/obama.jpg"))
+    empty = tmp_path / "state"
+    assert main(["run", "--source", photo, *_options(settings), "--state-dir", str(empty)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"no model bundle in {empty / 'bundles'}: every face is unknown; "
+        "run `facestream trainer --once`"
+    ]
+    caplog.clear()
+    assert main(["run", "--source", photo, *_options(settings)]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def _options(settings: Settings) -> list[str]:
@@ -455,6 +504,50 @@ def test_run_command_says_why_the_kernel_refuses_the_output(
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith(f"facestream: error: cannot write video {target}: cannot create it (")
     assert not target.exists()
+
+
+def test_run_stopped_by_sigterm_finishes_the_video_and_prints_the_summary(
+    settings: Settings, clip: Path, tmp_path: Path
+) -> None:
+    """systemd and `timeout` stop with SIGTERM: the video must be as playable as
+    after Ctrl-C (an mp4 without its index cannot be opened at all)."""
+    out = tmp_path / "stopped.mp4"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    command = [sys.executable, "-m", "facestream", "run", "--source", str(clip), "--realtime",
+               "--output", str(out), *_options(settings)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)  # some 30 frames into the 9 s clip
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    summary = stdout.strip().splitlines()[-1]
+    assert " in " in summary and "names seen: " in summary
+    frames = int(summary.split()[0])
+    assert 0 < frames < CLIP_FRAMES
+    written = cv2.VideoCapture(str(out))
+    assert written.isOpened()
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    ok, first = written.read()
+    written.release()
+    assert ok and first.shape == (360, 640, 3)
+
+
+def test_run_summary_counts_in_the_singular_and_the_plural() -> None:
+    assert RunSummary(1, 0.5, 0, 1).line() == (
+        "1 frame in 0.5 s (2.0 fps), 0 skipped, 1 face seen, names seen: none"
+    )
+    assert RunSummary(2, 1.0, 1, 0, ("Ada",)).line() == (
+        "2 frames in 1.0 s (2.0 fps), 1 skipped, 0 faces seen, names seen: Ada"
+    )
 
 
 def test_rate_meter_is_steady_when_frames_finish_in_pairs() -> None:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from facecore.text import counted
 from streamer.errors import OutputError
 from streamer.live.pipeline import FrameResult, StreamPipeline
 from streamer.live.sources import FrameSource, SourceFrame
@@ -54,8 +55,8 @@ class RunSummary:
     def line(self) -> str:
         names = ", ".join(self.names_seen) or "none"
         return (
-            f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps), "
-            f"{self.dropped} skipped, {self.faces_seen} faces seen, names seen: {names}"
+            f"{counted(self.frames, 'frame')} in {self.seconds:.1f} s ({self.fps:.1f} fps), "
+            f"{self.dropped} skipped, {counted(self.faces_seen, 'face')} seen, names seen: {names}"
         )
 
 

@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 
 from facecore import metrics
 from facecore.cpus import usable_cpus
+from facecore.text import counted
 from streamer.live.events import UNKNOWN, RecognitionEvent
 from streamer.web.jitter import use_marker_jitter_buffer
 from streamer.web.signalling import OfferError, check_offer
@@ -315,7 +316,8 @@ class PeerSession:
             await self.pc.close()
         finally:
             self._on_closed(self)
-            log.info("peer %s: closed (%d frames)", self.id, self.track.frames if self.track else 0)
+            frames = self.track.frames if self.track else 0
+            log.info("peer %s: closed (%s)", self.id, counted(frames, "frame"))
 
 
 class PeerManager:

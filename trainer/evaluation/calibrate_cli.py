@@ -16,6 +16,7 @@ from pathlib import Path
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
 from facecore.errors import SourceError
+from facecore.text import counted
 
 __all__ = ["register_calibrate"]
 
@@ -78,7 +79,7 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
     for folder in args.folders:
         if not folder.is_dir():
             raise SourceError(f"{folder} is not a folder")
-        images = labelled_images(folder)
+        images, unreadable = labelled_images(folder)
         if not images:
             raise SourceError(f"{folder} has no sub-folder of images (one per person)")
         paths = [path for path, _ in images]
@@ -92,8 +93,9 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError as err:
             raise SourceError(str(err)) from err
         print(
-            f"{folder}: {len(images)} images of {tail.people} people, "
-            f"{len(images) - int(kept.sum())} without a face (left out); "
+            f"{folder}: {counted(len(images), 'image')} of {counted(tail.people, 'person')}, "
+            f"{len(images) - int(kept.sum())} without a face"
+            f"{f' and {len(unreadable)} unreadable' if unreadable else ''} (left out); "
             f"{tail.impostor_count} impostor and {tail.genuine_count} genuine pairs, "
             f"genuine median {tail.genuine_median:.3f}"
         )

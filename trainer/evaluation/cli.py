@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
 from facecore.errors import ConfigError, SourceError
+from facecore.text import counted
 from trainer.evaluation.embedding import (
     Candidate,
     Embedded,
@@ -208,7 +209,7 @@ def run_verify(
             origin=settings.origins.get("recognition.model"),
         )
     paths, pairs, origin = _load_pairs(folder, pairs_file, max_genuine, seed)
-    print(f"{folder}: {len(paths)} images; {origin}")
+    print(f"{folder}: {counted(len(paths), 'image')}; {origin}")
     print(
         f"pairs: {int(pairs.same.sum())} genuine + {int((~pairs.same).sum())} impostor "
         f"in {pairs.folds} folds"
@@ -265,12 +266,13 @@ def _load_pairs(
         paths = [folder / name for name in names]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
+            are = "is" if len(missing) == 1 else "are"
             raise SourceError(
-                f"{len(missing)} images named in {pairs_file} are not in {folder}, "
+                f"{counted(len(missing), 'image')} named in {pairs_file} {are} not in {folder}, "
                 f"e.g. {missing[0]}"
             )
         return paths, pairs, f"pairs from {pairs_file}"
-    images = labelled_images(folder)
+    images, unreadable = labelled_images(folder)
     people = {label for _, label in images}
     try:
         pairs = form_pairs(
@@ -278,7 +280,8 @@ def _load_pairs(
         )
     except ValueError as err:
         raise SourceError(f"{folder}: {err} (one sub-folder of images per person)") from err
-    origin = f"{len(people)} people; pairs formed with seed {seed}"
+    left_out = f"{counted(len(unreadable), 'unreadable file')} left out; " if unreadable else ""
+    origin = f"{left_out}{len(people)} people; pairs formed with seed {seed}"
     return [image for image, _ in images], pairs, origin
 
 
@@ -335,7 +338,7 @@ def _print_report(columns: Sequence[Column], images: int, no_face: str) -> None:
         ["", *(c.title for c in columns)],
         row("pipeline", lambda c: c.pipeline),
         row("score", lambda c: c.score),
-        row("no face detected", lambda c: f"{c.no_face} of {images} images"),
+        row("no face detected", lambda c: f"{c.no_face} of {counted(images, 'image')}"),
         row("landmarks + chip", lambda c: f"{c.ms_per_face:.1f} ms per face"),
         row("pairs scored", lambda c: f"{len(c.pairs)} ({c.verification.genuine} genuine)"),
         row("accuracy", accuracy),

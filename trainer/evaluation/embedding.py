@@ -8,6 +8,7 @@ command line imports this module at start-up.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ __all__ = [
     "embed_largest_faces",
     "labelled_images",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,18 +61,23 @@ class Embedded:
     ms_per_face: float  # the front end's time (landmarks and chip), per image
 
 
-def labelled_images(folder: Path) -> list[tuple[Path, str]]:
+def labelled_images(folder: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
     """(image, person) for every image of ``folder``'s sub-folders, one per person, in
-    sorted order."""
+    sorted order; and the files named as images that OpenCV cannot read, left out
+    (a warning names each: one damaged file should not stop a long measurement)."""
     from trainer.fitting.gallery import IMAGE_SUFFIXES
 
     people = sorted(p for p in folder.iterdir() if p.is_dir())
-    return [
+    named = [
         (image, person.name)
         for person in people
         for image in sorted(person.iterdir())
         if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES
     ]
+    unreadable = [image for image, _ in named if not _readable(image)]
+    for image in unreadable:
+        log.warning("%s left out: OpenCV cannot read it as an image", image)
+    return [item for item in named if item[0] not in unreadable], unreadable
 
 
 def embed_largest_faces(settings: Settings, paths: Sequence[Path]) -> Embedded:
@@ -79,6 +87,13 @@ def embed_largest_faces(settings: Settings, paths: Sequence[Path]) -> Embedded:
 
     spec = get_spec(settings.recognition.model)
     return embed_facestream(settings, paths, [Candidate(spec.landmarks)])[0]
+
+
+def _readable(path: Path) -> bool:
+    """Whether OpenCV decodes ``path`` (a JPEG at 1/8 of its size: a quick check)."""
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
 
 
 def _read(path: Path) -> NDArray[np.uint8]:
