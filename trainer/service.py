@@ -67,6 +67,7 @@ from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
 from facecore.publish import bundles_dir, current_bundle_dir, publish, remove_version, versions
 from facecore.registry import get_spec
+from facecore.text import counted
 from trainer.backbone import Backbone
 from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
@@ -318,9 +319,9 @@ class TrainerService:
         self.notify(f"STATUS=publishing the prototypes of store revision {revision}")
         clean = embed_samples(self.store, self.backbone, roster.samples, None,
                               progress=self.progress)
-        log.info("%d samples of %d people (%d embedded now, %d from the cache)",
-                 len(roster.samples), len(roster.people), clean.computed,
-                 len(roster.samples) - clean.computed)
+        log.info("%s of %s (%d embedded now, %d from the cache)",
+                 counted(len(roster.samples), "sample"), counted(len(roster.people), "person"),
+                 clean.computed, len(roster.samples) - clean.computed)
         baseline = None
         if roster.samples:
             baseline = select_baseline(
@@ -387,8 +388,9 @@ class TrainerService:
             functools.partial(self._build, fitted),
             keep=self.settings.trainer.keep_versions,
         )
-        log.info("published %s (phase %d): %d people, %s head, threshold %.4f, "
-                 "store revision %d", bundle.path.name, fitted.phase, len(fitted.people),
+        log.info("published %s (phase %d): %s, %s head, threshold %.4f, "
+                 "store revision %d", bundle.path.name, fitted.phase,
+                 counted(len(fitted.people), "person"),
                  bundle.manifest.head_kind, bundle.manifest.threshold, fitted.revision)
         log.info("threshold: %s", bundle.manifest.threshold_reason)
         self._remove_erased(bundle)
@@ -492,5 +494,5 @@ class TrainerService:
 def describe(bundle: Bundle) -> str:
     """One line about a published bundle, for logs and ``systemctl status``."""
     m = bundle.manifest
-    return (f"serving {bundle.path.name}: {len(m.labels)} people, {m.head_kind} head, "
+    return (f"serving {bundle.path.name}: {counted(len(m.labels), 'person')}, {m.head_kind} head, "
             f"threshold {m.threshold:.3f}, store revision {m.store_revision}")

@@ -48,6 +48,7 @@ from facecore.errors import BundleError, InferenceServerError, ModelError
 from facecore.faces import Faces
 from facecore.frontend import FrontEnd, check_front_end
 from facecore.publish import bundles_dir, current_bundle_dir
+from facecore.text import counted
 from facecore.triton import TritonConnection, TritonEmbedder
 from streamer.errors import BundleRefusedError, ClosedError
 from streamer.live.annotate import Overlay
@@ -214,9 +215,9 @@ class Engine:
             log.info("no bundle: every face is unknown")
         else:
             log.info(
-                "serving bundle version %d (%d people) from %s",
+                "serving bundle version %d (%s) from %s",
                 model.version,
-                len(model.gallery.labels),
+                counted(len(model.gallery.labels), "person"),
                 model.bundle.path,
             )
 
@@ -233,9 +234,9 @@ class Engine:
                 return
             self.recognizer.swap(model)
         log.info(
-            "bundle version %d named as the store has its people at revision %d: "
-            "%d people (%d erased since it was fitted)",
-            model.version, people.revision, len(model.gallery.labels),
+            "bundle version %d named as the store has its people at revision %d: %s "
+            "(%d erased since it was fitted)",
+            model.version, people.revision, counted(len(model.gallery.labels), "person"),
             len(model.bundle.gallery.labels) - len(model.gallery.labels),
         )
 
