@@ -461,7 +461,8 @@ def load_settings(
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and its parents) and make it readable by its owner only (0700).
 
-    Biometric data (face embeddings, enrollment photos) lives under ``state_dir``.
+    Biometric data (face embeddings, enrollment photos) lives under ``state_dir``. Only
+    for facestream's own folders there: never one the user named, which may be ``/``.
     """
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from facecore.cli import Subparsers, add_command
 from facecore.config import Settings
-from facecore.errors import SourceError
+from facecore.errors import ConfigError, SourceError
 
 __all__ = ["register_calibrate"]
 
@@ -69,11 +69,18 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         per_row_far,
         weights_sha256,
     )
-    from facecore.registry import get_spec
+    from facecore.files import unwritable_reason
+    from facecore.registry import ensure_model_cache, get_spec
     from trainer.evaluation.embedding import embed_largest_faces, labelled_images
     from trainer.evaluation.population import data_sha256, impostor_tail, source_commit
 
     spec = get_spec(settings.recognition.model)
+    # asked before every image is embedded (long on a large set), not after
+    output = args.output or calibration_path(settings, spec)
+    if args.output is None:
+        ensure_model_cache(output.parent)
+    elif (reason := unwritable_reason(output)) is not None:
+        raise ConfigError(f"cannot write --output {output}: {reason}")
     tails = []
     for folder in args.folders:
         if not folder.is_dir():
@@ -107,7 +114,6 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         command="facestream eval calibrate " + " ".join(f.name for f in args.folders),
         datasets=tuple(tails),
     )
-    output = args.output or calibration_path(settings, spec)
     write_private_file(output, calibration.to_json().encode())
     target = settings.trainer.target_far
     print(f"wrote {output}")
