@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import facestream.cli
+from facecore.config import env_warnings
 from facecore.registry import CHECKSUM_SUFFIX, MODELS, record_checksum
 from facestream.cli import build_parser, main
 
@@ -118,6 +120,78 @@ def test_error_is_one_clean_line_and_status_2(env: dict[str, str]) -> None:
         "facestream: error: server.port = 'abc' (from environment FACESTREAM_SERVER_PORT): "
         "expected an integer\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[recognition]\nmodel = "bogus"\n',
+         "recognition.model = 'bogus' (from config file {config}): expected one of "
+         "dlib_resnet_v1, sface_2021dec"),
+        ('[enrollment]\ndatabase_url = "mysql://ada:secret@db/faces"\n',
+         "enrollment.database_url (from config file {config}): must be a PostgreSQL URL, "
+         "postgresql://USER@HOST/DB; the value given is a 'mysql' URL"),
+        ('[server]\ntrusted_proxies = "not-an-ip"\n',
+         "server.trusted_proxies = 'not-an-ip' (from config file {config}): 'not-an-ip' is "
+         "not an IP address or network such as 10.0.0.5 or 10.0.0.0/24"),
+        ("server = 5\n",
+         "[server] in config file {config} must be a table (a [server] line, then its "
+         "settings), not server = 5"),
+    ],
+)
+def test_a_bad_value_is_refused_when_the_config_is_loaded(
+    text: str, error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config show` accepted them; `trainer --once` met an unknown model as a
+    KeyError traceback."""
+    config = tmp_path / "facestream.toml"
+    config.write_text(text)
+    common = ["--config", str(config), "--state-dir", str(tmp_path / "state")]
+    for command in (["config", "show"], ["trainer", "--once"]):
+        assert main([*common, *command]) == 2
+        assert capsys.readouterr().err == f"facestream: error: {error.format(config=config)}\n"
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_database_url_error_names_where_the_url_came_from(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """It said ``(--database-url)`` whatever had set it, and is never echoed."""
+    env["FACESTREAM_ENROLLMENT_DATABASE_URL"] = "ada:secret@db/faces"
+    result = facestream_run(env, "enroll", "list")
+    assert (result.returncode, result.stderr) == (2, (
+        "facestream: error: enrollment.database_url (from environment "
+        "FACESTREAM_ENROLLMENT_DATABASE_URL): must be a PostgreSQL URL, "
+        "postgresql://USER@HOST/DB; the value given is not a URL\n"))
+
+
+def test_an_unknown_facestream_variable_is_warned_of(env: dict[str, str]) -> None:
+    """A misspelt setting's variable was ignored without a word; the names facestream
+    reads outside the settings are not warned of."""
+    env.update({"FACESTREAM_SERVER_PROT": "9000", "FACESTREAM_SHARED": "/srv/shared",
+                "FACESTREAM_TRITON_ENV": "/srv/triton", "FACESTREAM_TOKEN": "s3cret-s3cret"})
+    result = facestream_run(env, "config", "show")
+    assert result.returncode == 0, result.stderr
+    assert shown(result.stdout)["server.port"] == ("8443", "default")
+    (line,) = result.stderr.splitlines()
+    assert line.endswith(
+        " WARNING facestream.cli: environment variable FACESTREAM_SERVER_PROT is not a "
+        "facestream setting and is ignored (did you mean FACESTREAM_SERVER_PORT?)"
+    ), line
+
+
+def test_no_facestream_variable_the_project_uses_is_warned_of(repo_root: Path) -> None:
+    """Every FACESTREAM_* name in the sources, units and docs (test modules aside,
+    which name misspelt ones on purpose) is one facestream reads."""
+    tops = [p for p in repo_root.iterdir() if not p.name.startswith(".")]  # no .venv, .git
+    files = [f for top in tops for f in ([top] if top.is_file() else top.rglob("*"))]
+    names = set()
+    for path in files:
+        if path.is_file() and not path.name.startswith("test_"):
+            names.update(re.findall(r"FACESTREAM_[A-Z0-9_]*[A-Z0-9]",
+                                    path.read_text(errors="replace")))
+    assert {"FACESTREAM_SHARED", "FACESTREAM_CONFIG", "FACESTREAM_TOKEN"} <= names
+    assert env_warnings(dict.fromkeys(names, "1")) == []
 
 
 def test_debug_shows_the_traceback(env: dict[str, str], tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ import os
 import socket
 import threading
 import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from facecore import registry
-from facecore.config import Settings
+from facecore.config import Recognizer, Settings
 from facecore.errors import ChecksumError, ConfigError, ModelError, ModelNotFoundError
 from facecore.registry import (
     MODELS,
@@ -99,6 +100,9 @@ def test_registry_entries_are_consistent() -> None:
     assert dlib.scale == pytest.approx(1 / 256)
     sface = MODELS["sface_2021dec"]
     assert (sface.colour, sface.mean, sface.scale) == ("rgb", (0.0, 0.0, 0.0), 1.0)
+    # the recognition.model setting takes these names, and only these
+    recognizers = [name for name, spec in MODELS.items() if spec.kind == "recognizer"]
+    assert list(typing.get_args(Recognizer)) == recognizers
 
 
 def test_spec_validation() -> None:
