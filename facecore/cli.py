@@ -52,7 +52,15 @@ from facecore.registry import (
     model_path,
 )
 
-__all__ = ["Handler", "HelpFormatter", "Subparsers", "add_command", "int_at_least", "register"]
+__all__ = [
+    "Handler",
+    "HelpFormatter",
+    "Subparsers",
+    "add_command",
+    "int_at_least",
+    "path_argument",
+    "register",
+]
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 Subparsers = Mapping[str, "argparse._SubParsersAction[argparse.ArgumentParser]"]
@@ -120,6 +128,15 @@ def int_at_least(lo: int, name: str) -> Callable[[str], int]:
     return parse
 
 
+def path_argument(text: str) -> Path:
+    """An argparse ``type`` for a file or folder: an empty one is a usage error, as
+    ``--state-dir ""`` is refused (``Path("")`` is the working directory, never what a
+    script's unset variable meant)."""
+    if not text:
+        raise argparse.ArgumentTypeError("cannot be empty")
+    return Path(text)
+
+
 def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
     add_command(
         subparsers["config"],
@@ -184,7 +201,7 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         "  facestream models triton-repo /srv/triton/models --max-batch-size 128 "
         "--max-queue-delay-us 1000",
     )
-    triton.add_argument("directory", type=Path, metavar="DIR", help="the model repository")
+    triton.add_argument("directory", type=path_argument, metavar="DIR", help="the model repository")
     triton.add_argument(
         "--model",
         metavar="NAME",

@@ -406,6 +406,34 @@ def test_triton_repo_limits_are_usage_errors(
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "argument"),
+    [
+        (["models", "triton-repo", ""], "DIR"),
+        (["eval", "verify", ""], "DIR"),
+        (["eval", "calibrate", "", "--output", "c.json"], "DIR"),
+        (["eval", "calibrate", "people", "--output", ""], "--output"),
+        (["enroll", "import", ""], "DIR"),
+    ],
+)
+def test_an_empty_path_argument_is_refused_not_taken_as_the_working_directory(
+    args: list[str], argument: str, triton_repo: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`models triton-repo ""` wrote its repository into the working folder."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(SystemExit) as caught:
+        main([*triton_repo[:6], *args])  # the global options, with the tiny recognizer
+    assert caught.value.code == 2
+    command = " ".join(args[:2])
+    assert capsys.readouterr().err.endswith(
+        f"facestream {command}: error: argument {argument}: cannot be empty\n"
+    )
+    assert list(here.iterdir()) == []
+
+
 def test_triton_repo_of_a_model_that_is_no_recognizer(
     triton_repo: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-from facecore.cli import Subparsers, add_command
+from facecore.cli import Subparsers, add_command, path_argument
 from facecore.config import Settings
 from facecore.errors import ConfigError, SourceError
 
@@ -46,7 +45,7 @@ def register_calibrate(subparsers: Subparsers, parents: Sequence[argparse.Argume
         epilog=EPILOG,
     )
     parser.add_argument(
-        "folders", metavar="DIR", type=Path, nargs="+", help="one sub-folder per person"
+        "folders", metavar="DIR", type=path_argument, nargs="+", help="one sub-folder per person"
     )
     parser.add_argument(
         "--model",
@@ -56,7 +55,10 @@ def register_calibrate(subparsers: Subparsers, parents: Sequence[argparse.Argume
         help="recognizer from `facestream models list` (default: the recognition.model setting)",
     )
     parser.add_argument(
-        "--output", metavar="FILE", type=Path, help="write here instead of beside the model"
+        "--output",
+        metavar="FILE",
+        type=path_argument,
+        help="write here instead of beside the model",
     )
 
 
