@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from enrollment.errors import EnrollmentError
-from facecore.cli import Subparsers, add_command
+from facecore.cli import Subparsers, add_command, path_argument
 from facecore.config import Settings
 from facecore.text import counted
 
@@ -57,7 +57,7 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         "  facestream enroll add '李小龙' photos/bruce/*.jpg",
     )
     add.add_argument("name", metavar="NAME", help="the person's display name, or their id")
-    add.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="image files")
+    add.add_argument("photos", nargs="+", type=path_argument, metavar="PHOTO", help="image files")
     folder = add_command(
         group,
         "import",
@@ -69,7 +69,9 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         "lower case is capitalised). People already enrolled get the new photos.",
         epilog=f"{_REPORT_EPILOG}\n\nexample:\n  facestream enroll import ../shared/people",
     )
-    folder.add_argument("folder", type=Path, metavar="DIR", help="folder of person folders")
+    folder.add_argument(
+        "folder", type=path_argument, metavar="DIR", help="folder of person folders"
+    )
     listing = add_command(
         group,
         "list",

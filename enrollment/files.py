@@ -6,7 +6,6 @@ import os
 import shutil
 from pathlib import Path
 
-from facecore.config import ensure_private_dir
 from facecore.files import fsync_path
 
 __all__ = ["TEMP_PREFIX", "remove_path", "write_private_file"]
@@ -15,11 +14,11 @@ TEMP_PREFIX = ".tmp-"
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (mode 0600, its folder 0700): into a temporary file
-    beside it, fsynced, then renamed over ``path`` and the folder fsynced, so ``path``
-    holds either nothing or all of ``data``, even after a crash or power loss."""
+    """Write ``data`` to ``path`` (mode 0600): into a temporary file beside it, fsynced,
+    then renamed over ``path`` and the folder fsynced, so ``path`` holds either nothing
+    or all of ``data``, even after a crash or power loss. The folder must exist and is
+    left as it is: it may be one the user named (``eval calibrate --output``)."""
     folder = path.parent
-    ensure_private_dir(folder)
     temp = folder / f"{TEMP_PREFIX}{path.name}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

@@ -93,7 +93,8 @@ class SqliteDatabase:
         self.where = str(self.root)
         self._samples_dir = self.root / _SAMPLES
         try:
-            ensure_private_dir(self.root)
+            if not self.root.exists():  # one the user made (enroll copy --to) keeps its mode
+                ensure_private_dir(self.root)
             ensure_private_dir(self._samples_dir)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             path.chmod(0o600)
@@ -151,6 +152,7 @@ class SqliteDatabase:
         deletes it again when the transaction does not commit."""
         path = self._crop_file(person_id, sample_id)
         try:
+            ensure_private_dir(path.parent)
             write_private_file(path, png)
         except OSError as exc:
             raise StoreError(f"cannot write the sample file {path}: {exc}") from exc

@@ -41,7 +41,7 @@ from enrollment.errors import (
 from enrollment.names import ID_HEX_DIGITS, clean_name, name_key
 from enrollment.postgres import PostgresDatabase
 from enrollment.sqlite import SqliteDatabase
-from facecore.config import Settings
+from facecore.config import Settings, check_database_url
 
 __all__ = [
     "SOURCES",
@@ -123,14 +123,10 @@ def store_location(settings: Settings) -> Path | str:
     url = settings.enrollment.database_url
     if not url:
         return settings.state_dir / STORE_DIR
-    if not is_postgres_url(url):
-        # not echoed: a value that is no URL could be a password typed in the wrong place
-        scheme, found, _ = url.partition("://")
-        given = f"a {scheme!r} URL" if found else "not a URL"
-        raise StoreError(
-            "enrollment.database_url (--database-url) must be a PostgreSQL URL, "
-            f"postgresql://USER@HOST/DB; the value given is {given}"
-        )
+    try:  # load_settings checked it already; Settings made by hand were not
+        check_database_url(url)
+    except ValueError as err:
+        raise StoreError(f"enrollment.database_url {err}") from None
     return url
 
 

@@ -52,7 +52,15 @@ from facecore.registry import (
     model_path,
 )
 
-__all__ = ["Handler", "HelpFormatter", "Subparsers", "add_command", "int_at_least", "register"]
+__all__ = [
+    "Handler",
+    "HelpFormatter",
+    "Subparsers",
+    "add_command",
+    "int_at_least",
+    "path_argument",
+    "register",
+]
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 Subparsers = Mapping[str, "argparse._SubParsersAction[argparse.ArgumentParser]"]
@@ -120,6 +128,15 @@ def int_at_least(lo: int, name: str) -> Callable[[str], int]:
     return parse
 
 
+def path_argument(text: str) -> Path:
+    """An argparse ``type`` for a file or folder: an empty one is a usage error, as
+    ``--state-dir ""`` is refused (``Path("")`` is the working directory, never what a
+    script's unset variable meant)."""
+    if not text:
+        raise argparse.ArgumentTypeError("cannot be empty")
+    return Path(text)
+
+
 def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
     add_command(
         subparsers["config"],
@@ -140,8 +157,8 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         handler=_models_list,
         help="list the known models and whether each is on disk",
         description="List every model facestream knows, with its kind, licence and "
-        "status: the verified file on disk, missing, or with a wrong checksum. "
-        "Nothing is downloaded.",
+        "status: the verified file on disk, missing, with a wrong checksum, or damaged "
+        "(a converted file that differs from its record). Nothing is downloaded.",
         epilog="example:\n  facestream models list --models-dir ~/models",
     )
     fetch = add_command(
@@ -162,7 +179,9 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
     )
     fetch.add_argument("names", nargs="*", metavar="NAME", help="model names (models list)")
     fetch.add_argument(
-        "--force", action="store_true", help="delete the cached copy first and download again"
+        "--force",
+        action="store_true",
+        help="download again over the cached copy (kept until the new one is verified)",
     )
     triton = add_command(
         subparsers["models"],
@@ -182,7 +201,7 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         "  facestream models triton-repo /srv/triton/models --max-batch-size 128 "
         "--max-queue-delay-us 1000",
     )
-    triton.add_argument("directory", type=Path, metavar="DIR", help="the model repository")
+    triton.add_argument("directory", type=path_argument, metavar="DIR", help="the model repository")
     triton.add_argument(
         "--model",
         metavar="NAME",
@@ -217,8 +236,8 @@ def _models_list(settings: Settings, args: argparse.Namespace) -> int:
     for spec in MODELS.values():
         try:
             status = str(model_path(settings, spec.name, download=False))
-        except ChecksumError as err:
-            status = f"WRONG CHECKSUM {err.path}"
+        except ChecksumError as err:  # a converted file is checked against its own record
+            status = f"{'DAMAGED' if spec.derived_from else 'WRONG CHECKSUM'} {err.path}"
         except ModelNotFoundError:
             status = "not prepared" if spec.derived_from else "missing"
         rows.append((spec.name, spec.kind, spec.licence, status))
@@ -259,10 +278,34 @@ def _models_fetch(settings: Settings, args: argparse.Namespace) -> int:
         target = spec
         if spec.derived_from is not None:
             target = get_spec(spec.derived_from)
-        if args.force:
-            (model_cache_dir(settings) / target.filename).unlink(missing_ok=True)
-        path = model_path(settings, target.name)
-        print(f"{target.name}: {path}")
+        print(f"{target.name}: {_fetch(settings, target.name, args.force)}")
         if target is not spec:
-            print(f"{spec.name}: converted from {target.name} by `facestream models prepare`")
+            print(f"{spec.name}: {_conversion_status(settings, spec.name)}")
     return 0
+
+
+def _fetch(settings: Settings, name: str, force: bool) -> Path:
+    """The verified file of model `name`; with `force` downloaded again over the cached
+    copy, which stays as it was when the download fails."""
+    try:
+        return model_path(settings, name, force=force)
+    except ModelNotFoundError as err:
+        cached = model_cache_dir(settings) / get_spec(name).filename
+        if not (force and cached.is_file()):
+            raise
+        failures = "; ".join(err.failures) or "no URL to download it from"
+        raise ModelError(
+            f"{name} could not be downloaded again ({failures}); {cached} is kept as it was"
+        ) from err
+
+
+def _conversion_status(settings: Settings, name: str) -> str:
+    """What `facestream models prepare` has to do for the derived model `name`."""
+    source = get_spec(name).derived_from
+    try:
+        model_path(settings, name, download=False)
+    except ChecksumError as err:
+        return f"{err.path} is damaged; `facestream models prepare` converts {source} again"
+    except ModelNotFoundError:
+        return f"not prepared; `facestream models prepare` converts it from {source}"
+    return f"converted from {source} by `facestream models prepare`"

@@ -6,15 +6,17 @@
    values the user gave (``None`` = not given); ``cli["config"]`` names the config file;
 2. the environment: ``FACESTREAM_<KEY>`` with dots as underscores
    (``server.port`` -> ``FACESTREAM_SERVER_PORT``), plus the alias ``FACESTREAM_TOKEN``
-   for ``server.token``; an empty variable counts as unset;
+   for ``server.token``; an empty variable counts as unset, and another FACESTREAM_*
+   one is warned of by the command (`env_warnings`: most likely a misspelt name);
 3. a TOML config file named by ``--config FILE`` or ``FACESTREAM_CONFIG``, whose tables
    are the sections below (``[server]``, ``[detection]``...); relative paths in it are
    relative to the file's folder;
 4. the defaults written in the dataclasses below; the state and cache folders are the
    XDG ones from `platformdirs` (which reads ``os.environ``, e.g. XDG_STATE_HOME).
 
-Every value is converted from the dataclass annotation and range-checked; a bad value or
-an unknown key raises `ConfigError` naming the key, the value and where it came from. An
+Every value is converted from the dataclass annotation and range-checked (some by a
+check of their own: addresses, the database URL); a bad value or an unknown key raises
+`ConfigError` naming the key, the value (never a secret one) and where it came from. An
 empty path on the command line or in the file is refused: ``Path("")`` is the working
 directory, never what the user meant.
 `Settings.origins` records, for every dotted key, which layer gave its value.
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import ipaddress
 import math
 import os
 import tomllib
 import types
 import typing
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -43,12 +46,15 @@ __all__ = [
     "DetectionSettings",
     "EnrollmentSettings",
     "RecognitionSettings",
+    "Recognizer",
     "ServerSettings",
     "Settings",
     "TrackingSettings",
     "TrainerSettings",
+    "check_database_url",
     "ensure_private_dir",
     "env_name",
+    "env_warnings",
     "load_settings",
     "redacted_url",
     "setting_keys",
@@ -58,16 +64,53 @@ APP_NAME = "facestream"
 ENV_PREFIX = "FACESTREAM_"
 CONFIG_ENV = "FACESTREAM_CONFIG"
 DEFAULT_ORIGIN = "default"
+# FACESTREAM_* variables read outside the settings: the tests' shared data and Triton
+# environment, the trainer's test hook (trainer.train_cli); never warned of
+OTHER_ENV = frozenset({"FACESTREAM_SHARED", "FACESTREAM_TRITON_ENV",
+                       "FACESTREAM_TEST_PUBLISH_PAUSE"})
+# keys whose value may hold a password: never repeated in a message
+SECRET_KEYS = frozenset({"server.token", "enrollment.database_url"})
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 Device = Literal["auto", "cpu", "cuda"]
 DetectorBackend = Literal["onnxruntime", "opencv"]
 RecognitionBackend = Literal["onnxruntime", "triton"]
+# the recognizers of facecore.registry.MODELS, which imports this module (the registry's
+# tests check that the two agree)
+Recognizer = Literal["dlib_resnet_v1", "sface_2021dec"]
 
 
 def _bounded(default: typing.Any, lo: float | None = None, hi: float | None = None) -> typing.Any:
     """A dataclass field whose value must lie in [lo, hi]."""
     return field(default=default, metadata={"lo": lo, "hi": hi})
+
+
+def _checked(default: typing.Any, check: Callable[[typing.Any], None]) -> typing.Any:
+    """A dataclass field whose given value must pass `check`, which raises ValueError
+    with the reason otherwise."""
+    return field(default=default, metadata={"check": check})
+
+
+def _ip_networks(values: tuple[str, ...]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address or network such as 10.0.0.5 or 10.0.0.0/24"
+            ) from None
+
+
+def check_database_url(url: str | None) -> None:
+    """ValueError unless `url` is a PostgreSQL URL (or None); the reason never repeats
+    the value: one that is no URL could be a password typed in the wrong place."""
+    if url is None or url.startswith(("postgresql://", "postgres://")):
+        return
+    scheme, found, _ = url.partition("://")
+    given = f"a {scheme!r} URL" if found else "not a URL"
+    raise ValueError(
+        f"must be a PostgreSQL URL, postgresql://USER@HOST/DB; the value given is {given}"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,7 +128,7 @@ class DetectionSettings:
 
 @dataclass(frozen=True)
 class RecognitionSettings:
-    model: str = "dlib_resnet_v1"  # a recognizer name from facecore.registry.MODELS
+    model: Recognizer = "dlib_resnet_v1"
     # "onnxruntime": a session in this process; "triton": a Triton Inference Server
     # (its model repository made by `facestream models triton-repo`), which batches
     # across every worker and box that uses it
@@ -120,7 +163,7 @@ class ServerSettings:
     max_sessions: int = _bounded(4, lo=1)
     ice_servers: tuple[str, ...] = ()
     # load balancers (addresses or networks) whose X-Forwarded-For/-Proto are believed
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = _checked((), _ip_networks)
     max_upload_mb: int = _bounded(10, lo=1)
     # server processes on the one port (SO_REUSEPORT); 1 = this process alone. A
     # worker pays off only past one core's worth of video: see docs/benchmarks.md.
@@ -134,7 +177,9 @@ class ServerSettings:
 class EnrollmentSettings:
     # None: the embedded SQLite store in state_dir/enrollment; "postgresql://user@host/db"
     # for one store shared by several boxes. May hold a password: never printed or logged.
-    database_url: str | None = field(default=None, repr=False)
+    database_url: str | None = field(
+        default=None, repr=False, metadata={"check": check_database_url}
+    )
     # how long a service waits for PostgreSQL before each retry, doubling up to this
     connect_retry_max_s: float = _bounded(30.0, lo=0.1)
 
@@ -170,7 +215,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     enrollment: EnrollmentSettings = field(default_factory=EnrollmentSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
-    # dotted key -> "default" | "config file PATH" | "environment FACESTREAM_X" |
+    # dotted key -> "default" | "config file PATH" | "environment FACESTREAM_<KEY>" |
     # "command line --x"; empty when the object was built by hand
     origins: Mapping[str, str] = field(default_factory=_no_origins, compare=False, repr=False)
 
@@ -202,6 +247,7 @@ class _Leaf:
     type: typing.Any
     lo: float | None
     hi: float | None
+    check: Callable[[typing.Any], None] | None
 
 
 def _leaves(cls: type = Settings, prefix: str = "") -> Iterator[_Leaf]:
@@ -213,7 +259,8 @@ def _leaves(cls: type = Settings, prefix: str = "") -> Iterator[_Leaf]:
         if isinstance(tp, type) and is_dataclass(tp):
             yield from _leaves(tp, f"{prefix}{f.name}.")
         else:
-            yield _Leaf(f"{prefix}{f.name}", tp, f.metadata.get("lo"), f.metadata.get("hi"))
+            meta = f.metadata
+            yield _Leaf(f"{prefix}{f.name}", tp, meta.get("lo"), meta.get("hi"), meta.get("check"))
 
 
 def setting_keys() -> tuple[str, ...]:
@@ -335,8 +382,10 @@ def _convert(
         raise ConfigError(f"{name or leaf.key} cannot be empty")
     try:
         value = _coerce(leaf.type, raw)
+        if leaf.check is not None:
+            leaf.check(value)
     except ValueError as err:
-        raise ConfigError(str(err), key=leaf.key, value=raw, origin=origin) from None
+        raise _refusal(leaf.key, str(err), raw, origin) from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         reason = None
         if leaf.lo is not None and value < leaf.lo:
@@ -349,6 +398,12 @@ def _convert(
         # relative paths: to the config file's folder, or else to the working directory
         value = (base_dir / value) if base_dir is not None else value.absolute()
     return value
+
+
+def _refusal(key: str, reason: str, raw: object, origin: str) -> ConfigError:
+    if key in SECRET_KEYS:
+        return ConfigError(f"{key} (from {origin}): {reason}")
+    return ConfigError(reason, key=key, value=raw, origin=origin)
 
 
 def _read_config_file(path: Path, origin: str) -> dict[str, object]:
@@ -367,11 +422,17 @@ def _read_config_file(path: Path, origin: str) -> dict[str, object]:
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
     known = set(setting_keys())
+    sections = {key.partition(".")[0] for key in known if "." in key}
     flat: dict[str, object] = {}
     for name, value in data.items():
         if isinstance(value, dict):
             for sub, subvalue in value.items():
                 flat[f"{name}.{sub}"] = subvalue
+        elif name in sections:
+            raise ConfigError(
+                f"[{name}] in config file {path} must be a table (a [{name}] line, then "
+                f"its settings), not {name} = {value!r}"
+            )
         else:
             flat[name] = value
     for key in flat:
@@ -460,10 +521,26 @@ def load_settings(
     return settings
 
 
+def env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each FACESTREAM_* variable that facestream does not read, most
+    likely a typo (a setting's name misspelt would otherwise be ignored without a
+    word); not an error, as other tools may use the prefix too."""
+    settings_env = {CONFIG_ENV, *_env_aliases(), *(env_name(key) for key in setting_keys())}
+    warnings = []
+    for var in sorted(set(environ) - settings_env - OTHER_ENV):
+        if var.startswith(ENV_PREFIX):
+            close = difflib.get_close_matches(var, sorted(settings_env), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"environment variable {var} is not a facestream setting and is "
+                            f"ignored{hint}")
+    return warnings
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and its parents) and make it readable by its owner only (0700).
 
-    Biometric data (face embeddings, enrollment photos) lives under ``state_dir``.
+    Biometric data (face embeddings, enrollment photos) lives under ``state_dir``. Only
+    for facestream's own folders there: never one the user named, which may be ``/``.
     """
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)

@@ -9,7 +9,8 @@ Anything else is a bug and keeps its traceback.
     ├── ModelError             a model file cannot be used
     │   ├── ModelNotFoundError not on disk and not downloadable: names the file, the
     │   │                      URLs tried and the exact path where to put it by hand
-    │   ├── ChecksumError      a file's sha256 or size is not the pinned one
+    │   ├── ChecksumError      a file's sha256 or size is not the pinned one (for a
+    │   │                      converted file: the one recorded at its conversion)
     │   └── ModelLoadError     the runtime (ONNX Runtime, cv2) refused a file, or a
     │                          Triton model is not the one the bundle needs
     ├── InferenceServerError   the inference server (Triton) is unreachable or did not
@@ -130,23 +131,27 @@ class ChecksumError(ModelError):
         self,
         path: Path | str,
         *,
-        expected_sha256: str,
+        expected_sha256: str | None,
         actual_sha256: str | None,
         expected_size: int | None,
         actual_size: int,
         hint: str = "delete it and fetch it again (facestream models fetch)",
     ) -> None:
         self.path = path  # a Path on disk, or the URL a download came from
-        self.expected_sha256 = expected_sha256
+        self.expected_sha256 = expected_sha256  # None: a converted file without its record
         self.actual_sha256 = actual_sha256
         self.expected_size = expected_size
         self.actual_size = actual_size
         want_size = "any size" if expected_size is None else f"{expected_size} bytes"
         got_sha = "not computed" if actual_sha256 is None else actual_sha256
-        super().__init__(
-            f"{path} is not the expected file: sha256 {got_sha}, {actual_size} bytes; "
-            f"expected sha256 {expected_sha256}, {want_size}; {hint}"
-        )
+        if expected_sha256 is None:  # a converted file without the record of its conversion
+            message = f"{path} cannot be checked: no sha256 was recorded for it"
+        else:
+            message = (
+                f"{path} is not the expected file: sha256 {got_sha}, {actual_size} bytes; "
+                f"expected sha256 {expected_sha256}, {want_size}"
+            )
+        super().__init__(f"{message}; {hint}")
 
 
 class ModelLoadError(ModelError):

@@ -15,7 +15,11 @@ path is returned; a wrong or truncated file raises `ChecksumError`. Hashing is c
 (the largest file, 22 MB, takes about 30 ms), so no hash cache is kept.
 
 A *derived* spec (``derived_from`` set) is not downloaded: ``facestream models prepare``
-converts its source into ``cache_dir/filename``, a name that carries the source's hash.
+converts its source into ``cache_dir/filename``, a name that carries the source's hash,
+and records the result's sha256 beside it in ``filename.sha256`` (`record_checksum`;
+sha256sum's format). A derived file is checked against that record, since its own hash
+depends on the converter's library versions: a file without one, or that differs from
+it, is a `ChecksumError` that says to run ``facestream models prepare``.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from typing import Literal
 from facecore.config import Settings
 from facecore.download import describe_failure, download_verified, sha256_file
 from facecore.errors import ChecksumError, ConfigError, ModelError, ModelNotFoundError
-from facecore.files import os_reason
+from facecore.files import fsync_path, os_reason
 
 __all__ = [
+    "CHECKSUM_SUFFIX",
     "DETECTOR",
     "DLIB_LANDMARKS",
     "MODELS",
@@ -46,6 +51,8 @@ __all__ = [
     "get_spec",
     "model_cache_dir",
     "model_path",
+    "record_checksum",
+    "recorded_checksum_matches",
     "resolve_model",
 ]
 
@@ -58,6 +65,7 @@ FrontEndKind = Literal["yunet_template", "dlib_5"]
 Point = tuple[float, float]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+CHECKSUM_SUFFIX = ".sha256"  # the record beside a derived file
 _KIND_TEXT: Mapping[Kind, str] = {
     "detector": "a detector",
     "recognizer": "a recognizer",
@@ -254,7 +262,12 @@ def model_cache_dir(settings: Settings) -> Path:
 
 
 def model_path(
-    settings: Settings, name: str, *, download: bool = True, progress: bool = True
+    settings: Settings,
+    name: str,
+    *,
+    download: bool = True,
+    progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """`resolve_model` for the spec called `name`, with the folders from `settings`."""
     if name not in MODELS and name == settings.recognition.model:
@@ -272,6 +285,7 @@ def model_path(
         cache_dir=model_cache_dir(settings),
         download=download,
         progress=progress,
+        force=force,
     )
 
 
@@ -283,23 +297,27 @@ def resolve_model(
     cache_dir: Path,
     download: bool = True,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """The path of a verified copy of `spec`'s file (see the module docstring).
 
-    Raises ModelNotFoundError when there is none and none can be downloaded, and
-    ChecksumError when a file found or downloaded has the wrong content.
+    With `force` the copy in `cache_dir` is not looked at but downloaded again over,
+    and kept when the download fails. Raises ModelNotFoundError when there is none and
+    none can be downloaded, and ChecksumError when a file found or downloaded has the
+    wrong content.
     """
     if explicit is not None:
         if not explicit.is_file():
             raise ModelNotFoundError(
                 spec.filename, hint=f"the path given for model {spec.name}, {explicit}, is no file"
             )
-        return _verified(spec, explicit)
-    candidates = [d / spec.filename for d in (models_dir, cache_dir) if d is not None]
+        return _verified(spec, explicit, "give a good copy")
+    folders = (models_dir, None if force else cache_dir)
+    candidates = [d / spec.filename for d in folders if d is not None]
     candidates.append(_package_file(spec))
     for path in candidates:
         if path is not None and path.is_file():
-            return _verified(spec, path)
+            return _verified(spec, path, _remedy(spec, path, cache_dir))
     destination = (models_dir or cache_dir) / spec.filename
     if spec.derived_from is not None:
         raise ModelNotFoundError(
@@ -343,19 +361,60 @@ def _package_file(spec: ModelSpec) -> Path | None:
     return Path(next(iter(found.submodule_search_locations))) / inner
 
 
-def _verified(spec: ModelSpec, path: Path) -> Path:
-    if spec.sha256 is None:
-        return path
+def record_checksum(path: Path) -> None:
+    """Record the sha256 of ``path``, a file facestream converted, in
+    ``path.sha256``: what `resolve_model` checks it against. Call it once the file
+    is complete; written atomically, so a crash leaves no half record."""
+    record = _record_of(path)
+    partial = record.with_name(record.name + ".partial")
+    partial.write_text(f"{sha256_file(path)}  {path.name}\n", encoding="ascii")
+    fsync_path(partial)
+    partial.replace(record)
+
+
+def recorded_checksum_matches(path: Path) -> bool:
+    """Whether ``path`` is the file its ``.sha256`` record was made of."""
+    expected = _recorded_sha256(path)
+    return expected is not None and sha256_file(path) == expected
+
+
+def _record_of(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    try:
+        digest = _record_of(path).read_text(encoding="ascii").partition(" ")[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return digest if _SHA256.fullmatch(digest) else None
+
+
+def _remedy(spec: ModelSpec, path: Path, cache_dir: Path) -> str:
+    """What mends a wrong copy of `spec` at `path`, for its ChecksumError."""
+    in_cache = path.parent == cache_dir
+    if spec.derived_from is not None and in_cache:
+        return "run `facestream models prepare` to convert it again"
+    if spec.derived_from is not None:
+        return (f"delete it (`facestream models prepare` converts it into the cache), or put "
+                f"a good copy there with its {path.name}{CHECKSUM_SUFFIX}")
+    if in_cache:
+        return f"run `facestream models fetch --force {spec.name}` to download it again"
+    return "replace it with a good copy or delete it"
+
+
+def _verified(spec: ModelSpec, path: Path, remedy: str) -> Path:
+    expected = spec.sha256 if spec.derived_from is None else _recorded_sha256(path)
     actual_size = path.stat().st_size
     actual_sha = sha256_file(path)
-    if actual_sha != spec.sha256 or (spec.size is not None and actual_size != spec.size):
+    if actual_sha != expected or (spec.size is not None and actual_size != spec.size):
         raise ChecksumError(
             path,
-            expected_sha256=spec.sha256,
+            expected_sha256=expected,
             actual_sha256=actual_sha,
             expected_size=spec.size,
             actual_size=actual_size,
-            hint=f"delete it and run `facestream models fetch {spec.name}`",
+            hint=remedy,
         )
     return path
 

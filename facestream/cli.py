@@ -21,10 +21,12 @@ import typing
 from collections.abc import Sequence
 
 from facecore.cli import HelpFormatter, Subparsers
-from facecore.config import LogLevel, load_settings, setting_keys
+from facecore.config import LogLevel, env_warnings, load_settings, setting_keys
 from facecore.errors import FacestreamError
 
 __all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("facecore", "trainer", "enrollment", "streamer")
 
@@ -217,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        for warning in env_warnings(os.environ):
+            log.warning("%s", warning)
         _quiet_opencv(debug)
         status: int = args.handler(settings, args)
         sys.stdout.flush()  # a reader that went away shows here, not at the exit

@@ -27,7 +27,7 @@ from av import VideoFrame
 from numpy.typing import NDArray
 
 from facecore.config import Settings, load_settings
-from facecore.registry import MODELS, model_cache_dir, model_path
+from facecore.registry import MODELS, model_cache_dir, model_path, recorded_checksum_matches
 
 
 def enrollment_settings(shared_dir: Path, state_dir: Path) -> Settings:
@@ -40,7 +40,8 @@ def enrollment_settings(shared_dir: Path, state_dir: Path) -> Settings:
          "models_dir": str(shared_dir / "models")},
         {},
     )
-    if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
+    converted = model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename
+    if not recorded_checksum_matches(converted):  # missing, damaged, or never recorded
         from trainer.dlib.export import prepare_dlib_resnet
 
         dat = model_path(settings, "dlib_resnet_v1_dat", download=False)

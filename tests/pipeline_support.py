@@ -22,7 +22,7 @@ from facecore.bundle import Bundle, BundleManifest, write_bundle
 from facecore.config import Settings, load_settings
 from facecore.embedder import Embedder, Preprocessing
 from facecore.frontend import FrontEnd
-from facecore.registry import MODELS, model_cache_dir, model_path
+from facecore.registry import MODELS, model_cache_dir, model_path, recorded_checksum_matches
 from streamer.live.recognizer import ActiveModel
 
 CLIP = "media/short_hamilton_clip.mp4"
@@ -48,7 +48,8 @@ def live_settings(shared_dir: Path, state_dir: Path, cache_dir: Path, **keys: ob
         **keys,
     }
     settings = load_settings(cli, {})
-    if not (model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename).is_file():
+    converted = model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename
+    if not recorded_checksum_matches(converted):  # missing, damaged, or never recorded
         source = model_path(settings, "dlib_resnet_v1_dat", download=False)
         prepare_dlib_resnet(source, model_cache_dir(settings))
     prepare_landmark_model(settings, download=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from facecore.calibration import (
     per_row_far,
 )
 from facecore.publish import current_bundle_dir
-from facecore.registry import DLIB_LANDMARKS, MODELS, get_spec
+from facecore.registry import CHECKSUM_SUFFIX, DLIB_LANDMARKS, MODELS, get_spec
 from trainer.evaluation.calibrate import OWN_EVIDENCE, OpenSetScores, calibrate
 from trainer.evaluation.population import impostor_tail
 
@@ -160,7 +161,8 @@ def test_a_truncated_calibration_beside_the_model_stops_the_trainer_clearly(
     models = tmp_path / "cache" / "models"
     models.mkdir(parents=True)
     for spec in (MODELS[MODEL], MODELS[DLIB_LANDMARKS]):  # the recognizer and its front end
-        (models / spec.filename).symlink_to(Path(cache) / "models" / spec.filename)
+        for name in (spec.filename, spec.filename + CHECKSUM_SUFFIX):  # and their records
+            (models / name).symlink_to(Path(cache) / "models" / name)
     setup.global_options[setup.global_options.index("--cache-dir") + 1] = str(models.parent)
     bad = models / f"{MODEL}.calibration.json"
     bad.write_text(SHIPPED.read_text(encoding="utf-8")[:500], encoding="utf-8")
@@ -190,3 +192,34 @@ def test_one_person_with_one_photo_gets_the_prior_for_one(
     assert current is not None
     written = json.loads((current / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert written["threshold_reason"] == manifest.threshold_reason
+
+
+def test_calibrate_output_leaves_the_folders_alone_and_a_bad_one_is_refused_first(
+    installation: Installation, shared_dir: Path, tmp_path: Path
+) -> None:
+    """The file is 0600 and its folder keeps its mode (it was made 0700: the working
+    folder with a bare name, ``/`` with ``--output /tmp``); a folder or a file that
+    cannot be created is refused before any image is read."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    folder.chmod(0o755)
+    above = stat.S_IMODE(tmp_path.stat().st_mode)
+    lfw10 = str(shared_dir / "datasets" / "lfw10")
+    output = folder / "calibration.json"
+    installation.run("eval", "calibrate", lfw10, "--output", str(output), timeout=300)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    refused = {
+        folder: "it is a directory",
+        Path("/proc/facestream-calibration.json"): "no file can be created in /proc (",
+        folder / "missing" / "c.json": f"the folder {folder / 'missing'} does not exist",
+    }
+    for target, reason in refused.items():
+        done = installation.attempt("eval", "calibrate", lfw10, "--output", str(target))
+        assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+        assert done.stderr.startswith(f"facestream: error: cannot write --output {target}: "
+                                      f"{reason}"), done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == above
+    assert sorted(p.name for p in folder.iterdir()) == ["calibration.json"]

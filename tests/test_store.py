@@ -32,7 +32,8 @@ from enrollment.files import TEMP_PREFIX
 from enrollment.postgres import PostgresDatabase
 from enrollment.sqlite import DATABASE, SqliteDatabase
 from enrollment.store import EnrollmentStore, Quality, Sample, crop_sha256
-from facecore.config import load_settings
+from facecore.config import EnrollmentSettings, Settings, load_settings
+from facecore.errors import ConfigError
 from facestream.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -185,12 +186,15 @@ def test_a_database_url_that_is_not_postgresql_is_refused(
     monkeypatch.chdir(tmp_path)  # where a folder store named like the URL would go
     for url, given in (("notaurl", "not a URL"), ("ada:secret@db/faces", "not a URL"),
                        ("mysql://ada:secret@db/faces", "a 'mysql' URL")):
-        settings = load_settings(
-            {"state_dir": str(tmp_path / "state"), "enrollment.database_url": url}, {}
-        )
-        with pytest.raises(StoreError, match="must be a PostgreSQL URL") as refused:
-            EnrollmentStore.from_settings(settings)
+        with pytest.raises(ConfigError, match="must be a PostgreSQL URL") as refused:
+            load_settings({"state_dir": str(tmp_path / "state"), "enrollment.database_url": url},
+                          {})
         assert str(refused.value).endswith(f"the value given is {given}")
+        assert "secret" not in str(refused.value)
+        by_hand = Settings(tmp_path / "state", tmp_path / "cache",
+                           enrollment=EnrollmentSettings(database_url=url))
+        with pytest.raises(StoreError, match="must be a PostgreSQL URL") as refused:
+            EnrollmentStore.from_settings(by_hand)
         assert "secret" not in str(refused.value)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(StoreError, match="no store given"):

@@ -609,8 +609,8 @@ def test_trainer_once_with_a_database_url_that_is_not_postgresql_is_one_line(
             "trainer", "--once"]
     assert main(args) == 2
     assert capsys.readouterr().err == (
-        "facestream: error: enrollment.database_url (--database-url) must be a PostgreSQL "
-        "URL, postgresql://USER@HOST/DB; the value given is not a URL\n"
+        "facestream: error: enrollment.database_url (from command line --database-url): must "
+        "be a PostgreSQL URL, postgresql://USER@HOST/DB; the value given is not a URL\n"
     )
     assert not (tmp_path / "state").exists()
 

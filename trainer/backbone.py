@@ -14,7 +14,7 @@ from facecore.download import sha256_file
 from facecore.embedder import Embedder, Preprocessing
 from facecore.errors import ConfigError
 from facecore.frontend import FrontEnd
-from facecore.registry import MODELS, describe_kind, model_path
+from facecore.registry import describe_kind, get_spec, model_path
 
 __all__ = ["Backbone"]
 
@@ -35,7 +35,7 @@ class Backbone:
     @classmethod
     def from_settings(cls, settings: Settings) -> Backbone:
         name = settings.recognition.model
-        spec = MODELS[name]
+        spec = get_spec(name)
         if spec.kind != "recognizer" or spec.template is None:
             reason = (
                 f"{describe_kind(spec)}, not a recognizer"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from facecore.download import sha256_file
-from facecore.registry import ensure_model_cache
+from facecore.registry import ensure_model_cache, record_checksum, recorded_checksum_matches
 from trainer.dlib.resnet import DlibResNet
 from trainer.errors import ExportCheckError
 
@@ -123,17 +123,21 @@ def _dlib_metadata(model: DlibResNet, source: Path, digest: str) -> dict[str, st
 
 
 def prepare_dlib_resnet(source: Path, cache_dir: Path) -> Path:
-    """Convert dlib's ResNet ``.dat`` to ONNX once; later calls return the cached file.
-    `ModelError` when ``cache_dir`` cannot be written."""
+    """Convert dlib's ResNet ``.dat`` to ONNX once, its sha256 recorded beside it;
+    later calls return the cached file while it matches that record, and convert again
+    when it does not (damaged). `ModelError` when ``cache_dir`` cannot be written."""
     source, cache_dir = Path(source), Path(cache_dir)
     digest = sha256_file(source)
     target = cache_dir / f"dlib_resnet_v1-{digest[:16]}.onnx"
-    if target.is_file():
+    if recorded_checksum_matches(target):
         log.info("using cached ONNX conversion %s", target)
         return target
+    if target.exists():
+        log.warning("the cached ONNX conversion %s is damaged: converting again", target)
     ensure_model_cache(cache_dir)
     model = DlibResNet.from_dat(source)
     export_onnx(model, target, input_size=model.input_size,
                 metadata=_dlib_metadata(model, source, digest))
+    record_checksum(target)
     log.info("converted %s to %s", source.name, target)
     return target

@@ -26,6 +26,8 @@ from facecore.registry import (
     get_spec,
     model_cache_dir,
     model_path,
+    record_checksum,
+    recorded_checksum_matches,
 )
 from trainer.dlib.format import DlibReader
 from trainer.errors import DlibFormatError
@@ -95,11 +97,14 @@ def parse_shape_predictor(data: bytes) -> dict[str, NDArray[np.generic]]:
 
 
 def prepare_shape_predictor(source: Path, target: Path) -> Path:
-    """Convert ``source`` (.dat) to ``target`` (.npz) once; a later call finds it.
+    """Convert ``source`` (.dat) to ``target`` (.npz) once, its sha256 recorded beside
+    it; a later call finds it, or converts again when it no longer matches the record.
     DlibFormatError names ``source`` when it is not a shape predictor; `ModelError`
     when ``target``'s folder cannot be written."""
-    if target.is_file():
+    if recorded_checksum_matches(target):
         return target
+    if target.exists():
+        log.warning("the cached landmark model %s is damaged: converting again", target)
     try:
         arrays = parse_shape_predictor(Path(source).read_bytes())
     except DlibFormatError as exc:
@@ -110,6 +115,7 @@ def prepare_shape_predictor(source: Path, target: Path) -> Path:
         np.savez(out, **arrays)
     fsync_path(partial)
     partial.replace(target)
+    record_checksum(target)
     log.info("converted %s (sha256 %s) to %s", source, sha256_file(source)[:16], target)
     return target
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-from facecore.cli import Subparsers, add_command
+from facecore.cli import Subparsers, add_command, path_argument
 from facecore.config import Settings
-from facecore.errors import SourceError
+from facecore.errors import ConfigError, SourceError
 from facecore.text import counted
 
 __all__ = ["register_calibrate"]
@@ -47,7 +46,7 @@ def register_calibrate(subparsers: Subparsers, parents: Sequence[argparse.Argume
         epilog=EPILOG,
     )
     parser.add_argument(
-        "folders", metavar="DIR", type=Path, nargs="+", help="one sub-folder per person"
+        "folders", metavar="DIR", type=path_argument, nargs="+", help="one sub-folder per person"
     )
     parser.add_argument(
         "--model",
@@ -57,7 +56,10 @@ def register_calibrate(subparsers: Subparsers, parents: Sequence[argparse.Argume
         help="recognizer from `facestream models list` (default: the recognition.model setting)",
     )
     parser.add_argument(
-        "--output", metavar="FILE", type=Path, help="write here instead of beside the model"
+        "--output",
+        metavar="FILE",
+        type=path_argument,
+        help="write here instead of beside the model",
     )
 
 
@@ -70,11 +72,18 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         per_row_far,
         weights_sha256,
     )
-    from facecore.registry import get_spec
+    from facecore.files import unwritable_reason
+    from facecore.registry import ensure_model_cache, get_spec
     from trainer.evaluation.embedding import embed_largest_faces, labelled_images
     from trainer.evaluation.population import data_sha256, impostor_tail, source_commit
 
     spec = get_spec(settings.recognition.model)
+    # asked before every image is embedded (long on a large set), not after
+    output = args.output or calibration_path(settings, spec)
+    if args.output is None:
+        ensure_model_cache(output.parent)
+    elif (reason := unwritable_reason(output)) is not None:
+        raise ConfigError(f"cannot write --output {output}: {reason}")
     tails = []
     for folder in args.folders:
         if not folder.is_dir():
@@ -109,7 +118,6 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         command="facestream eval calibrate " + " ".join(f.name for f in args.folders),
         datasets=tuple(tails),
     )
-    output = args.output or calibration_path(settings, spec)
     write_private_file(output, calibration.to_json().encode())
     target = settings.trainer.target_far
     print(f"wrote {output}")

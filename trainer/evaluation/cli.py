@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore.cli import Subparsers, add_command
+from facecore.cli import Subparsers, add_command, path_argument
 from facecore.config import Settings
 from facecore.errors import ConfigError, SourceError
 from facecore.text import counted
@@ -84,11 +84,13 @@ def register_eval(subparsers: Subparsers, parents: Sequence[argparse.ArgumentPar
         description=DESCRIPTION,
         epilog=EPILOG,
     )
-    parser.add_argument("folder", metavar="DIR", type=Path, help="one sub-folder per person")
+    parser.add_argument(
+        "folder", metavar="DIR", type=path_argument, help="one sub-folder per person"
+    )
     parser.add_argument(
         "--pairs",
         metavar="FILE",
-        type=Path,
+        type=path_argument,
         help="LFW-format pairs file: a line 'folds n', then per fold n lines 'Name i j' "
         "and n lines 'Name1 i Name2 j'; images are DIR/Name/Name_%%04d.jpg",
     )
