@@ -537,11 +537,15 @@ def env_warnings(environ: Mapping[str, str]) -> list[str]:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and its parents) and make it readable by its owner only (0700).
+    """Create `path` and make it readable by its owner only (0700); a parent folder it
+    creates (the state folder itself, on a first run) is 0700 too, one that exists is
+    left as it is.
 
     Biometric data (face embeddings, enrollment photos) lives under ``state_dir``. Only
     for facestream's own folders there: never one the user named, which may be ``/``.
     """
-    path.mkdir(parents=True, exist_ok=True)
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    for folder in reversed(missing):  # mkdir(parents=True) would make them 0755
+        folder.mkdir(mode=0o700, exist_ok=True)
     path.chmod(0o700)
     return path

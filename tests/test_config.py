@@ -305,9 +305,12 @@ def test_settings_are_frozen_and_buildable_by_hand(tmp_path: Path) -> None:
 
 
 def test_ensure_private_dir(tmp_path: Path) -> None:
-    target = tmp_path / "a" / "b"
+    tmp_path.chmod(0o755)
+    target = tmp_path / "a" / "b"  # "a": a state folder made on a first run
     assert ensure_private_dir(target) == target
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755  # there before: left alone
     target.chmod(0o755)
     ensure_private_dir(target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
