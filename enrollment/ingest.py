@@ -12,6 +12,7 @@ any backbone can re-align it later.
 from __future__ import annotations
 
 import io
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -345,9 +346,10 @@ def _choose_face(area: NDArray[np.float32], policy: IngestPolicy) -> tuple[int, 
     order = np.argsort(-area)
     ratio = float(area[order[0]] / max(float(area[order[1]]), 1e-6))
     if ratio < policy.dominance:
+        shown = math.floor(ratio * 10) / 10  # 1.96 rounded would read "2.0x, 2x needed"
         raise _Rejected(
             Outcome.SEVERAL_FACES,
-            f"{len(area)} faces and none clearly the largest (the largest has {ratio:.1f}x "
+            f"{len(area)} faces and none clearly the largest (the largest has {shown:.1f}x "
             f"the area of the next, {policy.dominance:g}x needed): use a photo of one person",
         )
     return int(order[0]), f"largest of {len(area)} faces taken ({ratio:.1f}x the area of the next)"

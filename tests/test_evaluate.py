@@ -333,5 +333,6 @@ def test_bad_arguments_are_clear_errors(
         _run([str(tmp_path / "nowhere")], cache_dir, yunet_path)
     with pytest.raises(SourceError, match="fewer than two images"):
         _run([str(tmp_path)], cache_dir, yunet_path)
-    with pytest.raises(ConfigError, match="yunet_2026may is a detector, not a recognizer"):
+    with pytest.raises(ConfigError, match=r"recognition\.model = 'yunet_2026may' .*expected one "
+                       "of dlib_resnet_v1"):
         _run([str(tmp_path), "--model", "yunet_2026may"], cache_dir, yunet_path)

@@ -196,20 +196,13 @@ def run_verify(
 ) -> list[Column]:
     """``eval verify``: print the report and return its columns (one per front-end
     candidate, default the model's own, then dlib-bin's with ``reference="dlib"``)."""
-    from facecore.registry import DETECTOR, describe_kind, get_spec
+    from facecore.registry import DETECTOR, get_spec
 
     if not folder.is_dir():
         raise SourceError(f"{folder} is not a folder")
     if max_genuine < 1:
         raise ConfigError("--max-genuine must be at least 1")
-    spec = get_spec(settings.recognition.model)
-    if spec.kind != "recognizer":
-        raise ConfigError(
-            f"{spec.name} is {describe_kind(spec)}, not a recognizer",
-            key="recognition.model",
-            value=spec.name,
-            origin=settings.origins.get("recognition.model"),
-        )
+    spec = get_spec(settings.recognition.model)  # a recognizer: the settings checked it
     paths, pairs, origin = _load_pairs(folder, pairs_file, max_genuine, seed)
     print(f"{folder}: {counted(len(paths), 'image')}; {origin}")
     print(
