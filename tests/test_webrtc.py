@@ -21,6 +21,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamTrack, convert_timebase
 from aiortc.rtp import RtpPacket
 from av import VideoFrame
+from enroll_support import LIN_FACING, FramesTrack, clip_frames
 from webrtc_support import (
     TOKEN,
     Client,
@@ -139,6 +140,33 @@ async def test_clip_comes_back_annotated_with_lin_manuel_miranda_named(
     x0, y0, x1, y1 = event["box"]
     assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 360
     assert 0.0 < float(event["confidence"]) <= 1.0
+
+
+async def test_presence_lists_the_tracks_in_view_and_none_once_the_face_is_gone(
+    settings: Settings, engine: Engine, shared_file: object
+) -> None:
+    """The page drops whoever the presence message leaves out: Lin facing the camera
+    for two seconds, then an empty stage for three, over and over."""
+    lin = clip_frames(shared_file(CLIP), LIN_FACING)[:30]  # type: ignore[operator]
+    empty = [np.full_like(lin[0], 40)] * 45
+    async with live_server(settings, engine) as server:
+        client = await connect(server, FramesTrack(lin + empty))
+        try:
+
+            def presences() -> list[dict[str, object]]:
+                return [m for m in client.messages if m["type"] == "presence"]
+
+            assert await client.wait_for(lambda: any(p["tracks"] for p in presences()), 30)
+            seen = next(p for p in presences() if p["tracks"])
+            restated = {e["track"] for e in client.events if e["frame"] == seen["frame"]}
+            assert set(seen["tracks"]) == restated  # every track in view, and only those
+            assert seen["stream"] == client.events[0]["stream"]
+            after = len(presences())
+            assert await client.wait_for(
+                lambda: any(not p["tracks"] for p in presences()[after:]), 10
+            ), presences()
+        finally:
+            await client.close()
 
 
 def _packet(sequence: int, timestamp: int, marker: bool) -> RtpPacket:

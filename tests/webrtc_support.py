@@ -144,7 +144,8 @@ class Client:
     """A connected aiortc peer: what it received back."""
 
     pc: RTCPeerConnection
-    events: list[dict[str, object]] = field(default_factory=list)
+    events: list[dict[str, object]] = field(default_factory=list)  # RecognitionEvents
+    messages: list[dict[str, object]] = field(default_factory=list)  # typed: "presence"...
     frames: list[VideoFrame] = field(default_factory=list)
     channel_open: asyncio.Event = field(default_factory=asyncio.Event)
     worker: str = ""  # the X-Facestream-Worker (pid) that answered the offer
@@ -198,7 +199,12 @@ async def connect(
     client = Client(pc)
     channel = pc.createDataChannel("events")
     channel.on("open", client.channel_open.set)
-    channel.on("message", lambda message: client.events.append(json.loads(message)))
+
+    def received(text: str) -> None:
+        message = json.loads(text)
+        (client.messages if "type" in message else client.events).append(message)
+
+    channel.on("message", received)
 
     async def read(remote: MediaStreamTrack) -> None:
         while True:

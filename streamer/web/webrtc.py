@@ -7,8 +7,10 @@ transceiver) and the ``events`` data channel the page opens, on which every
 
 Besides the pipeline's events (a track's identity decided or changed), the channel
 restates every visible track's identity at most once per ``PRESENCE_INTERVAL``, as
-a ``RecognitionEvent`` built from its ``TrackView`` (the same JSON), so the page
-can drop a name a few seconds after its face leaves the picture.
+a ``RecognitionEvent`` built from its ``TrackView`` (the same JSON), followed by
+``{"type": "presence", "stream": ID, "frame": N, "tracks": [track ids]}``: the tracks
+in view, none left out, so the page drops a face that left the picture (or a track
+a scene cut ended) within a second, and a name it knew under an old name at once.
 
 ``PeerManager`` turns offers into answers, rejects what it cannot serve with an
 ``OfferError`` (``streamer.web.signalling``: an HTTP status and a reason) and releases
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -242,8 +245,9 @@ class PeerSession:
         if channel is None or channel.readyState != "open":
             return
         events = list(result.events)
+        messages: list[str] = []
         now = time.monotonic()
-        if result.tracks and now - self._presence_sent >= PRESENCE_INTERVAL:
+        if now - self._presence_sent >= PRESENCE_INTERVAL:
             self._presence_sent = now
             changed = {event.track for event in events}
             events.extend(
@@ -264,11 +268,14 @@ class PeerSession:
                 for view in result.tracks
                 if view.track_id not in changed
             )
-        for event in events:
+            presence = {"type": "presence", "stream": self.id, "frame": result.number,
+                        "tracks": [view.track_id for view in result.tracks]}
+            messages.append(json.dumps(presence))
+        for text in [*(event.to_json() for event in events), *messages]:
             if channel.bufferedAmount > MAX_CHANNEL_BUFFER:
                 self.events_dropped += 1
                 continue
-            channel.send(event.to_json())
+            channel.send(text)
             self.events_sent += 1
 
     async def start(self) -> None:

@@ -9,6 +9,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const MODEL_EVERY_MS = 5000;
+  const PEOPLE_EVERY_MS = 5000; // changes made elsewhere
   const UNREACHABLE =
     "the server cannot be reached: check that this device is on its network and that facestream is running";
 
@@ -68,31 +69,60 @@
     return `${n} ${word}${n === 1 ? "" : "s"}`;
   }
 
-  async function loadPeople() {
+  async function loadPeople({ quiet = false } = {}) {
     const result = await api("GET", "/api/people");
     if (!result.ok) {
-      notify(`Cannot list people: ${problem(result)}`, "error");
+      if (!quiet) notify(`Cannot list people: ${problem(result)}`, "error");
       return;
     }
-    const people = result.reply.people;
+    showPeople(result.reply.people);
+  }
+
+  // Cards are kept from one listing to the next (an open rename form, an upload's report,
+  // the focus stay); a person added, renamed, given samples or deleted elsewhere (another
+  // tab, the phone's Enroll mode, the command line) shows as such.
+  function showPeople(people) {
     $("people-count").textContent = String(people.length);
     $("people-empty").hidden = people.length > 0;
     const list = $("people");
-    const open = new Set([...list.querySelectorAll(".person-card")].map((c) => c.dataset.id));
-    list.replaceChildren(...people.map((p) => personCard(p)));
-    for (const person of people) {
-      if (person.sample_count > 0 || open.has(person.id)) loadSamples(person.id);
+    const cards = new Map([...list.querySelectorAll(".person-card")].map((c) => [c.dataset.id, c]));
+    const samplesDue = [];
+    const shown = people.map((person) => {
+      let card = cards.get(person.id);
+      if (!card) {
+        card = personCard(person);
+        if (person.sample_count > 0) samplesDue.push(person.id);
+      } else if (card.person.sample_count !== person.sample_count) {
+        samplesDue.push(person.id);
+      }
+      Object.assign(card.person, person);
+      showPerson(card);
+      return card;
+    });
+    for (const [id, card] of cards) {
+      if (!people.some((p) => p.id === id)) card.remove();
     }
+    shown.forEach((card, index) => {  // moved only when out of place: a moved card loses focus
+      if (list.children[index] !== card) list.insertBefore(card, list.children[index] || null);
+    });
+    samplesDue.forEach(loadSamples);
   }
 
-  function personCard(person) {
-    const card = $("person-template").content.firstElementChild.cloneNode(true);
-    card.dataset.id = person.id;
+  function showPerson(card) {
+    const person = card.person;
     const avatar = card.querySelector(".avatar");
     avatar.textContent = Array.from(person.name.trim())[0]?.toUpperCase() || "?";
     avatar.style.setProperty("--hue", hue(person.name));
     card.querySelector(".person-name").textContent = person.name;
     card.querySelector(".person-meta").textContent = plural(person.sample_count, "sample");
+  }
+
+  // ``card.person`` is kept up to date by showPeople: its handlers read it when they run.
+  function personCard(listed) {
+    const card = $("person-template").content.firstElementChild.cloneNode(true);
+    card.dataset.id = listed.id;
+    const person = { ...listed };
+    card.person = person;
 
     const renameForm = card.querySelector(".rename-form");
     const renameInput = renameForm.querySelector("input");
@@ -104,8 +134,13 @@
       renameInput.focus();
       renameInput.select();
     });
-    card.querySelector('[data-action="cancel-rename"]').addEventListener("click", () => {
+    const closeRename = () => {
       renameForm.hidden = true;
+      card.querySelector('[data-action="rename"]').focus();
+    };
+    card.querySelector('[data-action="cancel-rename"]').addEventListener("click", closeRename);
+    renameInput.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") closeRename();
     });
     renameForm.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -115,6 +150,7 @@
         return;
       }
       notify(`Renamed ${person.name} to ${result.reply.name}.`);
+      closeRename();
       loadPeople();
     });
 
@@ -148,7 +184,9 @@
         const remove = document.createElement("button");
         remove.type = "button";
         remove.className = "sample-remove";
-        remove.setAttribute("aria-label", "Remove this sample");
+        const whose = card.person.name;
+        remove.setAttribute("aria-label", `Remove ${whose}'s sample from ${sample.source}, ` +
+          sample.created.slice(0, 10));
         remove.title = "Remove this sample";
         remove.textContent = "×";
         remove.addEventListener("click", () => confirmErase(
@@ -217,8 +255,8 @@
   function confirmDelete(person) {
     confirmErase(
       `Delete ${person.name}?`,
-      `${plural(person.sample_count, "face sample")} will be erased, and the next model ` +
-        "will no longer recognise this person. This cannot be undone.",
+      `${plural(person.sample_count, "face sample")} will be erased, and the live video ` +
+        "stops naming this person at once. This cannot be undone.",
       "Delete",
       async () => {
         const result = await api("DELETE", `/api/people/${person.id}`);
@@ -227,7 +265,11 @@
           return;
         }
         notify(`${person.name} was deleted.`);
-        loadPeople();
+        // the focus, on this card's button, would fall to the page: the next card takes it
+        const card = document.querySelector(`.person-card[data-id="${person.id}"]`);
+        const next = card?.nextElementSibling || card?.previousElementSibling;
+        await loadPeople();
+        (next?.querySelector('[data-action="delete"]') || $("new-name")).focus();
       },
     );
   }
@@ -321,4 +363,7 @@
   loadPeople();
   loadModel();
   setInterval(loadModel, MODEL_EVERY_MS);
+  setInterval(() => {
+    if (!document.hidden) loadPeople({ quiet: true });
+  }, PEOPLE_EVERY_MS);
 })();

@@ -10,7 +10,9 @@
   const UNKNOWN_SEEN_FOR_MS = 1500; // unknown faces: only those of the latest restatement
   const GATHER_TIMEOUT_MS = 3000;
   const STATS_EVERY_MS = 1000;
+  const CONFIG_EVERY_MS = 5000; // the model version in the footer
   const UNSTABLE_AFTER_MS = 4000; // "disconnected" this long counts as lost
+  const STALLED_AFTER = 2; // stats ticks (seconds) without a new frame back: "no video"
   const CONNECT_TIMEOUT_MS = 15000; // from the answer to a connected link
   const UNKNOWN = "unknown"; // the name of a face nobody known matches
 
@@ -58,6 +60,7 @@
     camera: "Starting camera",
     connecting: "Connecting",
     live: "Live",
+    stalled: "No video from the server",
     unstable: "Reconnecting",
     error: "Stopped",
   };
@@ -65,14 +68,14 @@
   function setState(state, overlay) {
     body.dataset.state = state;
     $("status-text").textContent = STATUS[state];
-    const running = state === "camera" || state === "connecting" || state === "live" || state === "unstable";
+    const running = ["camera", "connecting", "live", "stalled", "unstable"].includes(state);
     let label = "Start camera";
     if (running) label = "Stop";
     else if (state === "error") label = overlay?.action || "Try again";
     $("start-label").textContent = label;
     $("start").classList.toggle("danger", running);
     $("flip").disabled = !app.stream;
-    $("figures").hidden = !(state === "live" || state === "unstable");
+    $("figures").hidden = !["live", "stalled", "unstable"].includes(state);
     if (overlay) {
       $("overlay-title").textContent = overlay.title;
       $("overlay-text").textContent = overlay.text;
@@ -159,9 +162,11 @@
   }
 
   // ---- connection --------------------------------------------------------------
-  async function loadConfig() {
+  // ``quiet``: the periodic refresh of the model version, which leaves a live stream
+  // alone when the sign-in has lapsed (the next start goes to the login page)
+  async function loadConfig({ quiet = false } = {}) {
     const res = await fetch("/api/config", { credentials: "same-origin" });
-    if (res.status === 401) {
+    if (res.status === 401 && !quiet) {
       location.assign("/login");
       throw new Error("signed out");
     }
@@ -260,7 +265,9 @@
   }
 
   function lost() {
-    fail("Connection lost", "The video stopped reaching the server. Check the Wi-Fi, then reconnect.", "Reconnect");
+    fail("Connection lost",
+      "The video stopped coming back. Check the Wi-Fi, and that the server is still running, " +
+      "then reconnect.", "Reconnect");
   }
 
   // ---- start / stop ---------------------------------------------------------------
@@ -333,18 +340,28 @@
   }
 
   function toggle() {
-    if (["camera", "connecting", "live", "unstable"].includes(body.dataset.state)) stop();
+    if (["camera", "connecting", "live", "stalled", "unstable"].includes(body.dataset.state)) stop();
     else start();
   }
 
   // ---- who is in view ---------------------------------------------------------------
-  // One entry per track; the server restates visible tracks every second, so an
-  // entry not refreshed for SEEN_FOR_MS has left the picture.
+  // One entry per track. Every second the server restates the visible tracks and then
+  // lists them all in a "presence" message: a track it does not list has left the
+  // picture (or a scene cut ended it). An entry not refreshed for SEEN_FOR_MS has left
+  // too, when nothing comes (the video stalled).
   function onEvent(data) {
     let event;
     try {
       event = JSON.parse(data);
     } catch {
+      return;
+    }
+    if (event.type === "presence" && Array.isArray(event.tracks)) {
+      const inView = new Set(event.tracks.map((track) => `${event.stream}/${track}`));
+      for (const key of app.people.keys()) {
+        if (!inView.has(key)) app.people.delete(key);
+      }
+      renderPeople();
       return;
     }
     if (typeof event.type === "string") {
@@ -452,6 +469,12 @@
       const dt = (inbound.timestamp - app.lastStats.timestamp) / 1000;
       if (dt > 0) fps = (inbound.framesDecoded - app.lastStats.framesDecoded) / dt;
     }
+    // the link can stay "connected" for seconds after the server went away: frames that
+    // stop coming back say so at once
+    const frozen = inbound && app.lastStats && inbound.framesDecoded === app.lastStats.framesDecoded;
+    app.stalledTicks = frozen ? (app.stalledTicks || 0) + 1 : 0;
+    if (body.dataset.state === "live" && app.stalledTicks >= STALLED_AFTER) setState("stalled");
+    else if (body.dataset.state === "stalled" && !frozen) setState("live");
     app.lastStats = inbound;
     $("fps").textContent = fps === undefined ? "–" : String(Math.round(fps));
     $("rtt").textContent = rtt === null ? "–" : String(Math.round(rtt * 1000));
@@ -471,6 +494,10 @@
   app.listTimer = setInterval(renderPeople, 500);
   window.addEventListener("pagehide", () => teardown(true));
   loadConfig().catch(() => {});
+  // the trainer publishes while phones stream: the footer follows the model served
+  setInterval(() => {
+    if (!document.hidden) loadConfig({ quiet: true }).catch(() => {});
+  }, CONFIG_EVERY_MS);
   updateFlipButton();
   setState("idle");
 })();
