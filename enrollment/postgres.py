@@ -222,14 +222,16 @@ class PostgresDatabase:
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
         """psycopg's errors as the store's; a broken connection is dropped, so that
-        the next call connects again."""
+        the next call connects again. A lost server drops both: when it restarts, the
+        one not in use does not know it is dead until it is used (and fails then)."""
         try:
             yield
         except psycopg.Error as exc:
             broken = [c for c in (self._conn, self._listener) if c is not None and c.broken]
-            for conn in broken:
-                conn.close()
             if broken or isinstance(exc, psycopg.OperationalError):
+                for conn in (self._conn, self._listener):
+                    if conn is not None:
+                        conn.close()
                 raise StoreUnavailableError(
                     f"the enrollment database {self.where} is unreachable ({doing}): "
                     f"{_first_line(exc)}"

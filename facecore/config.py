@@ -104,7 +104,12 @@ def _ip_networks(values: tuple[str, ...]) -> None:
 def check_database_url(url: str | None) -> None:
     """ValueError unless `url` is a PostgreSQL URL (or None); the reason never repeats
     the value: one that is no URL could be a password typed in the wrong place."""
-    if url is None or url.startswith(("postgresql://", "postgres://")):
+    if url is None:
+        return
+    if url.startswith(("postgresql://", "postgres://")):
+        if urllib.parse.urlsplit(url).netloc.count("@") > 1:
+            # libpq ends the password at the first one, and names the rest as the host
+            raise ValueError("an '@' in its user name or password must be written %40")
         return
     scheme, found, _ = url.partition("://")
     given = f"a {scheme!r} URL" if found else "not a URL"
@@ -285,12 +290,24 @@ def _cli_option(key: str, options: Mapping[str, str]) -> str:
 
 
 def redacted_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``: for messages and logs."""
+    """``url`` with its password, if any, replaced by ``***``: for messages and logs.
+    libpq takes one in the query too (``?password=``)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    if any(key in _SECRET_PARAMETERS for key, _ in pairs):
+        query = urllib.parse.urlencode(
+            [(key, "***" if key in _SECRET_PARAMETERS else value) for key, value in pairs],
+            safe="*",
+        )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})  # of a libpq URL's query
 
 
 def _is_path(tp: typing.Any) -> bool:

@@ -131,6 +131,9 @@ def test_error_is_one_clean_line_and_status_2(env: dict[str, str]) -> None:
         ('[enrollment]\ndatabase_url = "mysql://ada:secret@db/faces"\n',
          "enrollment.database_url (from config file {config}): must be a PostgreSQL URL, "
          "postgresql://USER@HOST/DB; the value given is a 'mysql' URL"),
+        ('[enrollment]\ndatabase_url = "postgresql://ada:p@ss@db/faces"\n',
+         "enrollment.database_url (from config file {config}): an '@' in its user name or "
+         "password must be written %40"),
         ('[server]\ntrusted_proxies = "not-an-ip"\n',
          "server.trusted_proxies = 'not-an-ip' (from config file {config}): 'not-an-ip' is "
          "not an IP address or network such as 10.0.0.5 or 10.0.0.0/24"),

@@ -11,7 +11,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +26,7 @@ from webrtc_support import BAD_JSON_BODIES
 from enrollment.errors import DuplicatePersonError
 from enrollment.store import EnrollmentStore
 from facecore.bundle import BundleManifest, write_bundle
-from facecore.config import Settings, load_settings
+from facecore.config import EnrollmentSettings, Settings, load_settings
 from facecore.embedder import Preprocessing
 from facecore.publish import publish
 from streamer.enroll import api as enroll_api
@@ -442,3 +442,30 @@ async def test_the_worker_runs_jobs_in_one_thread_and_closes_twice(
         await worker.call(lambda store: store.find_person(person.id))
     with EnrollmentStore(tmp_path / "state" / "enrollment") as store:  # closed cleanly
         assert [p.name for p in store.list_people()] == ["Ada"]
+
+
+async def test_a_database_out_of_reach_is_a_503_that_names_none_of_it(
+    shared_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its host, port and user are for the server's log: a token holder gets the what."""
+    settings = replace(
+        _settings(shared_dir, tmp_path),
+        enrollment=EnrollmentSettings(database_url="postgresql://fsuser@127.0.0.1:9/fsdb"),
+    )
+    with Engine.from_settings(settings, watch=False) as engine:
+        app = create_app(settings, engine, TOKEN, secure=False)
+        add_enrollment_routes(app, settings)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                api = Api(f"http://127.0.0.1:{runner.addresses[0][1]}", http, settings)
+                status, body = await api.call("GET", "/api/people")
+        finally:
+            await runner.cleanup()
+    assert status == 503, body
+    assert "cannot be reached" in body["reason"]
+    assert not [word for word in ("fsuser", "127.0.0.1", "fsdb") if word in body["reason"]]
+    assert any("127.0.0.1" in r.getMessage() for r in caplog.records)  # the log says

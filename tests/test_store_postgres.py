@@ -76,6 +76,11 @@ def test_a_server_that_is_not_there_is_a_clear_error_without_the_password() -> N
     message = str(refused.value)
     assert "unreachable" in message and "127.0.0.1" in message
     assert "s3cret" not in message and "facestream:***@" in message
+    # libpq reads a password in the query too
+    url = f"postgresql://facestream@127.0.0.1:{free_port()}/facestream?password=s3cret&x=1"
+    with pytest.raises(StoreUnavailableError) as refused:
+        EnrollmentStore(url)
+    assert "s3cret" not in str(refused.value) and "password=***&x=1" in str(refused.value)
     with pytest.raises(StoreError, match="must be postgresql://"):
         EnrollmentStore("mysql://127.0.0.1/facestream")
 
@@ -196,3 +201,20 @@ async def test_the_trainer_waits_for_postgresql_then_follows_enrollments(
         assert trainer.popen.poll() is None
     finally:
         trainer.stop()
+
+
+def test_a_connection_the_server_ended_is_dropped_and_the_next_call_connects(
+    postgres_url: str,
+) -> None:
+    """As when PostgreSQL restarts: the server ends the store's connections ("terminating
+    connection due to administrator command"). One call fails as unreachable; the next
+    connects again, not through the dead connection."""
+    with EnrollmentStore(postgres_url) as store:
+        revision = store.revision()
+        store.wait_for_change(revision, 0.01)  # the listening connection too
+        _one(postgres_url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+             "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+        with pytest.raises(StoreUnavailableError, match="unreachable"):
+            store.revision()
+        assert store.revision() == revision
+        store.wait_for_change(revision, 0.01)

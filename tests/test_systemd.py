@@ -133,6 +133,8 @@ def test_units_run_as_the_issue_asks() -> None:
             assert unit.get(key) == [value], f"{name}: {key}"
         assert "FACESTREAM_CONFIG=/etc/facestream/config.toml" in unit["Environment"]
         assert unit["ExecStart"][0].startswith(INSTALLED + " ")
+        # each prepares the model files it loads: a trainer may have a box of its own
+        assert unit["ExecStartPre"] == [f"{INSTALLED} models prepare"], name
     streamer, trainer = _unit(UNITS[0]), _unit(UNITS[1])
     assert streamer["ExecStart"] == [f"{INSTALLED} serve"]
     assert trainer["ExecStart"] == [f"{INSTALLED} trainer"]

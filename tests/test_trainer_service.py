@@ -531,7 +531,7 @@ def test_a_current_bundle_folder_that_is_gone_is_replaced_with_one_warning(
 
 
 def test_older_bundles_holding_an_erased_person_are_removed_with_the_next_publish(
-    settings: Settings, enroll: Callable[..., int], shared_dir: Path
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path, tmp_path: Path
 ) -> None:
     """Old versions are kept for servers still loading one, not to keep a face template
     of someone a user erased: the publish that follows an erasure removes each older
@@ -544,16 +544,20 @@ def test_older_bundles_holding_an_erased_person_are_removed_with_the_next_publis
         with_blair = service.run_once()
         assert first is not None and with_blair is not None
         assert "Hugo Chavez" in with_blair.manifest.labels
+        kept = shutil.copytree(with_blair.path, tmp_path / "kept")
         with EnrollmentStore.from_settings(settings) as store:
             store.remove_person(store.find_person("Hugo Chavez").id)
         after = service.run_once()
-    assert after is not None and "Hugo Chavez" not in after.manifest.labels
-    # the first never held him and stays; the one that did is gone, files and all
-    assert versions(bundles) == [first.manifest.version, after.manifest.version]
-    assert not with_blair.path.exists()
-    assert [p.name for p in bundles.iterdir() if p.name.startswith(".")] == []
-    for manifest in bundles.glob("v*/manifest.json"):
-        assert "Hugo Chavez" not in manifest.read_text("utf-8")
+        assert after is not None and "Hugo Chavez" not in after.manifest.labels
+        # the first never held him and stays; the one that did is gone, files and all
+        assert versions(bundles) == [first.manifest.version, after.manifest.version]
+        assert not with_blair.path.exists()
+        assert [p.name for p in bundles.iterdir() if p.name.startswith(".")] == []
+        for manifest in bundles.glob("v*/manifest.json"):
+            assert "Hugo Chavez" not in manifest.read_text("utf-8")
+        # a trainer killed between its publish and the removal: the next check removes it
+        shutil.copytree(kept, with_blair.path)
+        assert service.run_once() is None and not with_blair.path.exists()
 
 
 def test_a_store_change_that_leaves_people_and_samples_as_they_were_publishes_nothing(

@@ -307,6 +307,7 @@ class TrainerService:
         self.lock.acquire(wait=False)
         revision = self.store.revision()
         if self.up_to_date(revision):
+            self._remove_erased(self.current_manifest())  # after a run killed before it did
             return None
         roster = self._roster(revision)
         shown, manifest = current_bundle_dir(self.bundles_dir), self.current_manifest()
@@ -315,6 +316,7 @@ class TrainerService:
             log.info("store revision %d has the people and samples of %s: it stays",
                      revision, shown.name)
             self._unchanged = (revision, manifest.version)
+            self._remove_erased(manifest)
             return None
         self.notify(f"STATUS=publishing the prototypes of store revision {revision}")
         clean = embed_samples(self.store, self.backbone, roster.samples, None,
@@ -393,18 +395,22 @@ class TrainerService:
                  counted(len(fitted.people), "person"),
                  bundle.manifest.head_kind, bundle.manifest.threshold, fitted.revision)
         log.info("threshold: %s", bundle.manifest.threshold_reason)
-        self._remove_erased(bundle)
+        self._remove_erased(bundle.manifest)
         self.notify(f"STATUS={describe(bundle)}")
         return bundle
 
-    def _remove_erased(self, bundle: Bundle) -> None:
-        """Remove the older versions that hold a sample ``bundle`` was not built from:
-        erased since, alone or with its person. Older versions are kept for servers
-        still loading one, never to keep what a user erased. One that does not list its
-        samples (from before 2026-12-07) or cannot be read goes too."""
-        kept = set(bundle.manifest.sample_ids)
+    def _remove_erased(self, current: BundleManifest | None) -> None:
+        """Remove the older versions that hold a sample the ``current`` bundle was not
+        built from: erased since, alone or with its person. Older versions are kept for
+        servers still loading one, never to keep what a user erased. One that does not
+        list its samples (from before 2026-12-07) or cannot be read goes too. Done after
+        each publish and on each check that finds nothing to publish (a trainer killed
+        between its publish and this leaves them to the next one)."""
+        if current is None:
+            return
+        kept = set(current.sample_ids)
         for version in versions(self.bundles_dir):
-            if version >= bundle.manifest.version:
+            if version >= current.version:
                 continue
             path = self.bundles_dir / f"v{version:06d}"
             try:
@@ -457,6 +463,9 @@ class TrainerService:
         while stopping is None or not stopping.is_set():
             try:
                 failed = self._follow(failed)
+                if attempt:
+                    log.info("the enrollment store %s is reachable again", self.store.where)
+                    self.notify("STATUS=watching the enrollment store")
                 attempt = 0
             except StoreUnavailableError as exc:
                 attempt += 1

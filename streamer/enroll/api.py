@@ -94,7 +94,6 @@ _ERROR_STATUS: tuple[tuple[type[EnrollmentError], int], ...] = (
     (AmbiguousPersonError, 409),
     (DuplicatePersonError, 409),
     (InvalidNameError, 400),
-    (StoreUnavailableError, 503),  # PostgreSQL down: the next request connects again
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -174,12 +173,17 @@ def _store_errors(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
+        except StoreUnavailableError as exc:
+            # its words name the database's host, port and user: for the log, not clients
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            return error_response(503, "the enrollment database cannot be reached right now; "
+                                  "try again shortly (the server's log says why)")
         except EnrollmentError as exc:
             for kind, status in _ERROR_STATUS:
                 if isinstance(exc, kind):
                     return error_response(status, str(exc))
             log.error("enrollment store failure on %s %s: %s", request.method, request.path, exc)
-            return error_response(500, f"the enrollment store failed: {exc}")
+            return error_response(500, "the enrollment store failed (the server's log says why)")
 
     return wrapped
 

@@ -59,6 +59,8 @@ async def _follow(engine: Engine, worker: EnrollmentWorker) -> None:
                 log.warning("cannot read the enrollment store's people: %s", exc)
             failing = True
         else:
+            if failing:
+                log.info("the enrollment store's people can be read again")
             failing = False
             if people is not None:
                 seen = people.revision
