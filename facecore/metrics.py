@@ -84,3 +84,11 @@ TRAINER_RUNS = Counter(
 TRAINER_RUN_SECONDS = Histogram(
     "facestream_trainer_run_seconds", "Duration of a trainer run", buckets=RUN_BUCKETS
 )
+TRAINER_BUNDLE_VERSION = Gauge(
+    "facestream_trainer_bundle_version",
+    "Version of the bundle in force as the trainer last published or checked it (0: none)",
+)
+TRAINER_ACTIVE = Gauge(
+    "facestream_trainer_active",
+    "1 while this trainer holds the trainer lock and publishes; 0 while it waits (a standby)",
+)

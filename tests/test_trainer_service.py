@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from e2e_support import free_port
 from numpy.typing import NDArray
 
 from enrollment.ingest import import_folder
@@ -331,6 +334,18 @@ def test_serve_stops_on_the_stop_event_when_the_signal_s_exception_was_lost(
     assert current_bundle_dir(settings.state_dir / "bundles") is not None  # it did serve
 
 
+def _figure(port: int, name: str) -> float | None:
+    """The value of sample ``name`` (labels included) on ``/metrics`` at ``port``;
+    None while nothing answers there or the sample is missing."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
 def _environment(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
     env.update(
@@ -436,13 +451,16 @@ def test_service_notifies_systemd_follows_the_store_and_stops_on_sigterm(
         return () if directory is None else load_bundle(directory).manifest.labels
 
     log = (tmp_path / "service.log").open("w")
+    ports = [free_port(), free_port()]
     # A full check only every 10 minutes: the service sees the change by the revision
     # it reads every WAKE_SECONDS, or the test times out.
     process = subprocess.Popen(
         [sys.executable, "-m", "facestream", "trainer"],
-        env=_environment(settings, NOTIFY_SOCKET=path, FACESTREAM_TRAINER_POLL_SECONDS="600"),
+        env=_environment(settings, NOTIFY_SOCKET=path, FACESTREAM_TRAINER_POLL_SECONDS="600",
+                         FACESTREAM_TRAINER_METRICS_PORT=str(ports[0])),
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )
+    standby = None
     try:
         _wait_for(lambda: received("READY=1"), 60, "READY=1")
         _wait_for(lambda: received("STATUS=serving v000001"), 120, "the first bundle")
@@ -450,14 +468,31 @@ def test_service_notifies_systemd_follows_the_store_and_stops_on_sigterm(
         busy = _trainer(settings, "--once")
         assert busy.returncode == 2
         assert f"another trainer (process {process.pid}) is running" in busy.stderr
+        # a second service waits for the lock: its figures say it is the standby
+        standby = subprocess.Popen(
+            [sys.executable, "-m", "facestream", "trainer"],
+            env=_environment(settings, FACESTREAM_TRAINER_METRICS_PORT=str(ports[1])),
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        )
+        _wait_for(lambda: _figure(ports[1], "facestream_trainer_active") == 0, 60,
+                  "the standby's metrics")
+        assert _figure(ports[0], "facestream_trainer_active") == 1
         enroll(Colin_Powell=3)  # while the service runs, from this other process
         _wait_for(lambda: "Colin Powell" in served_labels(), 120, "a bundle naming him")
+        published = 'facestream_trainer_runs_total{outcome="published"}'
+        _wait_for(lambda: (_figure(ports[0], published) or 0) >= 2, 120, "the run's end")
+        in_force = current_bundle_dir(bundles_dir(settings))
+        assert in_force is not None
+        assert _figure(ports[0], "facestream_trainer_bundle_version") == (
+            load_bundle(in_force).manifest.version)
+        assert _figure(ports[1], "facestream_trainer_bundle_version") == 0
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        for running in (process, standby):
+            if running is not None and running.poll() is None:
+                running.kill()
+                running.wait()
         log.close()
     _wait_for(lambda: received("STOPPING=1"), 5, "STOPPING=1")
     assert messages[0] == "READY=1"

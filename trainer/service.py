@@ -307,7 +307,9 @@ class TrainerService:
         self.lock.acquire(wait=False)
         revision = self.store.revision()
         if self.up_to_date(revision):
-            self._remove_erased(self.current_manifest())  # after a run killed before it did
+            in_force = self.current_manifest()
+            metrics.TRAINER_BUNDLE_VERSION.set(in_force.version if in_force else 0)
+            self._remove_erased(in_force)  # after a run killed before it did
             return None
         roster = self._roster(revision)
         shown, manifest = current_bundle_dir(self.bundles_dir), self.current_manifest()
@@ -395,6 +397,7 @@ class TrainerService:
                  counted(len(fitted.people), "person"),
                  bundle.manifest.head_kind, bundle.manifest.threshold, fitted.revision)
         log.info("threshold: %s", bundle.manifest.threshold_reason)
+        metrics.TRAINER_BUNDLE_VERSION.set(bundle.manifest.version)
         self._remove_erased(bundle.manifest)
         self.notify(f"STATUS={describe(bundle)}")
         return bundle
@@ -454,7 +457,7 @@ class TrainerService:
         lock first when another trainer holds it. A failed run is logged and retried
         when the store changes again or after ``RETRY_SECONDS``; a store that cannot
         be reached is retried after a doubling wait."""
-        self.lock.acquire(wait=True)
+        self._take_lock()
         self.notify("READY=1\nSTATUS=watching the enrollment store")
         log.info("trainer watching %s (a full check every %.1f s), publishing into %s",
                  self.store.where, self.settings.trainer.poll_seconds, self.bundles_dir)
@@ -475,10 +478,17 @@ class TrainerService:
                 time.sleep(delay)
         raise StopRequested("stopped by a signal")
 
+    def _take_lock(self) -> None:
+        """Hold the trainer lock, waiting as a standby (``TRAINER_ACTIVE`` 0) for it."""
+        if not self.lock.held:
+            metrics.TRAINER_ACTIVE.set(0)
+            self.lock.acquire(wait=True)
+        metrics.TRAINER_ACTIVE.set(1)
+
     def _follow(self, failed: tuple[int, float] | None) -> tuple[int, float] | None:
         """One turn of ``serve``: a run when one is due, then the wait for a change.
         Returns the failed run to remember, if any."""
-        self.lock.acquire(wait=True)  # again after a lost connection dropped it
+        self._take_lock()  # again after a lost connection dropped it
         revision = self.store.revision()
         retry_due = failed is None or failed[0] != revision or (
             time.monotonic() - failed[1] >= RETRY_SECONDS
