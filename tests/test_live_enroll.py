@@ -226,7 +226,10 @@ async def test_live_enrollment_over_webrtc(
     for sample, crop in zip(samples, crops, strict=True):
         face = detector.detect(crop).largest()  # the stored landmarks are the face's
         width = float(face.xyxy[0, 2] - face.xyxy[0, 0])
-        assert np.abs(face.landmarks[0] - sample.landmarks).max() < 0.1 * width
+        # in the crop's pixels (in the frame's they would be off by the crop's origin, a
+        # face's width or more); YuNet itself moves a turned face's mouth corners by over
+        # a tenth of its width between the frame and the crop (seen: 9.9 px of 84)
+        assert np.abs(face.landmarks[0] - sample.landmarks).max() < 0.15 * width
         poses.append(head_pose(sample.landmarks))
     # varied: the views span a real range of head turns
     yaws = [p.yaw for p in poses]
