@@ -5,6 +5,7 @@ endpoint, and the token guard."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import io
 import json
@@ -75,7 +76,13 @@ def _settings(shared_dir: Path, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def api(shared_dir: Path, tmp_path: Path) -> AsyncIterator[Api]:
-    settings = _settings(shared_dir, tmp_path)
+    async with _serving(_settings(shared_dir, tmp_path)) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _serving(settings: Settings) -> AsyncIterator[Api]:
+    """The server's app with the enrollment routes, on a loopback port."""
     with Engine.from_settings(settings, watch=True) as engine:
         app = create_app(settings, engine, TOKEN, secure=False)
         add_enrollment_routes(app, settings)
@@ -452,19 +459,8 @@ async def test_a_database_out_of_reach_is_a_503_that_names_none_of_it(
         _settings(shared_dir, tmp_path),
         enrollment=EnrollmentSettings(database_url="postgresql://fsuser@127.0.0.1:9/fsdb"),
     )
-    with Engine.from_settings(settings, watch=False) as engine:
-        app = create_app(settings, engine, TOKEN, secure=False)
-        add_enrollment_routes(app, settings)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            async with aiohttp.ClientSession(headers=AUTH) as http:
-                api = Api(f"http://127.0.0.1:{runner.addresses[0][1]}", http, settings)
-                status, body = await api.call("GET", "/api/people")
-        finally:
-            await runner.cleanup()
+    async with _serving(settings) as api:
+        status, body = await api.call("GET", "/api/people")
     assert status == 503, body
     assert "cannot be reached" in body["reason"]
     assert not [word for word in ("fsuser", "127.0.0.1", "fsdb") if word in body["reason"]]

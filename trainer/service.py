@@ -183,6 +183,8 @@ class TrainerService:
         self._unchanged: tuple[int, int] | None = None
         # the damaged bundle folder last warned of (see `_report_damaged`)
         self._reported_damaged: Path | None = None
+        # the bundle in force whose older versions `_remove_erased` last went through
+        self._erasures_removed_below: int | None = None
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -407,10 +409,12 @@ class TrainerService:
         built from: erased since, alone or with its person. Older versions are kept for
         servers still loading one, never to keep what a user erased. One that does not
         list its samples (from before 2026-12-07) or cannot be read goes too. Done after
-        each publish and on each check that finds nothing to publish (a trainer killed
-        between its publish and this leaves them to the next one)."""
-        if current is None:
+        each publish and on the first check that finds nothing to publish (a trainer
+        killed between its publish and this leaves them to the next one); the folder is
+        read again only when another bundle is in force."""
+        if current is None or current.version == self._erasures_removed_below:
             return
+        self._erasures_removed_below = current.version
         kept = set(current.sample_ids)
         for version in versions(self.bundles_dir):
             if version >= current.version:
