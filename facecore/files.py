@@ -1,12 +1,15 @@
-"""Durable file-system steps shared by the store, the bundle writer and publishing."""
+"""Durable file-system steps shared by the store, the bundle writer and publishing,
+and the lock file that keeps a second server or trainer off a state folder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
+from types import TracebackType
 
-__all__ = ["fsync_path", "os_reason", "unwritable_reason"]
+__all__ = ["PidLock", "fsync_path", "os_reason", "unwritable_reason"]
 
 
 def fsync_path(path: Path) -> None:
@@ -46,3 +49,57 @@ def unwritable_reason(path: Path) -> str | None:
     except OSError as err:  # its random name would say nothing
         return f"no file can be created in {folder} ({err.strerror})"
     return None
+
+
+class PidLock:
+    """An exclusive ``flock`` on the file ``path`` (made 0600), whose holder writes its
+    process id into it for the message the next one shows. The kernel drops the lock
+    however its holder ends, even killed, so a stale file never blocks anybody.
+
+    ``acquire()`` takes it (once), ``close()`` releases it (safe twice); opening the
+    file raises the OSError, for the caller to say what the lock is for."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.held = False
+
+    def acquire(self, *, wait: bool = False) -> bool:
+        """Take the lock; when another process holds it, wait for it (``wait``) or
+        return False at once."""
+        if self.held:
+            return True
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the lock is closed")
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        self.held = True
+        return True
+
+    def holder(self) -> str:
+        """Who holds the lock, as its file says: ``process 1234``."""
+        try:
+            return f"process {int(os.pread(self._fd, 32, 0).decode().strip())}"
+        except (OSError, TypeError, ValueError):
+            return "process id unknown"
+
+    def close(self) -> None:
+        """Release the lock (closing the file does)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd, self.held = None, False
+
+    def __enter__(self) -> PidLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 from facecore import systemd
 from facecore.config import Settings, ensure_private_dir
 from facecore.errors import ConfigError
-from facecore.files import os_reason
+from facecore.files import PidLock, os_reason
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -35,31 +33,23 @@ SERVER_LOCK = "serve.lock"  # in STATE_DIR/server
 
 @contextlib.contextmanager
 def server_lock(settings: Settings) -> Iterator[None]:
-    """Hold ``STATE_DIR/server/serve.lock`` (an exclusive flock, which the kernel drops
-    however its holder ends) while the server runs: a second ``serve`` on the same
-    state folder would empty the first one's metrics folder and share its sign-ins.
-    `ConfigError`, naming the holder's pid, when another server holds it."""
+    """Hold ``STATE_DIR/server/serve.lock`` while the server runs: a second ``serve`` on
+    the same state folder would empty the first one's metrics folder and share its
+    sign-ins. `ConfigError`, naming the holder's pid, when another server holds it."""
     path = settings.state_dir / "server" / SERVER_LOCK
     try:
         ensure_private_dir(path.parent)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = PidLock(path)
     except OSError as exc:
         raise ConfigError(f"cannot create the server lock {path}: {os_reason(exc)}") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    with lock:
+        if not lock.acquire():
             raise ConfigError(
-                f"another facestream serve (pid {holder}) runs on the state folder "
+                f"another facestream serve ({lock.holder()}) runs on the state folder "
                 f"{settings.state_dir}: stop it first (for more processes use --workers N; "
                 "for a second server, another --state-dir)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            )
         yield
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

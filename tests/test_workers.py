@@ -171,7 +171,7 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         ]
         refusals = [
             rf"cannot listen on 127\.0\.0\.1:{port.group(1)}: address already in use",
-            rf"another facestream serve \(pid {process.pid}\) runs on the state folder",
+            rf"another facestream serve \(process {process.pid}\) runs on the state folder",
         ]
         for rival, refusal in zip(rivals, refusals, strict=True):
             done = subprocess.run(

@@ -16,9 +16,7 @@ of the same store; the lock keeps them from publishing at the same time.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +25,7 @@ from enrollment.postgres import AdvisoryLock
 from enrollment.store import store_location
 from facecore.config import Settings
 from facecore.errors import ConfigError
-from facecore.files import os_reason
+from facecore.files import PidLock, os_reason
 from trainer.errors import TrainerBusyError
 
 __all__ = ["LOCK_FILE", "StoreTrainerLock", "TrainerLock", "trainer_lock"]
@@ -57,49 +55,35 @@ class TrainerLock:
         self.path = Path(state_dir) / LOCK_FILE
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._file = PidLock(self.path)
         except OSError as exc:
             # mkdir(exist_ok=True) says "File exists" of a file where the folder should be
             reason = (f"{exc.filename} is not a folder" if isinstance(exc, FileExistsError)
                       else os_reason(exc))
             raise ConfigError(f"cannot create the trainer lock {self.path}: {reason}") from exc
-        self.held = False
+
+    @property
+    def held(self) -> bool:
+        return self._file.held
 
     def acquire(self, *, wait: bool) -> None:
         """Take the lock; when another trainer holds it, wait for it (``wait``) or
         raise `TrainerBusyError` at once."""
-        if self.held:
+        if self._file.acquire():
             return
-        if self._fd is None:
-            raise ValueError(f"{self.path}: the lock is closed")
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(self._fd)
-            if not wait:
-                raise TrainerBusyError(
-                    f"another trainer ({holder}) is running on this state folder and holds "
-                    f"{self.path}: it publishes the changes itself; stop it first to run "
-                    "this one"
-                ) from None
-            log.info("waiting for the other trainer (%s) to exit: it holds %s", holder, self.path)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
-        self.held = True
-
-    @staticmethod
-    def _holder(fd: int) -> str:
-        try:
-            return f"process {int(os.pread(fd, 32, 0).decode().strip())}"
-        except (OSError, ValueError):
-            return "process id unknown"
+        holder = self._file.holder()
+        if not wait:
+            raise TrainerBusyError(
+                f"another trainer ({holder}) is running on this state folder and holds "
+                f"{self.path}: it publishes the changes itself; stop it first to run "
+                "this one"
+            )
+        log.info("waiting for the other trainer (%s) to exit: it holds %s", holder, self.path)
+        self._file.acquire(wait=True)
 
     def close(self) -> None:
         """Release the lock (closing the file does)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd, self.held = None, False
+        self._file.close()
 
     def __enter__(self) -> TrainerLock:
         return self
