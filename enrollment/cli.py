@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import wcwidth
 
 from enrollment.errors import EnrollmentError
 from facecore.cli import Subparsers, add_command, path_argument
@@ -324,5 +325,6 @@ def _columns(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def _width(text: str) -> int:
-    """Columns ``text`` takes in a terminal: East Asian wide letters take two."""
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    """Columns ``text`` takes in a terminal: East Asian letters and emoji take two, an
+    emoji sequence joined by U+200D is one emoji, combining marks take none."""
+    return wcwidth.width(text)

@@ -153,6 +153,27 @@ def test_add_reports_each_rejected_file(facestream: Run, shared_dir: Path, tmp_p
     assert "李小龙: 1 sample" in mixed.stdout
 
 
+def test_list_lines_up_names_in_any_script_as_a_terminal_shows_them(
+    facestream: Run, shared_dir: Path
+) -> None:
+    """The columns after a name start where the terminal shows them: a Chinese letter
+    takes two columns, a Devanagari vowel sign none, an emoji family of five code
+    points joined by U+200D two."""
+    assert facestream("enroll", "import", str(shared_dir / "people")).returncode == 0
+    columns = {"王小明": 6, "प्रिया": 4, "👩\u200d👩\u200d👧 Family": 9, "Joe Biden": 9}
+    for old, new in zip(["Alex Lacamoire", "Barack Obama", "Lin Manuel Miranda"], columns,
+                        strict=False):
+        assert facestream("enroll", "rename", old, new).returncode == 0
+    rows = facestream("enroll", "list").stdout.splitlines()
+    widest = max(columns.values())
+    for name, width in columns.items():
+        row = next(r for r in rows if r.startswith(name))
+        # the SAMPLES column starts after the widest name and two spaces
+        gap = widest - width + 2
+        after = row[len(name):]
+        assert after[:gap] == " " * gap and after[gap].isdigit(), (name, row)
+
+
 def test_copy_moves_everyone_into_postgresql_and_a_second_run_copies_nothing_twice(
     facestream: Run, shared_dir: Path, tmp_path: Path, postgres_url: str
 ) -> None:
