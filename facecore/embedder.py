@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import onnx
@@ -130,23 +129,35 @@ def unit_rows(raw: NDArray[np.float32]) -> NDArray[np.float32]:
     return raw / np.maximum(norms, np.float32(1e-12))
 
 
-class ChipEmbedder(Protocol):
+class ChipEmbedder:
     """What serving needs of an embedder: `Embedder` runs the network in this process,
-    `facecore.triton.TritonEmbedder` on a Triton server."""
+    `facecore.triton.TritonEmbedder` on a Triton server. Each gives ``_run``; the
+    checks around it are the same for both."""
 
     preprocessing: Preprocessing
     dimension: int  # D, the width of an embedding
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.preprocessing.size
+
     def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """[N, H, W, 3] uint8 BGR chips -> [N, D] float32, each row of unit length."""
-        ...
+        return unit_rows(self.embed_raw(chips))
 
     def embed_raw(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """The network's output as it is, [N, D] float32."""
-        ...
+        check_chips(chips, self.preprocessing.size)
+        if len(chips) == 0:
+            return np.zeros((0, self.dimension), np.float32)
+        return self._run(chips)
+
+    def _run(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """The network on N > 0 checked chips: [N, D] float32."""
+        raise NotImplementedError
 
 
-class Embedder:
+class Embedder(ChipEmbedder):
     """Runs a recognition network on uint8 chips. Only one thread should call
     ``embed`` at a time per session when throughput matters (the streamer's batcher
     thread does)."""
@@ -185,19 +196,7 @@ class Embedder:
         session = create_session(rewritten, device=device, threads=threads, name=str(path))
         return cls(session, preprocessing)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.preprocessing.size
-
-    def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """[N, H, W, 3] uint8 BGR chips -> [N, D] float32, each row of unit length."""
-        return unit_rows(self.embed_raw(chips))
-
-    def embed_raw(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """The network's output as it is, [N, D] float32."""
-        check_chips(chips, self.preprocessing.size)
-        if len(chips) == 0:
-            return np.zeros((0, self.dimension), np.float32)
+    def _run(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         (out,) = self.session.run([self.output_name], {self.input_name: chips})
         return np.asarray(out, np.float32).reshape(len(chips), -1)
 

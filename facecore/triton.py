@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore.embedder import CHIPS, Preprocessing, check_chips, unit_rows
+from facecore.embedder import CHIPS, ChipEmbedder, Preprocessing
 from facecore.errors import InferenceServerError, ModelLoadError
 from facecore.triton_repo import PARAM_BACKBONE_SHA256, PARAM_PREPROCESSING, preprocessing_text
 
@@ -167,7 +167,7 @@ class TritonConnection:
         return asyncio.run_coroutine_threadsafe(request, self._loop)
 
 
-class TritonEmbedder:
+class TritonEmbedder(ChipEmbedder):
     """The recognition network ``model`` served by Triton, for chips made with
     ``preprocessing``; ``backbone_sha256`` and ``dimension`` are what the bundle
     needs (its backbone file's hash, its gallery's width; 0 for a gallery of nobody:
@@ -192,19 +192,7 @@ class TritonEmbedder:
         self.output_name: str | None = None  # known once the config is checked
         self.max_batch = 1  # the model's max_batch_size, read with the config
 
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.preprocessing.size
-
-    def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """[N, H, W, 3] uint8 BGR chips -> [N, D] float32, each row of unit length."""
-        return unit_rows(self.embed_raw(chips))
-
-    def embed_raw(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """The network's output as it is, [N, D] float32."""
-        check_chips(chips, self.preprocessing.size)
-        if len(chips) == 0:
-            return np.zeros((0, self.dimension), np.float32)
+    def _run(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         output = self.output_name or self._check_model()
         # Triton refuses a request past the model's max_batch_size: send it in parts
         parts = [
