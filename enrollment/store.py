@@ -52,6 +52,7 @@ __all__ = [
     "Sample",
     "crop_sha256",
     "open_database",
+    "store_exists",
     "store_location",
 ]
 
@@ -114,6 +115,16 @@ def open_database(location: Path | str) -> Database:
         scheme = location.partition("://")[0]
         raise StoreError(f"the enrollment database URL must be postgresql://..., not {scheme}://")
     return SqliteDatabase(Path(location))
+
+
+def store_exists(location: Path | str) -> bool:
+    """Whether opening ``location`` would find a store rather than make one: a folder
+    counts once it exists (the store makes it; one whose database is lost is opened, to
+    be refused saying so); a URL always does (PostgreSQL's tables are made by whichever
+    service opens it first, and a bad URL fails to open, saying why)."""
+    if isinstance(location, str) and ("://" in location or not location.strip()):
+        return True
+    return Path(location).is_dir()
 
 
 def store_location(settings: Settings) -> Path | str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from streamer.enroll.worker import EnrollmentWorker
     from streamer.live.annotate import Overlay
     from streamer.live.engine import Engine
     from streamer.live.events import EventWriter
@@ -54,8 +56,10 @@ def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser])
         help="recognise faces in a video file, stream or camera; write the annotated video",
         description="Run the live pipeline on a video file, a network stream (RTSP/HTTP URL) "
         "or a camera (its index): find faces, follow them, name the people known from the "
-        'current bundle (everyone is "unknown" when there is none), and write the '
-        "annotated video and the recognition events. Ends with a one-line summary. "
+        'current bundle (everyone is "unknown" when there is none) as the enrollment store '
+        "has them now (someone removed or renamed since it was fitted is unknown or renamed "
+        "at once), and write the annotated video and the recognition events. Ends with a "
+        "one-line summary. "
         "Stop a camera, a stream or --loop with Ctrl-C (or SIGTERM).",
         epilog="examples:\n"
         "  facestream run --source clip.mp4 --output annotated.mp4\n"
@@ -247,15 +251,22 @@ def _drive(
     window: str | None = None,
     progress: bool = False,
 ) -> RunSummary:
+    from enrollment.store import store_location
     from facecore.errors import SourceError
+    from streamer.enroll.worker import EnrollmentWorker
     from streamer.live.engine import Engine
     from streamer.live.events import EventWriter
 
+    store = store_location(settings)
     events = EventWriter(events_target) if events_target else None
     try:
         with Engine.from_settings(settings) as engine:
             _warn_without_bundle(settings)
-            summary = asyncio.run(_loop(engine, source, overlay, events, output, window, progress))
+            # the store's people, read in the worker's thread (`streamer.enroll.people`)
+            with contextlib.closing(EnrollmentWorker(store, engine.detector)) as worker:
+                summary = asyncio.run(
+                    _loop(engine, worker, source, overlay, events, output, window, progress)
+                )
     finally:
         if events is not None:
             events.close()
@@ -282,6 +293,7 @@ def _warn_without_bundle(settings: Settings) -> None:
 
 async def _loop(
     engine: Engine,
+    worker: EnrollmentWorker,
     source: CaptureSource,
     overlay: Overlay,
     events: EventWriter | None,
@@ -291,6 +303,7 @@ async def _loop(
 ) -> RunSummary:
     from tqdm import tqdm
 
+    from streamer.enroll.people import following_people
     from streamer.live.runner import VideoFileSink, run_source
 
     # on a terminal only (disable=None): the summary line is what scripts read
@@ -328,7 +341,11 @@ async def _loop(
             _show(window, result.frame, pipeline, stop)
 
     try:
-        return await run_source(source, pipeline, on_result, stop=stop)
+        # names as the store has its people now, read before the first frame is named:
+        # a file run at full speed would otherwise name an erased person in its first
+        # frames (a Ctrl-C during that read ends the run before its first frame)
+        async with following_people(engine, worker):
+            return await run_source(source, pipeline, on_result, stop=stop)
     finally:
         bar.close()
         source.close()  # before the loop ends: its executor waits for a pending read

@@ -9,18 +9,23 @@ page, streaming the part of the shared clip where Lin-Manuel Miranda faces the c
    (goal: under 5 s; recorded as the test property ``enroll_to_named_s`` and printed).
 3. A trainer is killed (SIGKILL) in the middle of a publish: the server keeps serving
    the previous bundle, and the next trainer run cleans up and publishes.
+
+Then, without the trainer service: a rename and an erasure reach the live stream, and
+`facestream run`, before the trainer runs again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import cv2
 import pytest
 from e2e_support import (
     Installation,
@@ -213,3 +218,42 @@ async def test_a_rename_or_an_erasure_reaches_the_stream_before_any_trainer_runs
     manifests = [p.read_text("utf-8") for p in setup.bundles.glob("v*/" + MANIFEST_FILE)]
     assert manifests and not [m for m in manifests if FOLDER_LIN in m or renamed in m]
     assert server.stop() == 0, server.output()[-3000:]
+
+
+def test_run_names_a_renamed_person_anew_and_an_erased_one_nowhere(
+    installation: Installation, shared_dir: Path, shared_file: SharedFile, tmp_path: Path
+) -> None:
+    """`facestream run` names people as the store has them now, not as the bundle that
+    `trainer --once` published (nobody runs it again): after `enroll rename` the clip
+    names Lin with his new name and never the old one, and after `enroll remove` no
+    event names him, not even on a clip that opens on his face (the people are read
+    before the first frame)."""
+    setup = installation
+    setup.run("enroll", "import", str(shared_dir / "people"))
+    setup.run("trainer", "--once", timeout=300)
+    fitted = setup.current_manifest()
+    assert fitted is not None and FOLDER_LIN in fitted.labels
+    clip = shared_file("media/short_hamilton_clip.mp4")
+    facing = tmp_path / "lin-facing.mp4"  # his close-up, facing the camera from frame 0
+    writer = cv2.VideoWriter(str(facing), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 360))
+    for frame in clip_frames(clip, LIN_FACING):
+        writer.write(frame)
+    writer.release()
+
+    def names(source: Path, step: str) -> list[str]:
+        """The names in the events of `facestream run` on ``source``."""
+        events = tmp_path / f"{step}.jsonl"
+        setup.run("run", "--source", str(source), "--events", str(events), timeout=300)
+        return [json.loads(line)["name"] for line in events.read_text("utf-8").splitlines()]
+
+    renamed = "林-曼努尔·米兰达"
+    setup.run("enroll", "rename", FOLDER_LIN, renamed)
+    named = names(clip, "renamed")
+    assert renamed in named and FOLDER_LIN not in named, named
+    assert renamed in names(facing, "renamed-facing")
+
+    setup.run("enroll", "remove", renamed, "--yes")
+    for source, step in ((clip, "removed"), (facing, "removed-facing")):
+        named = names(source, step)
+        assert "unknown" in named and renamed not in named and FOLDER_LIN not in named, named
+    assert setup.current_manifest() == fitted  # the bundle as published still holds him

@@ -14,6 +14,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import cv2
@@ -32,9 +34,11 @@ from facecore.embedder import Preprocessing
 from facecore.publish import publish
 from streamer.enroll import api as enroll_api
 from streamer.enroll.api import add_enrollment_routes
+from streamer.enroll.people import following_people
 from streamer.enroll.worker import EnrollmentWorker
 from streamer.errors import ClosedError
 from streamer.live.engine import Engine
+from streamer.live.recognizer import EnrolledPeople
 from streamer.web.server import create_app
 
 TOKEN = "enroll-api-test-token-0123456789"
@@ -449,6 +453,44 @@ async def test_the_worker_runs_jobs_in_one_thread_and_closes_twice(
         await worker.call(lambda store: store.find_person(person.id))
     with EnrollmentStore(tmp_path / "state" / "enrollment") as store:  # closed cleanly
         assert [p.name for p in store.list_people()] == ["Ada"]
+
+
+async def test_a_job_that_only_reads_makes_no_store_where_there_is_none(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """`call_if_stored`, as `run` reads the store's people: None until a store exists."""
+    worker = EnrollmentWorker.from_settings(_settings(shared_dir, tmp_path))
+    try:
+        assert await worker.call_if_stored(lambda store: store.revision()) is None
+        assert not (tmp_path / "state" / "enrollment").exists()
+        await worker.call(lambda store: store.add_person("Ada"))
+        assert await worker.call_if_stored(lambda store: store.revision()) == 1
+    finally:
+        worker.close()
+
+
+async def test_following_people_reads_them_before_its_block_unless_told_not_to(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """`run` reads the store's people before its first frame (so a short file names no
+    erased person at its start), then follows them; the server does not wait."""
+    worker = EnrollmentWorker.from_settings(_settings(shared_dir, tmp_path))
+    given: list[EnrolledPeople] = []
+    engine = cast(Engine, SimpleNamespace(use_people=given.append))
+    try:
+        ada = await worker.call(lambda store: store.add_person("Ada"))
+        async with following_people(engine, worker):
+            assert [p.names for p in given] == [{ada.id: "Ada"}]
+            await worker.call(lambda store: store.rename_person(ada.id, "Ada L"))
+            for _ in range(100):
+                if len(given) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert [p.names for p in given[1:]] == [{ada.id: "Ada L"}]
+        async with following_people(engine, worker, read_first=False):
+            assert len(given) == 2  # read by the block's task, later
+    finally:
+        worker.close()
 
 
 async def test_a_database_out_of_reach_is_a_503_that_names_none_of_it(

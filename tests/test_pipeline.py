@@ -8,6 +8,7 @@ import collections
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -396,9 +397,33 @@ def test_run_command_warns_once_when_no_bundle_was_published(
         f"no model bundle in {empty / 'bundles'}: every face is unknown; "
         "run `facestream trainer --once`"
     ]
+    # following the store's people makes no store where there was none
+    assert not (empty / "enrollment").exists()
     caplog.clear()
     assert main(["run", "--source", photo, *_options(settings)]) == 0
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_run_command_names_people_as_the_bundle_does_while_the_store_is_down(
+    settings: Settings,
+    bundle: Bundle,
+    shared_file: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A PostgreSQL store that cannot be reached is warned of once, as by the server,
+    and the run goes on with the bundle's names."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = f"postgresql://facestream@127.0.0.1:{port}/facestream"
+    photo = str(shared_file("media/obama.jpg"))
+    assert main(["run", "--source", photo, *_options(settings), "--database-url", down]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("cannot read the enrollment store's people: ")
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.endswith(f"names seen: {label_of(bundle, 'Obama')}"), summary
 
 
 def _options(settings: Settings) -> list[str]:

@@ -127,6 +127,7 @@ def test_a_second_box_names_people_from_the_first_box_s_bundles(
 
     summary = streamer_box.run("run", "--source", str(shared_dir / CLIP), timeout=300)
     assert f"names seen: {LIN}" in summary, summary
+    assert not (streamer_box.state_dir / "enrollment").exists()  # run made no store
     assert "no one is enrolled yet" in streamer_box.run("enroll", "list")
 
 

@@ -5,7 +5,8 @@ opened it, and ingesting a photo (decode, detect, crop) is CPU work that must st
 off the event loop. So the web API and the live capture hand every store job to this
 worker: ``await worker.call(job)`` runs ``job(store)`` in the worker's one thread and
 returns its result (or raises its exception). Jobs run one at a time, in order;
-enrollment blocks rather than drops.
+enrollment blocks rather than drops. ``call_if_stored`` is the same for a job that
+only reads: it makes no store where there is none yet.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from enrollment.store import EnrollmentStore, store_location
+from enrollment.store import EnrollmentStore, store_exists, store_location
 from facecore.config import Settings
 from facecore.detector import Detector
 from streamer.errors import ClosedError
@@ -24,6 +25,7 @@ from streamer.errors import ClosedError
 __all__ = ["EnrollmentWorker"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class EnrollmentWorker:
@@ -47,10 +49,23 @@ class EnrollmentWorker:
 
     async def call(self, job: Callable[[EnrollmentStore], T]) -> T:
         """``job(store)`` in the worker thread. Raises `ClosedError` after ``close()``."""
+        return await self._submit(self._run, job)
+
+    async def call_if_stored(self, job: Callable[[EnrollmentStore], T]) -> T | None:
+        """``call(job)``, or None, making no store, while there is none at
+        ``store_location`` (`enrollment.store.store_exists`: a SQLite store's folder
+        not made yet)."""
+        return await self._submit(self._run_if_stored, job)
+
+    async def _submit(
+        self,
+        run: Callable[[Callable[[EnrollmentStore], T]], R],
+        job: Callable[[EnrollmentStore], T],
+    ) -> R:
         if self._closed:
             raise ClosedError("the enrollment worker is closed")
         try:
-            future = self._executor.submit(self._run, job)
+            future = self._executor.submit(run, job)
         except RuntimeError as exc:  # shut down between the check and the submit
             raise ClosedError("the enrollment worker is closed") from exc
         return await asyncio.wrap_future(future)
@@ -59,6 +74,11 @@ class EnrollmentWorker:
         if self._store is None:
             self._store = EnrollmentStore(self.store_location)
         return job(self._store)
+
+    def _run_if_stored(self, job: Callable[[EnrollmentStore], T]) -> T | None:
+        if self._store is None and not store_exists(self.store_location):
+            return None
+        return self._run(job)
 
     def _close_store(self) -> None:
         if self._store is not None:

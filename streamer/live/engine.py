@@ -13,7 +13,8 @@ caller's thread. A bundle cut with another front end than its model now wants is
 refused (`facecore.frontend.check_front_end`).
 ``install()`` hands it to the recognizer, which switches between two batches.
 ``use_people()`` gives the engine the enrollment store's people as they are now (the
-server reads them whenever the store changes): a person erased since the bundle was
+server, ``run`` and ``webcam`` read them whenever the store changes,
+`streamer.enroll.people`): a person erased since the bundle was
 fitted is unknown from the next batch on, and a renamed one carries the new name,
 without waiting for the trainer to publish again.
 
