@@ -59,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STORE_DIR = "enrollment"  # under the state directory
+STORE_ID_BITS = 53  # `identity()`: exact in JSON and in both databases' integers
 _PERSON_COLUMNS = "p.id, p.name, p.created, p.updated, COUNT(s.id)"
 _SAMPLE_COLUMNS = (
     "id, person_id, landmarks, face_px, sharpness, frontalness, score, source, sha256, created"
@@ -171,6 +172,22 @@ class EnrollmentStore:
         self.close()
 
     # --- people ---------------------------------------------------------------------
+
+    def identity(self) -> str:
+        """A random id of this store, made once with it: a bundle records it, so that a
+        server whose store is not the one its bundle was fitted on (a shared bundles
+        folder, a store copied to PostgreSQL) can tell ids and revisions apart. Made on
+        the first call for a store from before it existed."""
+        rows = self.db.query("SELECT value FROM meta WHERE key = 'store_id'")
+        if not rows:
+            with self.db.transaction() as session:  # another process may make it first
+                session.execute(
+                    "INSERT INTO meta (key, value) VALUES ('store_id', ?) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (secrets.randbits(STORE_ID_BITS),),
+                )
+            rows = self.db.query("SELECT value FROM meta WHERE key = 'store_id'")
+        return f"{int(rows[0][0]):x}"
 
     def revision(self) -> int:
         """A number that rises with every committed change to people or samples."""

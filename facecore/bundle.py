@@ -85,6 +85,9 @@ class BundleManifest:
     # the enrollment samples it was built from, so that the trainer can remove an older
     # bundle that still holds one erased since (() before 2026-12-07)
     sample_ids: tuple[str, ...] = ()
+    # the identity of the store it was fitted on (`EnrollmentStore.identity`): person ids
+    # and revisions are those of that store ("" before 2026-12-07)
+    store_id: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)

@@ -114,7 +114,9 @@ def test_a_second_box_names_people_from_the_first_box_s_bundles(
 ) -> None:
     """Two installations (two boxes) with one ``--bundles-dir`` (a shared folder): the
     trainer of the box that holds the people publishes there, and ``run`` on the other
-    box, which has no people of its own, names Lin from that bundle."""
+    box, which has no people of its own, names Lin from that bundle. A box given a
+    store of its own by mistake names the bundle's people, saying why, and its
+    trainer publishes over a bundle of the other store, though their revisions match."""
     shared_bundles = tmp_path / "shared-bundles"
     trainer_box = Installation.create(shared_dir, tmp_path / "trainer-box")
     streamer_box = Installation.create(shared_dir, tmp_path / "streamer-box")
@@ -129,6 +131,22 @@ def test_a_second_box_names_people_from_the_first_box_s_bundles(
     assert f"names seen: {LIN}" in summary, summary
     assert not (streamer_box.state_dir / "enrollment").exists()  # run made no store
     assert "no one is enrolled yet" in streamer_box.run("enroll", "list")
+
+    # the streamer box mistakenly gets a store of its own, at the same revision as the
+    # trainer box's, with other ids: the bundle still names its own people, saying why,
+    # and this box's trainer does not take the bundle for its own store's
+    streamer_box.run("enroll", "import", str(shared_dir / "people"))
+    misread = streamer_box.attempt("run", "--source", str(shared_dir / CLIP), timeout=300)
+    assert misread.returncode == 0, misread.stderr
+    assert f"names seen: {LIN}" in misread.stdout, misread.stdout
+    assert "was fitted on another enrollment store" in misread.stderr, misread.stderr
+    republished = streamer_box.attempt("trainer", "--once", timeout=300)
+    assert republished.returncode == 0, republished.stderr
+    assert f"published {shared_bundles / 'v000002'}" in republished.stdout, republished
+    assert "v000001 was fitted on another enrollment store" in republished.stderr
+    again = streamer_box.attempt("run", "--source", str(shared_dir / CLIP), timeout=300)
+    assert f"names seen: {LIN}" in again.stdout, again.stdout
+    assert "another enrollment store" not in again.stderr, again.stderr
 
 
 def test_the_default_model_ships_its_population_calibration(shared_dir: Path) -> None:

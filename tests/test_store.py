@@ -74,6 +74,23 @@ def _crops_held(store: EnrollmentStore) -> int:
     return _sql(store, "SELECT count(*) FROM crops")[0][0]
 
 
+def test_a_store_keeps_one_identity_that_no_other_store_has(
+    location: str, tmp_path: Path
+) -> None:
+    """Every connection to a store, in any process, reads one identity (made on first
+    use, also for a store from before it existed), and another store has its own: what
+    a bundle records to tell its store's ids and revisions from another's."""
+    with EnrollmentStore(location) as first, EnrollmentStore(location) as second:
+        revision = first.revision()
+        identity = first.identity()
+        assert second.identity() == identity and first.identity() == identity
+        assert first.revision() == revision  # not a change to people or samples
+    with EnrollmentStore(location) as again:
+        assert again.identity() == identity
+    with EnrollmentStore(tmp_path / "another") as other:
+        assert other.identity() != identity
+
+
 def test_people_names_any_script_unique_without_case(store: EnrollmentStore) -> None:
     start = store.revision()
     ada = store.add_person("  Ada   Lovelace ")

@@ -105,6 +105,7 @@ class _Roster:
     their samples, each sample's row, and how many people have none."""
 
     revision: int
+    store_id: str
     people: tuple[Person, ...]
     samples: tuple[Sample, ...]
     labels: NDArray[np.intp]  # [N]
@@ -124,6 +125,7 @@ class _Roster:
         return Fitted(
             phase=phase,
             revision=self.revision,
+            store_id=self.store_id,
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             people=self.people,
             sample_counts=tuple(int(np.sum(self.labels == k)) for k in range(len(self.people))),
@@ -219,13 +221,15 @@ class TrainerService:
             return None
 
     def built_from(self, revision: int, roster: _Roster | None = None) -> bool:
-        """The current bundle was built from store ``revision`` (or from the same people
-        and samples as ``roster``, read at it) with this backbone, front end (kind,
-        template, landmark model) and preprocessing (settled or not): a bundle from
-        another front end is rebuilt, its vectors re-embedded."""
+        """The current bundle was built from this store's ``revision`` (or from the same
+        people and samples as ``roster``, read at it) with this backbone, front end
+        (kind, template, landmark model) and preprocessing (settled or not): a bundle
+        from another front end is rebuilt, its vectors re-embedded."""
         manifest = self.current_manifest()
         if manifest is None:
             return False
+        if manifest.store_id and manifest.store_id != self.store.identity():
+            return False  # another store's revisions and ids: this one's are published
         same_content = (
             manifest.store_revision == revision
             or self._unchanged == (revision, manifest.version)
@@ -322,6 +326,15 @@ class TrainerService:
             self._unchanged = (revision, manifest.version)
             self._remove_erased(manifest)
             return None
+        if shown is not None and manifest is not None and manifest.store_id not in (
+            "", roster.store_id
+        ):
+            log.warning(
+                "%s was fitted on another enrollment store (id %s; this one is %s): this "
+                "store's people are published over it. Servers and trainers sharing %s "
+                "must share one store (enrollment.database_url)",
+                shown.name, manifest.store_id, roster.store_id, self.bundles_dir,
+            )
         self.notify(f"STATUS=publishing the prototypes of store revision {revision}")
         clean = embed_samples(self.store, self.backbone, roster.samples, None,
                               progress=self.progress)
@@ -450,8 +463,8 @@ class TrainerService:
         row = {p.id: k for k, p in enumerate(people)}
         samples = [s for s in samples if s.person_id in row]  # added after list_people
         labels = np.asarray([row[s.person_id] for s in samples], np.intp)
-        return _Roster(revision, tuple(people), tuple(samples), labels,
-                       len(listed) - len(people))
+        return _Roster(revision, self.store.identity(), tuple(people), tuple(samples),
+                       labels, len(listed) - len(people))
 
     # --- the service loop -----------------------------------------------------------
 

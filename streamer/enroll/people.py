@@ -120,6 +120,7 @@ def _people_since(seen: int | None) -> Callable[[EnrollmentStore], EnrolledPeopl
         revision = store.revision()
         if revision == seen:
             return None
-        return EnrolledPeople(revision, {p.id: p.name for p in store.list_people()})
+        names = {p.id: p.name for p in store.list_people()}
+        return EnrolledPeople(revision, names, store.identity())
 
     return job

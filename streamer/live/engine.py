@@ -104,6 +104,7 @@ class Engine:
         )
         self._people: EnrolledPeople | None = None
         self._installing = threading.Lock()  # the watcher's thread and the loop's
+        self._warned_another_store: str | None = None  # the bundle folder last warned of
         if bundle is not None:
             try:
                 self.install(self.prepare(bundle))  # logs what it serves from the start
@@ -221,6 +222,7 @@ class Engine:
                 counted(len(model.gallery.labels), "person"),
                 model.bundle.path,
             )
+            self._warn_if_another_store(model)
 
     def use_people(self, people: EnrolledPeople) -> None:
         """Name faces as the store has its people at ``people.revision`` from the next
@@ -231,6 +233,7 @@ class Engine:
             if serving is None:
                 return
             model = dataclasses.replace(serving, people=people)
+            self._warn_if_another_store(model)
             if model.gallery.labels == serving.gallery.labels:
                 return
             self.recognizer.swap(model)
@@ -239,6 +242,21 @@ class Engine:
             "(%d erased since it was fitted)",
             model.version, people.revision, counted(len(model.gallery.labels), "person"),
             len(model.bundle.gallery.labels) - len(model.gallery.labels),
+        )
+
+    def _warn_if_another_store(self, model: ActiveModel) -> None:
+        """Say once per bundle that it names its own people: erasures and renames in
+        this store cannot reach it."""
+        if not model.of_another_store or self._warned_another_store == str(model.bundle.path):
+            return
+        self._warned_another_store = str(model.bundle.path)
+        log.warning(
+            "bundle version %d was fitted on another enrollment store (id %s; this one is "
+            "%s): faces are named as it has them, and removals and renames made here do not "
+            "reach it. A server and its trainer must share one store "
+            "(enrollment.database_url) as well as the bundles folder",
+            model.version, model.bundle.manifest.store_id,
+            model.people.store_id if model.people else "unknown",
         )
 
     def swap_bundle(self, bundle: Bundle | None) -> None:

@@ -50,10 +50,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EnrolledPeople:
-    """The enrollment store's people as read at store ``revision``: id -> name."""
+    """The enrollment store's people as read at store ``revision``: id -> name, and
+    the store's identity (`EnrollmentStore.identity`)."""
 
     revision: int
     names: Mapping[str, str]
+    store_id: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,9 +73,14 @@ class ActiveModel:
     def gallery(self) -> Gallery:
         """The bundle's gallery as the store has its people: a person erased since the
         bundle was fitted is left out, one renamed since has the new name. A bundle
-        fitted on a later revision than ``people`` (just published) names its own."""
+        fitted on a later revision than ``people`` (just published), or on another
+        store (`of_another_store`), names its own."""
         gallery, manifest = self.bundle.gallery, self.bundle.manifest
-        if self.people is None or manifest.store_revision > self.people.revision:
+        if (
+            self.people is None
+            or manifest.store_revision > self.people.revision
+            or self.of_another_store
+        ):
             return gallery
         names = self.people.names
         rows = [i for i, pid in enumerate(manifest.person_ids) if not pid or pid in names]
@@ -83,6 +90,14 @@ class ActiveModel:
         if labels == gallery.labels:
             return gallery
         return Gallery(labels, gallery.weights[rows], gallery.threshold)
+
+    @property
+    def of_another_store(self) -> bool:
+        """The bundle was fitted on another store than the one ``people`` were read
+        from, whose ids and revisions are not this one's (unknown for bundles made
+        before they recorded it)."""
+        fitted_on = self.bundle.manifest.store_id
+        return self.people is not None and fitted_on not in ("", self.people.store_id)
 
     @property
     def version(self) -> int:

@@ -69,6 +69,7 @@ class Fitted:
 
     phase: float  # PHASE_BASELINE or PHASE_FITTED
     revision: int  # the store revision it was fitted on
+    store_id: str  # of the store it was fitted on (`EnrollmentStore.identity`)
     created: str  # ISO 8601, UTC
     people: tuple[Person, ...]  # one head row each
     sample_counts: tuple[int, ...]  # per person
@@ -109,6 +110,7 @@ class BundleBuilder:
             version=version,
             created=fitted.created,
             store_revision=fitted.revision,
+            store_id=fitted.store_id,
             backbone_name=backbone.name,
             backbone_sha256=backbone.sha256,
             preprocessing=backbone.embedder.preprocessing,
