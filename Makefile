@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared)
-# Debian packages the tests use: a real browser, CJK fonts for names, systemd-analyze,
+# Debian packages the tests use: a real browser, CJK and emoji fonts for names, systemd-analyze,
 # ffmpeg to make the browser's fake-camera file, PostgreSQL and HAProxy for the several-boxes tests.
-DEB_PACKAGES := chromium fonts-noto-cjk fonts-dejavu-core fontconfig systemd ffmpeg xvfb xdotool postgresql haproxy
+DEB_PACKAGES := chromium fonts-noto-cjk fonts-symbola fonts-dejavu-core fontconfig systemd ffmpeg xvfb xdotool postgresql haproxy
 
 # The tests' Triton server (tests/triton_support.py) runs from a venv of its own:
 # nvidia-pytriton needs numpy < 2, which .venv cannot have.

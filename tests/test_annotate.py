@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -86,6 +87,30 @@ def test_missing_glyphs_never_crash(fonts: FontSet, name: str) -> None:
     assert mask.ndim == 2 and mask.shape[0] > 0
     out = annotate_frame(_frame(), [_view(name)], fonts)
     assert out.shape == (360, 640, 3)
+
+
+def test_emoji_in_a_name_are_drawn_with_an_emoji_font(fonts: FontSet) -> None:
+    """With an emoji font installed (the Makefile's fonts-symbola), a name's emoji are
+    drawn with it, not as the primary font's missing-glyph boxes."""
+    for emoji in ("👩", "🎉"):
+        assert fonts.font_file(emoji) not in (None, fonts.font_file("A")), emoji
+        assert fontconfig_match(f":charset={ord(emoji):x}") is not None
+    party = fonts.render("🎉", 24)
+    assert (party > 128).sum() > 30
+
+
+def test_a_character_no_font_has_is_warned_of_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A name in a script no installed font has is drawn as boxes, and the log says
+    once what to install, however often and at whatever size it is drawn."""
+    hieroglyph = "\U00013000"  # Egyptian: no Debian font the tests install has it
+    fonts = FontSet()
+    with caplog.at_level(logging.WARNING, logger="streamer.live.fonts"):
+        for text, size in ((f"Ann {hieroglyph}", 20), (f"Ann {hieroglyph}", 26),
+                           (f"{hieroglyph} Bo", 20), ("Ann", 20)):
+            assert fonts.render(text, size).shape[0] > 0
+    warned = [r.getMessage() for r in caplog.records if "no installed font" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert hieroglyph in warned[0] and "fonts-noto-cjk" in warned[0], warned
 
 
 def test_font_from_the_settings(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@
 primary font lacks, the font fontconfig names for that character
 (``fc-match ':charset=HEX'``): a Chinese name in a Latin font still renders, in the
 CJK font. Coverage is read from each font's own character map (``fc-query``). A
-character no installed font has is drawn as the primary font's missing-glyph box;
-nothing raises. Without fontconfig, Pillow's built-in font is used.
+character no installed font has is drawn as the primary font's missing-glyph box,
+and the log says once which package would draw it; nothing raises. Without
+fontconfig, Pillow's built-in font is used.
 
 Pillow lays out each run with libraqm when it has it (right-to-left and joined
 Arabic); masks are cached per (text, size), so a name is rasterised once.
@@ -100,6 +101,7 @@ class FontSet:
         self._fonts: dict[tuple[FontKey | None, int], AnyFont] = {}
         self._coverage: dict[FontKey, tuple[list[int], list[int]] | None] = {}
         self._fallback: dict[str, FontKey | None] = {}
+        self._unfound: list[str] = []  # characters just found in no font, to be warned of
         self._raqm = bool(features.check("raqm"))
         self._masks: OrderedDict[tuple[str, int], NDArray[np.uint8]] = OrderedDict()
         if primary is not None:
@@ -138,6 +140,13 @@ class FontSet:
                 runs[-1] = (runs[-1][0], runs[-1][1] + char)
             else:
                 runs.append((font, char))
+        if self._unfound:
+            log.warning(
+                "no installed font has %s (in %r): drawn as boxes. Install a font that "
+                "has them (Debian: fonts-noto-cjk for Chinese, Japanese and Korean, "
+                "fonts-symbola for emoji) or set `font`", ", ".join(self._unfound), text,
+            )
+            self._unfound.clear()
         if not runs:
             runs = [(self._font(self.primary, size), " ")]
         metrics = [_metrics(font, size) for font, _ in runs]
@@ -172,6 +181,8 @@ class FontSet:
             found = fontconfig_match(f":charset={ord(char):x}")
             covered = found is not None and self._covers(found, char)
             self._fallback[char] = found if covered else None
+            if not covered:
+                self._unfound.append(char)
         return self._fallback[char] or primary
 
     def _covers(self, key: FontKey, char: str) -> bool:
