@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from enrollment.store import EnrollmentStore
 from facecore.bundle import MANIFEST_FILE, BundleManifest
+from facecore.config import Settings
 from facecore.publish import current_bundle_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,17 +74,19 @@ class Installation:
     def create(cls, shared_dir: Path, root: Path, code: Path = REPO_ROOT) -> Installation:
         """State under ``root/state``, logs under ``root/logs``, YuNet from the shared
         models and the dlib ResNet from the user's cache (converted there if missing)."""
-        settings = enrollment_settings(shared_dir, root / "state")
+        return cls.of(enrollment_settings(shared_dir, root / "state"), root / "logs", code)
+
+    @classmethod
+    def of(cls, settings: Settings, logs: Path, code: Path = REPO_ROOT) -> Installation:
+        """The installation on ``settings``' state, cache and models folders, logging
+        under ``logs``."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = str(code)
-        logs = root / "logs"
         logs.mkdir(parents=True)
-        options = [
-            "--state-dir", str(settings.state_dir),
-            "--cache-dir", str(settings.cache_dir),
-            "--models-dir", str(shared_dir / "models"),
-        ]
+        options = ["--state-dir", str(settings.state_dir), "--cache-dir", str(settings.cache_dir)]
+        if settings.models_dir is not None:
+            options += ["--models-dir", str(settings.models_dir)]
         return cls(settings.state_dir, options, env, logs, code)
 
     @property

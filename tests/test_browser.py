@@ -1,16 +1,29 @@
 """The phone page in a real browser: Debian's headless Chromium with a fake camera
-that plays the shared clip, against the real server over HTTPS. Driven through the
-DevTools protocol; leaves a screenshot in test-artifacts/phone-page.png."""
+that plays the shared clip, against the real server over HTTPS (in this process, or
+`facestream serve` as a user runs it, killed and started again, or frozen with
+SIGSTOP). Driven through the DevTools protocol; leaves screenshots in
+test-artifacts/phone-*.png."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import ARTIFACTS, PHONE, chromium, make_y4m, needs_chromium
+from browser_support import (
+    ARTIFACTS,
+    PHONE,
+    SMALL_PHONE,
+    DevTools,
+    chromium,
+    make_y4m,
+    needs_chromium,
+)
+from e2e_support import Installation, Process, free_port, until
 from webrtc_support import TOKEN, build_people_bundle, live_server, server_settings
 
 from enrollment.store import EnrollmentStore
@@ -22,6 +35,35 @@ from trainer.service import TrainerService
 pytestmark = needs_chromium
 
 LONG_NAME = "Lin Manuel Miranda de la Vega Fernández y López-Hamilton"
+STATE = "document.body.dataset.state"
+
+# the returned video plays: its time moves on within a second
+PLAYING = (
+    "(async v => { const t = v.currentTime; await new Promise(r => setTimeout(r, 1000));"
+    " return v.videoWidth > 0 && v.currentTime > t; })(document.getElementById('remote'))"
+)
+# the page's states as it goes through them: "state: status | overlay title | retry line"
+RECORD_STATES = """(() => {
+  window.statesSeen = [];
+  const text = (id) => document.getElementById(id)?.textContent ?? '';
+  const note = () => {
+    const now = `${document.body.dataset.state}: ${text('status-text')} | `
+      + `${text('overlay-title')} | ${text('retry-when')}`;
+    if (statesSeen[statesSeen.length - 1] !== now) statesSeen.push(now);
+  };
+  new MutationObserver(note).observe(document.body,
+    {subtree: true, childList: true, characterData: true, attributes: true});
+  note();
+})()"""
+
+
+def on_screen(selector: str) -> str:
+    """Whether all of the element ``selector`` is shown across the 390 px phone."""
+    return (
+        "(e => { const r = e?.getBoundingClientRect();"
+        f" return Boolean(r?.width) && r.left >= 0 && r.right <= {SMALL_PHONE['width']}; }})"
+        f"(document.querySelector({selector!r}))"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,19 +144,137 @@ async def test_phone_page_shows_the_annotated_video_and_who_is_in_view(
             await asyncio.sleep(1.0)  # let the list and figures settle for the picture
             await page.screenshot(ARTIFACTS / "phone-page.png")
 
-            # the server drops the phone: the page says so and reconnects on request
+            # the server drops the phone: the page says so and reconnects by itself
+            await page.evaluate(RECORD_STATES)
+            dropped = {session.id for session in server.app[PEERS].sessions}
             for session in server.app[PEERS].sessions:
                 await session.close()
-            assert await page.until("document.body.dataset.state === 'error'", 15)
-            title = await page.evaluate("document.getElementById('overlay-title').textContent")
-            assert title == "Connection lost"
-            assert await page.evaluate("document.getElementById('start-label').textContent") == (
-                "Reconnect"
-            )
-            await page.evaluate("document.getElementById('start').click()")
-            assert await page.until("document.body.dataset.state === 'live'", 30)
+            assert await page.until(f"{STATE} !== 'live'", 15)
+            assert await page.until(f"{STATE} === 'live' && {PLAYING}", 30)
+            seen = await page.evaluate("window.statesSeen")
+            assert "retrying: Retry in 1 s | Connection lost | Reconnecting in 1 s." in seen, seen
+            assert {session.id for session in server.app[PEERS].sessions}.isdisjoint(dropped)
 
             await page.evaluate("document.getElementById('start').click()")  # stop
             assert await page.until("document.body.dataset.state === 'idle'", 5)
             assert await page.evaluate("document.querySelectorAll('#people li').length") == 0
             assert await page.until("!document.getElementById('local').srcObject", 5)
+
+
+# ---- a real `facestream serve` that goes away and comes back -----------------------------------
+
+
+@pytest.fixture
+def installation(settings: Settings, tmp_path: Path) -> Iterator[Installation]:
+    """`facestream` commands on the module's state folder (its people and bundle)."""
+    setup = Installation.of(settings, tmp_path / "logs")
+    try:
+        yield setup
+    finally:
+        setup.stop_all()
+
+
+async def _serve(setup: Installation, port: int, name: str) -> Process:
+    """`facestream serve` as a user runs it (HTTPS, one process) on 127.0.0.1:``port``,
+    once it listens."""
+    process = setup.start(
+        name, "serve", "--host", "127.0.0.1", "--port", str(port), "--token", TOKEN
+    )
+    await until(lambda: "open in a browser" in process.output(), 90, f"{name} to listen", process)
+    return process
+
+
+async def _live(page: DevTools, *logs: Process) -> None:
+    """Sign in from the QR code's link, start the camera, see the video come back."""
+    shown = await page.until("location.pathname === '/' && document.readyState === 'complete'", 30)
+    assert shown, await page.evaluate("location.href")
+    await page.emulate_phone(SMALL_PHONE)
+    await page.tap("#start")
+    live = await page.until(f"{STATE} === 'live' && {PLAYING}", 45)
+    assert live, await page.evaluate("document.body.innerText") + "".join(
+        p.output()[-2000:] for p in logs
+    )
+
+
+async def test_the_page_reconnects_by_itself_when_the_server_comes_back(
+    installation: Installation, camera_file: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    server = await _serve(installation, port, "serve-1")
+    async with chromium(f"{url}/login#token={TOKEN}", camera_file, tmp_path / "profile") as page:
+        await _live(page, server)
+        await page.evaluate(RECORD_STATES)
+
+        # the server is killed: the page says so and tries again, waiting longer each time
+        server.stop(signal.SIGKILL)
+        retrying = await page.until(f"{STATE} === 'retrying'", 60)
+        assert retrying, await page.evaluate("window.statesSeen")
+        assert await page.evaluate("document.getElementById('start-label').textContent") == "Stop"
+        waiting = "document.getElementById('retry-when').textContent"
+        third = await page.until(f"/in 4 s \\(attempt 3\\)/.test({waiting})", 20)
+        assert third, await page.evaluate("window.statesSeen")
+        status = await page.evaluate("document.getElementById('status-text').textContent")
+        assert re.fullmatch(r"Retry in [34] s", status), status
+        # "Reconnect now" tries at once, 2 s or more early (and fails: the server is down)
+        await page.tap("#retry-now")
+        fourth = await page.until(f"/attempt 4\\)/.test({waiting})", 2)
+        assert fourth, await page.evaluate("window.statesSeen")
+        # the wait stops growing at 15 s (16 s by doubling)
+        fifth = await page.until(f"/in 15 s \\(attempt 5\\)/.test({waiting})", 12)
+        assert fifth, await page.evaluate("window.statesSeen")
+        status = await page.evaluate("document.getElementById('status-text').textContent")
+        assert status == "Retry in 15 s"
+        for element in ("#status", "#retry-now", "#overlay-text"):
+            assert await page.evaluate(on_screen(element)), element
+        await page.screenshot(ARTIFACTS / "phone-reconnecting.png")
+
+        # the server comes back on the same port: the page is live again, untouched
+        server = await _serve(installation, port, "serve-2")
+        back = await page.until(f"{STATE} === 'live' && {PLAYING}", 60)
+        seen = await page.evaluate("window.statesSeen")
+        assert back, seen
+        assert any(s.startswith("retrying: Retry in 1 s | Connection lost") for s in seen), seen
+        assert any(re.match(r"retrying: Retry in 8 s .*\(attempt 4\)", s) for s in seen), seen
+        assert not any(s.startswith("error") for s in seen), seen
+
+        # Stop ends the retrying: with the server back, the page stays stopped
+        server.stop(signal.SIGKILL)
+        assert await page.until(f"{STATE} === 'retrying'", 60)
+        await page.tap("#start")
+        assert await page.until(f"{STATE} === 'idle'", 5)
+        assert await page.until("!document.getElementById('local').srcObject", 5)
+        server = await _serve(installation, port, "serve-3")
+        await asyncio.sleep(4.0)  # past the next retry's time
+        assert await page.evaluate(STATE) == "idle"
+
+
+async def test_the_page_says_when_no_video_comes_back_and_when_it_does_again(
+    installation: Installation, camera_file: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = await _serve(installation, port, "serve")
+    url = f"https://127.0.0.1:{port}/login#token={TOKEN}"
+    async with chromium(url, camera_file, tmp_path / "profile") as page:
+        await _live(page, server)
+        await page.evaluate(RECORD_STATES)
+        # the server frozen for a few seconds (a long garbage collection, a swapping
+        # machine): its video stops, the link stays up (ICE consent lasts ~30 s)
+        server.popen.send_signal(signal.SIGSTOP)
+        try:
+            stalled = await page.until(f"{STATE} === 'stalled'", 10)
+            status = await page.evaluate("document.getElementById('status-text').textContent")
+            note = await page.evaluate("document.getElementById('stage-note')?.innerText")
+            fits = [await page.evaluate(on_screen(e)) for e in ("#status", "#stage-note")]
+            await page.screenshot(ARTIFACTS / "phone-no-video.png")
+        finally:
+            server.popen.send_signal(signal.SIGCONT)
+        assert stalled, await page.evaluate("window.statesSeen")
+        assert (status, note, fits) == ("No video", "No video from the server", [True, True])
+        assert await page.until(f"{STATE} === 'live' && {PLAYING}", 15), await page.evaluate(
+            "window.statesSeen"
+        )
+        seen = await page.evaluate("window.statesSeen")
+        assert not any(s.startswith(("retrying", "error")) for s in seen), seen
+        assert await page.evaluate("document.getElementById('status-text').textContent") == "Live"
+        assert not await page.evaluate(on_screen("#stage-note"))

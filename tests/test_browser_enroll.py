@@ -2,8 +2,9 @@
 phone-sized touch screen, against the real server over HTTPS, signs in, starts the
 camera, switches to Enroll, types a name in Chinese and enrolls the person its fake
 camera shows (Lin-Manuel Miranda, from the shared clip); with Chromium's own test
-pattern as the camera (no face) the page says why nothing was saved. Leaves
-screenshots in test-artifacts/enroll-*.png."""
+pattern as the camera (no face) the page says why nothing was saved; once the page
+has reconnected, the panel no longer claims a person deleted meanwhile is enrolled.
+Leaves screenshots in test-artifacts/enroll-*.png."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from browser_support import (
     ARTIFACTS,
@@ -28,6 +30,7 @@ from enrollment.store import EnrollmentStore
 from facecore.config import Settings
 from streamer.enroll.capture import CapturePlan
 from streamer.live.engine import Engine
+from streamer.web.server import PEERS
 
 pytestmark = needs_chromium
 
@@ -164,3 +167,46 @@ async def test_enroll_refuses_without_a_face(
 
     with EnrollmentStore(settings.state_dir / "enrollment") as store:
         assert "Nobody Here" not in [p.name for p in store.list_people()]
+
+
+async def test_after_a_reconnection_the_panel_claims_no_one_enrolled(
+    settings: Settings, engine: Engine, lin_camera: Path, tmp_path: Path
+) -> None:
+    """The panel's "X is enrolled" belongs to the session that enrolled X: X may be
+    deleted before the page reconnects, and the panel must not say it still."""
+    name = "Lin-Manuel Miranda"
+    plan = CapturePlan(patience_s=1.5, timeout_s=40.0)
+    async with (
+        enroll_server(settings, engine, plan) as server,
+        chromium(f"{server.url}/login#token={TOKEN}", lin_camera, tmp_path / "profile") as page,
+    ):
+        await page.emulate_phone(SMALL_PHONE)
+        await _live_in_enroll_mode(page)
+        await page.type_text("#enroll-name", name)
+        await page.tap(".enroll-form button[type=submit]")
+        finished = await page.until(
+            f"['done', 'failed'].includes({PANEL}.dataset.enroll) && {PANEL}.dataset.enroll",
+            60,
+        )
+        assert finished == "done", await page.evaluate(_enroll_text())
+        assert f"{name} is enrolled" in await page.evaluate(_enroll_text())
+
+        # deleted (from the People page, another phone, the command line) ...
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            async with http.get(f"{server.url}/api/people", ssl=server.ssl_context) as r:
+                people = {p["name"]: p["id"] for p in (await r.json())["people"]}
+            url = f"{server.url}/api/people/{people[name]}"
+            async with http.delete(url, ssl=server.ssl_context) as r:
+                assert r.status == 204, await r.text()
+        # ... and the link is lost: the page reconnects by itself, its panel afresh
+        for session in server.app[PEERS].sessions:
+            await session.close()
+        assert await page.until("document.body.dataset.state !== 'live'", 15)
+        back = await page.until("document.body.dataset.state === 'live'", 30)
+        assert back, await page.evaluate("document.body.innerText")
+        shown = await page.evaluate(_enroll_text())
+        assert "is enrolled" not in shown, shown
+        assert await page.evaluate(f"{PANEL}.dataset.enroll") == "idle"
+        assert await page.evaluate("!document.querySelector('.enroll-form').hidden")
+        assert await page.evaluate(NO_OVERFLOW)
+        await page.screenshot(ARTIFACTS / "enroll-after-reconnect.png")

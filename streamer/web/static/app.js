@@ -1,8 +1,12 @@
 // The phone page: camera -> WebRTC -> server; annotated video and events back.
 //
 // States (body[data-state]): idle, camera (asking for the camera), connecting,
-// live, error. Recognition events arrive on the data channel "events" as
-// RecognitionEvent JSON: {time, stream, track, name, confidence, box}.
+// live, stalled (connected, no frames back), unstable (ICE trying to recover),
+// retrying (the link was lost or the server could not be reached: a new start comes
+// by itself after a back-off), error (stopped: what retrying cannot fix, such as a
+// blocked camera or an offer the server refuses). Recognition events arrive on the
+// data channel "events" as RecognitionEvent JSON: {time, stream, track, name,
+// confidence, box}.
 "use strict";
 
 (() => {
@@ -14,6 +18,9 @@
   const UNSTABLE_AFTER_MS = 4000; // "disconnected" this long counts as lost
   const STALLED_AFTER = 2; // stats ticks (seconds) without a new frame back: "no video"
   const CONNECT_TIMEOUT_MS = 15000; // from the answer to a connected link
+  const REQUEST_TIMEOUT_MS = 15000; // a request to a server that went silent (Wi-Fi gone)
+  const RETRY_FIRST_MS = 1000; // the wait before the first reconnection, doubled at each
+  const RETRY_MAX_MS = 15000; // failure up to this
   const UNKNOWN = "unknown"; // the name of a face nobody known matches
 
   const $ = (id) => document.getElementById(id);
@@ -34,6 +41,8 @@
     connectTimer: 0,
     lastStats: null,
     attempt: 0, // counts starts and teardowns
+    wasLive: false, // the link came up since the user started: a failure is worth retrying
+    retry: { count: 0, at: 0, timer: 0 }, // reconnections in a row; when the next is due
   };
 
   // ---- modes ---------------------------------------------------------------
@@ -60,15 +69,18 @@
     camera: "Starting camera",
     connecting: "Connecting",
     live: "Live",
-    stalled: "No video from the server",
+    stalled: "No video", // and #stage-note says "from the server" on the video
     unstable: "Reconnecting",
+    retrying: "Reconnecting",
     error: "Stopped",
   };
+  // states in which the start button stops (a retrying page is still on: it comes back)
+  const RUNNING = ["camera", "connecting", "live", "stalled", "unstable", "retrying"];
 
   function setState(state, overlay) {
     body.dataset.state = state;
     $("status-text").textContent = STATUS[state];
-    const running = ["camera", "connecting", "live", "stalled", "unstable"].includes(state);
+    const running = RUNNING.includes(state);
     let label = "Start camera";
     if (running) label = "Stop";
     else if (state === "error") label = overlay?.action || "Try again";
@@ -82,11 +94,83 @@
     }
   }
 
-  // Something went wrong: the camera goes off too (its light should not stay on
-  // while nothing is sent); the start button offers `action`.
+  // Something went wrong that trying again by itself would not fix: the camera goes off
+  // too (its light should not stay on while nothing is sent); the start button offers
+  // `action`.
   function fail(title, text, action = "Try again") {
     teardown(true);
+    endRetries();
     setState("error", { title, text, action });
+  }
+
+  // ---- reconnecting by itself ---------------------------------------------------
+  // The link was lost or the server could not be reached (restarted, a worker killed,
+  // the Wi-Fi gone): start again after 1 s, 2 s, 4 s ... up to RETRY_MAX_MS, saying
+  // when in the status. The camera stays on meanwhile (the feed comes back as it was)
+  // except while the page is hidden, when no attempt is made either; "Reconnect now"
+  // tries at once, Stop ends it.
+  function retryLater(title, text) {
+    teardown(false);
+    const retry = app.retry;
+    clearTimeout(retry.timer);
+    retry.count += 1;
+    retry.at = performance.now() + Math.min(RETRY_FIRST_MS * 2 ** (retry.count - 1), RETRY_MAX_MS);
+    setState("retrying", { title, text });
+    if (document.visibilityState === "hidden") releaseCamera();
+    tickRetry();
+  }
+
+  function tickRetry() {
+    const retry = app.retry;
+    clearTimeout(retry.timer);
+    if (body.dataset.state !== "retrying") return;
+    if (document.visibilityState === "hidden") {
+      $("status-text").textContent = STATUS.retrying;
+      $("retry-when").textContent = "Reconnects when this page is shown again.";
+      return; // visibilitychange resumes
+    }
+    const left = retry.at - performance.now();
+    if (left <= 0) {
+      start();
+      return;
+    }
+    const seconds = Math.ceil(left / 1000);
+    $("status-text").textContent = `Retry in ${seconds} s`;
+    $("retry-when").textContent = retry.count === 1
+      ? `Reconnecting in ${seconds} s.`
+      : `Reconnecting in ${seconds} s (attempt ${retry.count}).`;
+    retry.timer = setTimeout(tickRetry, left - (seconds - 1) * 1000);
+  }
+
+  function retryNow() {
+    if (body.dataset.state === "retrying") start();
+  }
+
+  function endRetries() {
+    clearTimeout(app.retry.timer);
+    app.retry.count = 0;
+    app.wasLive = false;
+  }
+
+  function releaseCamera() {
+    if (!app.stream) return;
+    app.stream.getTracks().forEach((t) => t.stop());
+    app.stream = null;
+    local.srcObject = null;
+    local.hidden = true;
+    $("flip").disabled = true;
+  }
+
+  // A request's failure that a later try may not meet: no network, no answer in
+  // time, or the server (or a proxy in front of it) failing or restarting.
+  function passing(err) {
+    return err instanceof TypeError || err?.name === "TimeoutError" || err?.name === "AbortError" ||
+      err?.status >= 500 || err?.status === 429;
+  }
+
+  function request(url, options = {}) {
+    const signal = AbortSignal.timeout ? AbortSignal.timeout(REQUEST_TIMEOUT_MS) : undefined;
+    return fetch(url, { credentials: "same-origin", signal, ...options });
   }
 
   // ---- camera ----------------------------------------------------------------
@@ -165,12 +249,15 @@
   // ``quiet``: the periodic refresh of the model version, which leaves a live stream
   // alone when the sign-in has lapsed (the next start goes to the login page)
   async function loadConfig({ quiet = false } = {}) {
-    const res = await fetch("/api/config", { credentials: "same-origin" });
+    const res = await request("/api/config");
     if (res.status === 401 && !quiet) {
       location.assign("/login");
       throw new Error("signed out");
     }
-    if (!res.ok) throw new Error(`configuration request failed (${res.status})`);
+    if (!res.ok) {
+      throw Object.assign(new Error(`configuration request failed (${res.status})`),
+        { status: res.status });
+    }
     app.config = await res.json();
     const version = app.config.bundle_version;
     $("model-version").textContent = version == null ? "No model published yet" : `Model v${version}`;
@@ -211,9 +298,8 @@
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForGathering(pc);
-    const res = await fetch("/api/webrtc/offer", {
+    const res = await request("/api/webrtc/offer", {
       method: "POST",
-      credentials: "same-origin",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
     });
@@ -225,8 +311,10 @@
     if (!res.ok) {
       const reply = await res.json().catch(() => ({}));
       const reason = reply.reason || `the server answered ${res.status}`;
-      if (res.status === 503) fail("The server is busy", reason);
-      else fail("The server refused the video", reason);
+      if (app.pc !== pc) return;
+      if (res.status === 503) retryLater("The server is busy", reason);
+      else if (passing({ status: res.status })) retryLater("The server could not take the video", reason);
+      else fail("The server refused the video", reason); // a 4xx: this offer would fail again
       return;
     }
     const answer = await res.json();
@@ -234,9 +322,13 @@
     await pc.setRemoteDescription(answer);
     app.connectTimer = setTimeout(() => {
       if (app.pc === pc && pc.connectionState !== "connected") {
-        fail("The video link did not come up",
-          "The server answered, but no route between this device and it worked. Use the same " +
-          "Wi-Fi as the server, or ask its owner to configure a TURN server.");
+        const title = "The video link did not come up";
+        const text = "The server answered, but no route between this device and it worked. " +
+          "Use the same Wi-Fi as the server, or ask its owner to configure a TURN server.";
+        // a link that worked before may come back (the Wi-Fi returning); one that never
+        // came up needs another network or a TURN server
+        if (app.wasLive) retryLater(title, text);
+        else fail(title, text);
       }
     }, CONNECT_TIMEOUT_MS);
   }
@@ -247,6 +339,8 @@
     switch (pc.connectionState) {
       case "connected":
         clearTimeout(app.connectTimer);
+        app.wasLive = true;
+        app.retry.count = 0;
         setState("live");
         break;
       case "disconnected":
@@ -265,18 +359,19 @@
   }
 
   function lost() {
-    fail("Connection lost",
-      "The video stopped coming back. Check the Wi-Fi, and that the server is still running, " +
-      "then reconnect.", "Reconnect");
+    retryLater("Connection lost",
+      "The video stopped coming back. Check the Wi-Fi, and that the server is still running.");
   }
 
   // ---- start / stop ---------------------------------------------------------------
   async function start() {
+    clearTimeout(app.retry.timer);
     const attempt = ++app.attempt; // a stop or a failure meanwhile makes this one stale
     const current = () => attempt === app.attempt;
-    setState("camera", { title: "Allow the camera", text: "Your browser asks whether facestream may use the camera." });
+    const again = app.retry.count > 0;
     try {
       if (!app.stream || app.stream.getVideoTracks().every((t) => t.readyState === "ended")) {
+        setState("camera", { title: "Allow the camera", text: "Your browser asks whether facestream may use the camera." });
         const stream = await openCamera(app.facing);
         if (!current()) {
           stream.getTracks().forEach((t) => t.stop());
@@ -290,17 +385,23 @@
     }
     showLocal(app.stream);
     updateFlipButton();
-    setState("connecting", { title: "Connecting", text: "Setting up the video link with the server." });
+    setState("connecting", again
+      ? { title: "Reconnecting", text: `Setting up the video link again (attempt ${app.retry.count}).` }
+      : { title: "Connecting", text: "Setting up the video link with the server." });
     try {
       await loadConfig();
       if (current()) await connect();
     } catch (err) {
+      if (!current()) return;
       // a fetch that cannot connect fails with a TypeError whose words ("Failed to
       // fetch") tell a user nothing
-      const text = err instanceof TypeError
-        ? "Check that this device is on the server's network and that facestream is running, then try again."
-        : err.message || String(err);
-      if (current()) fail("Cannot reach the server", text);
+      if (passing(err)) {
+        retryLater("Cannot reach the server", err.status
+          ? `The server answered ${err.status}: it may be restarting.`
+          : "Check that this device is on the server's network and that facestream is running.");
+      } else {
+        fail("Cannot reach the server", err.message || String(err));
+      }
       return;
     }
     if (!current() || !app.pc) return;
@@ -333,6 +434,7 @@
 
   function stop() {
     teardown(true);
+    endRetries();
     setState("idle", {
       title: "See who is in view",
       text: "Start the camera and point it at people. Their names appear on their faces, live.",
@@ -340,7 +442,7 @@
   }
 
   function toggle() {
-    if (["camera", "connecting", "live", "stalled", "unstable"].includes(body.dataset.state)) stop();
+    if (RUNNING.includes(body.dataset.state)) stop();
     else start();
   }
 
@@ -483,6 +585,14 @@
   // ---- wiring ------------------------------------------------------------------------
   $("start").addEventListener("click", toggle);
   $("flip").addEventListener("click", flipCamera);
+  $("retry-now").addEventListener("click", retryNow);
+  // a hidden page makes no attempts and lets the camera go; shown again, it tries
+  document.addEventListener("visibilitychange", () => {
+    if (body.dataset.state !== "retrying") return;
+    if (document.visibilityState === "hidden") releaseCamera();
+    tickRetry();
+  });
+  window.addEventListener("online", retryNow);
   for (const tab of document.querySelectorAll(".modes [data-mode]")) {
     tab.addEventListener("click", () => setMode(tab.dataset.mode));
   }

@@ -140,6 +140,7 @@
     const target = Number(message.target) || 0;
     showProgress(count, target);
     who.textContent = message.person ? `Enrolling ${message.person}` : "";
+    if (message.person) state.name = message.person; // as the server has it
     switch (message.state) {
       case "collecting":
         setPhase("collecting", "Collecting");
@@ -198,10 +199,19 @@
     nameInput.focus();
   });
 
+  // A new channel is a new session (a reconnection, a restart): a result of the last
+  // one is history, and "X is enrolled" may no longer be true (X deleted since), so the
+  // panel starts afresh. A failure stays: it says what happened, and claims nothing.
   document.addEventListener("facestream:channel", (event) => {
     state.channel = event.detail.channel;
-    if (!state.channel && (state.phase === "collecting" || state.phase === "saving")) {
+    if (!state.channel && state.phase === "collecting") {
       onEnroll({ state: "failed", reason: "The connection ended before the enrollment finished." });
+    } else if (!state.channel && state.phase === "saving") {
+      // the server may have stored the samples before the link went
+      onEnroll({ state: "failed", reason: `The connection ended while saving, so ${state.name || "they"} ` +
+        "may or may not be enrolled. Look on the People page (/admin) before enrolling them again." });
+    } else if (state.channel && state.phase === "done") {
+      setPhase("idle", "Ready");
     }
     updateForm();
   });
