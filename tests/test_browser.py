@@ -225,6 +225,9 @@ async def test_the_page_reconnects_by_itself_when_the_server_comes_back(
         assert fifth, await page.evaluate("window.statesSeen")
         status = await page.evaluate("document.getElementById('status-text').textContent")
         assert status == "Retry in 15 s"
+        # a screen reader hears the state once, not the countdown every second
+        said = await page.evaluate("document.getElementById('status-said').textContent")
+        assert said == "Reconnecting", said
         for element in ("#status", "#retry-now", "#overlay-text"):
             assert await page.evaluate(on_screen(element)), element
         await page.screenshot(ARTIFACTS / "phone-reconnecting.png")

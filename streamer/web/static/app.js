@@ -21,6 +21,7 @@
   const REQUEST_TIMEOUT_MS = 15000; // a request to a server that went silent (Wi-Fi gone)
   const RETRY_FIRST_MS = 1000; // the wait before the first reconnection, doubled at each
   const RETRY_MAX_MS = 15000; // failure up to this
+  const STAYED_UP_MS = 10000; // a link up this long starts the back-off from 1 s again
   const UNKNOWN = "unknown"; // the name of a face nobody known matches
 
   const $ = (id) => document.getElementById(id);
@@ -42,7 +43,8 @@
     lastStats: null,
     attempt: 0, // counts starts and teardowns
     wasLive: false, // the link came up since the user started: a failure is worth retrying
-    retry: { count: 0, at: 0, timer: 0 }, // reconnections in a row; when the next is due
+    // reconnections in a row; when the next is due; since when the last link is up
+    retry: { count: 0, at: 0, timer: 0, upSince: 0 },
   };
 
   // ---- modes ---------------------------------------------------------------
@@ -66,7 +68,7 @@
   // ---- visible state ---------------------------------------------------------
   const STATUS = {
     idle: "Ready",
-    camera: "Starting camera",
+    camera: "Camera", // "Starting camera" would not fit a 390 px phone
     connecting: "Connecting",
     live: "Live",
     stalled: "No video", // and #stage-note says "from the server" on the video
@@ -79,7 +81,8 @@
 
   function setState(state, overlay) {
     body.dataset.state = state;
-    $("status-text").textContent = STATUS[state];
+    // said once per state: the countdown that #status-text shows while retrying is not
+    $("status-text").textContent = $("status-said").textContent = STATUS[state];
     const running = RUNNING.includes(state);
     let label = "Start camera";
     if (running) label = "Stop";
@@ -113,6 +116,9 @@
     teardown(false);
     const retry = app.retry;
     clearTimeout(retry.timer);
+    // a link that drops as soon as it is up does not start the back-off again
+    if (retry.upSince && performance.now() - retry.upSince >= STAYED_UP_MS) retry.count = 0;
+    retry.upSince = 0;
     retry.count += 1;
     retry.at = performance.now() + Math.min(RETRY_FIRST_MS * 2 ** (retry.count - 1), RETRY_MAX_MS);
     setState("retrying", { title, text });
@@ -149,6 +155,7 @@
   function endRetries() {
     clearTimeout(app.retry.timer);
     app.retry.count = 0;
+    app.retry.upSince = 0;
     app.wasLive = false;
   }
 
@@ -340,7 +347,7 @@
       case "connected":
         clearTimeout(app.connectTimer);
         app.wasLive = true;
-        app.retry.count = 0;
+        app.retry.upSince = performance.now();
         setState("live");
         break;
       case "disconnected":
