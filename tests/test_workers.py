@@ -219,6 +219,9 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
             client = await connect(server, FramesTrack(frames))
             clients.append(client)
             if client.worker != str(new):
+                # once connected, as above: hung up sooner, each held one of the 8
+                # sessions for the 20 s connect timeout, and a run under load ran out
+                await asyncio.wait_for(client.channel_open.wait(), 30)
                 await client.close()
                 clients.pop()
                 await asyncio.sleep(0.5)
