@@ -272,7 +272,7 @@ def _drive(
             events.close()
     # OpenCV opens some files that are no image or video (text named .jpg) and then
     # reads nothing from them; no frame was written either, so no video was left
-    if source.spec.kind == "file" and summary.ended and summary.frames == 0:
+    if source.finite and summary.ended and summary.frames == 0:
         raise SourceError(
             f"{source.description} cannot be decoded as an image or video: "
             "not one frame could be read from it"

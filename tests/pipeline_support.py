@@ -3,14 +3,23 @@ the dlib ResNet converted into a cache folder), bundles of the shared people, an
 frames of the shared clip.
 
 Small real ONNX graphs stand in for a backbone where the test is about plumbing.
+`serve_folder` serves files over HTTP, as a web server does (`python -m http.server`
+when it answers no Range request).
 
 Not a test module (pytest collects only ``test_*.py``); the test files import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import functools
+import http.server
+import io
+import re
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -152,3 +161,50 @@ def stand_in_bundle(
 def active(bundle: Bundle) -> ActiveModel:
     embedder = Embedder.load(bundle.backbone_path, bundle.manifest.preprocessing, device="cpu")
     return ActiveModel(bundle, embedder, FrontEnd.of_bundle(bundle))
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """`python -m http.server`'s handler, answering ``Range: bytes=A-[B]`` with 206
+    as web servers do (FFmpeg seeks so to an MP4's index at the end of the file)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_head(self) -> io.BytesIO | BinaryIO | None:
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if wanted is None or not path.is_file():
+            return super().send_head()
+        data = path.read_bytes()
+        start = int(wanted.group(1))
+        end = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(end + 1 - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(data[start : end + 1])
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path, *, ranges: bool = True) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on loopback, in a thread: yields its base URL.
+    ``ranges=False``: as `python -m http.server`, which answers every GET whole."""
+    handler = functools.partial(_RangeHandler if ranges else _QuietHandler,
+                                directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -32,6 +32,7 @@ from pipeline_support import (
     live_settings,
     people_folder,
     publish_people,
+    serve_folder,
 )
 
 from facecore.bundle import Bundle
@@ -564,6 +565,53 @@ def test_run_stopped_by_sigterm_finishes_the_video_and_prints_the_summary(
     ok, first = written.read()
     written.release()
     assert ok and first.shape == (360, 640, 3)
+
+
+def _run_process(
+    settings: Settings, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`facestream run ARGS` as a real process, killed after ``timeout`` s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    command = [sys.executable, "-m", "facestream", "run", *args, *_options(settings)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_run_reads_a_video_file_served_over_http_whole_and_ends(
+    settings: Settings, bundle: Bundle, clip: Path, tmp_path: Path
+) -> None:
+    """A file on a web server is a file, not a live stream: every frame once, in
+    order, and the run ends at its end. It was read as a live stream: frames skipped,
+    then at the end "stopped delivering; retrying", reopened from the first frame,
+    for ever."""
+    events = tmp_path / "events.jsonl"
+    with serve_folder(clip.parent) as base:
+        done = _run_process(settings, "--source", f"{base}/{clip.name}",
+                            "--events", str(events), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "stopped delivering" not in done.stderr and "is back" not in done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"{CLIP_FRAMES} frames in ") and " 0 skipped," in summary, summary
+    assert label_of(bundle, "Miranda") in summary
+    frames = [json.loads(line)["frame"] for line in events.read_text("utf-8").splitlines()]
+    assert frames == sorted(frames) and max(frames) < CLIP_FRAMES
+
+
+def test_run_says_so_when_no_frame_of_a_served_file_can_be_read(
+    settings: Settings, clip: Path
+) -> None:
+    """The clip's index is at its end: FFmpeg must seek there, which `python -m
+    http.server` does not allow (no Range requests). Not one frame comes, and the run
+    says so at once instead of reopening the URL every 5 s for ever."""
+    with serve_folder(clip.parent, ranges=False) as base:
+        url = f"{base}/{clip.name}"
+        done = _run_process(settings, "--source", url, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"facestream: error: stream {url} cannot be decoded as an image or video: "
+        "not one frame could be read from it"
+    )
 
 
 def test_run_summary_counts_in_the_singular_and_the_plural() -> None:

@@ -10,7 +10,9 @@ its frame rate to stand in for a camera.
 `CaptureSource` reads through ``cv2.VideoCapture`` in its own thread. A camera or
 stream that cannot be opened raises `SourceError` naming it; one that stops
 delivering frames is reopened with exponential backoff and resumes; a file that ends
-ends the source (or starts again with ``loop``). Anything else that produces frames
+ends the source (or starts again with ``loop``). A URL whose container lists its
+frames (a video file served over HTTP) is read as a file: whole, in order, ending at
+its end, not reopened from its start as a live stream would be. Anything else that produces frames
 (the WebRTC track) feeds a `PushSource` with ``push()``.
 """
 
@@ -186,9 +188,9 @@ def open_capture(spec: SourceSpec) -> Capture:
 class CaptureSource:
     """Reads a camera, file or stream in a thread into a `PushSource`.
 
-    ``realtime``: deliver a file at its own frame rate (``pace`` frames per second
-    when given), so it behaves like a camera: live, newest frame wins. ``loop``:
-    start a file again at its end.
+    ``realtime``: deliver a file (or a URL of one) at its own frame rate (``pace``
+    frames per second when given), so it behaves like a camera: live, newest frame
+    wins. ``loop``: start a file again at its end.
     ``retry_initial``/``retry_max``: backoff in seconds between attempts to reopen a
     camera or stream that stopped delivering.
     """
@@ -215,11 +217,15 @@ class CaptureSource:
         self._capture = self._open_first()
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 0.0 < fps < 1000.0 else None  # what the source says, if sane
-        self.pace = (pace or self.fps or 30.0) if realtime or pace is not None else None
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        # frames in a file, as its index says (None for cameras and streams)
-        self.length = count if spec.kind == "file" and count > 0 else None
-        live = spec.kind != "file" or self.pace is not None
+        # a file, or a URL whose container lists its frames (a file served over
+        # HTTP): it has an end; a camera or a live stream (a count of 0) has none
+        self.finite = spec.kind == "file" or (spec.kind == "url" and count > 0)
+        # frames in a file, as its index says (None for cameras and live streams)
+        self.length = count if self.finite and count > 0 else None
+        paced = (realtime and self.finite) or pace is not None
+        self.pace = (pace or self.fps or 30.0) if paced else None
+        live = not self.finite or self.pace is not None
         self._mailbox = PushSource(self.description, lossless=not live)
         self._stop = threading.Event()
         self.reconnects = 0
@@ -294,7 +300,7 @@ class CaptureSource:
                     continue
                 capture.release()
                 capture = None
-                if self.spec.kind == "file":
+                if self.finite:
                     if self.loop and delivered:
                         continue  # start the file again
                     return
@@ -312,7 +318,7 @@ class CaptureSource:
         try:
             capture = self._opener(self.spec)
             if capture.isOpened():
-                if self.spec.kind != "file":
+                if not self.finite:
                     self.reconnects += 1
                     log.info("%s is back", self.description)
                 return capture
@@ -340,7 +346,7 @@ def _camera_problem(spec: SourceSpec) -> str:
 def open_source(text: str | int, *, loop: bool = False, realtime: bool = False) -> CaptureSource:
     """The source named by a command line: a camera index, a file or a URL.
 
-    ``realtime``: pace a file at its own frame rate, newest frame wins (as a camera).
+    ``realtime``: pace a file at its own frame rate, newest frame wins (as a camera);
+    a camera or a live stream has its own pace.
     """
-    spec = parse_source(text)
-    return CaptureSource(spec, loop=loop, realtime=realtime and spec.kind == "file")
+    return CaptureSource(parse_source(text), loop=loop, realtime=realtime)
