@@ -12,8 +12,8 @@ stream that cannot be opened raises `SourceError` naming it; one that stops
 delivering frames is reopened with exponential backoff and resumes; a file that ends
 ends the source (or starts again with ``loop``). A URL whose container lists its
 frames (a video file served over HTTP) is read as a file: whole, in order, ending at
-its end, not reopened from its start as a live stream would be. Anything else that produces frames
-(the WebRTC track) feeds a `PushSource` with ``push()``.
+its end, not reopened from its start as a live stream would be. Anything else that
+produces frames (the WebRTC track) feeds a `PushSource` with ``push()``.
 """
 
 from __future__ import annotations
