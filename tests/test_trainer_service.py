@@ -375,9 +375,14 @@ def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> Non
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_in_the_middle_of_a_publish_leaves_the_previous_bundle(
-    settings: Settings, enroll: Callable[..., int], shared_dir: Path, tmp_path: Path
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path, tmp_path: Path,
+    stop: signal.Signals,
 ) -> None:
+    """``trainer --once`` killed (SIGKILL) or stopped (SIGTERM: exit 143, not success,
+    for ``trainer --once && ...``) before its publish: the previous bundle stays, and
+    the next run publishes."""
     enroll(shared_dir / "people")
     with TrainerService(settings, progress=False) as service:
         assert service.run_once() is not None
@@ -399,12 +404,16 @@ def test_killed_in_the_middle_of_a_publish_leaves_the_previous_bundle(
         staged = load_bundle(next(bundles.glob(".staging-*")))
         assert "Colin Powell" in staged.manifest.labels
     finally:
-        process.kill()
+        process.send_signal(stop)
         process.wait(timeout=30)
         log.close()
-    assert process.returncode == -signal.SIGKILL
-    staging = list(bundles.glob(".staging-*"))
-    assert len(staging) == 1  # killed mid-publish: the half-published bundle is left over
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+        staging = list(bundles.glob(".staging-*"))
+        assert len(staging) == 1  # killed mid-publish: the half-published bundle is left over
+    else:
+        assert process.returncode == 128 + signal.SIGTERM, (tmp_path / "trainer.log").read_text()
+        assert "stopped by SIGTERM" in (tmp_path / "trainer.log").read_text()
 
     current = load_bundle(current_bundle_dir(bundles))
     assert current.path.name == "v000001"

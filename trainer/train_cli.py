@@ -89,6 +89,8 @@ def _trainer(settings: Settings, args: argparse.Namespace) -> int:
         if service is not None:
             service.notify("STOPPING=1")
         log.info("trainer %s (a bundle in the making, if any, is dropped)", exc)
+        if args.once:  # unfinished: `trainer --once && ...` must not go on (the service
+            return 128 + signal.SIGTERM  # stops as systemd asks it to, with 0)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if service is not None:
