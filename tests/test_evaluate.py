@@ -298,7 +298,7 @@ def test_verify_with_an_lfw_pairs_file(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pairs_file = tmp_path / "pairs.txt"
-    pairs_file.write_text(PAIRS_TXT)
+    pairs_file.write_text("\ufeff" + PAIRS_TXT)  # as Windows' Notepad saves it
     lfw = shared_dir / "datasets" / "lfw10"
     assert _run([str(lfw), "--pairs", str(pairs_file)], cache_dir, yunet_path) == 0
     out = capsys.readouterr().out
@@ -331,8 +331,13 @@ def test_bad_arguments_are_clear_errors(
 ) -> None:
     with pytest.raises(SourceError, match="is not a folder"):
         _run([str(tmp_path / "nowhere")], cache_dir, yunet_path)
-    with pytest.raises(SourceError, match="fewer than two images"):
+    with pytest.raises(SourceError, match="has no sub-folder of images"):
         _run([str(tmp_path)], cache_dir, yunet_path)
+    one_person = tmp_path / "Tony_Blair"  # his photos, not a folder of people
+    one_person.mkdir()
+    (one_person / "Tony_Blair_0001.jpg").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"Tony_Blair has no sub-folder of images \(one per"):
+        _run([str(one_person)], cache_dir, yunet_path)
     with pytest.raises(ConfigError, match=r"recognition\.model = 'yunet_2026may' .*expected one "
                        "of dlib_resnet_v1"):
         _run([str(tmp_path), "--model", "yunet_2026may"], cache_dir, yunet_path)

@@ -89,8 +89,6 @@ def _calibrate(settings: Settings, args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise SourceError(f"{folder} is not a folder")
         images, unreadable = labelled_images(folder)
-        if not images:
-            raise SourceError(f"{folder} has no sub-folder of images (one per person)")
         paths = [path for path, _ in images]
         embedded = embed_largest_faces(settings, paths)
         kept = embedded.found

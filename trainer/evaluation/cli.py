@@ -252,7 +252,8 @@ def _load_pairs(
 
     if pairs_file is not None:
         try:
-            rows = parse_lfw_pairs(pairs_file.read_text(encoding="utf-8"))
+            # utf-8-sig: a file saved by Windows' Notepad starts with a byte-order mark
+            rows = parse_lfw_pairs(pairs_file.read_text(encoding="utf-8-sig"))
         except OSError as err:
             raise SourceError(f"cannot read the pairs file {pairs_file}: {err.strerror}") from err
         except ValueError as err:

@@ -64,7 +64,9 @@ class Embedded:
 def labelled_images(folder: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
     """(image, person) for every image of ``folder``'s sub-folders, one per person, in
     sorted order; and the files named as images that OpenCV cannot read, left out
-    (a warning names each: one damaged file should not stop a long measurement)."""
+    (a warning names each: one damaged file should not stop a long measurement).
+    `SourceError` when no sub-folder holds an image (one person's folder, say)."""
+    from facecore.errors import SourceError
     from trainer.fitting.gallery import IMAGE_SUFFIXES
 
     people = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -74,6 +76,8 @@ def labelled_images(folder: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
         for image in sorted(person.iterdir())
         if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES
     ]
+    if not named:
+        raise SourceError(f"{folder} has no sub-folder of images (one per person)")
     unreadable = [image for image, _ in named if not _readable(image)]
     for image in unreadable:
         log.warning("%s left out: OpenCV cannot read it as an image", image)
