@@ -7,7 +7,6 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 __all__ = ["PidLock", "fsync_path", "os_reason", "unwritable_reason"]
 
@@ -92,14 +91,3 @@ class PidLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd, self.held = None, False
-
-    def __enter__(self) -> PidLock:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

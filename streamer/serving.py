@@ -42,7 +42,7 @@ def server_lock(settings: Settings) -> Iterator[None]:
         lock = PidLock(path)
     except OSError as exc:
         raise ConfigError(f"cannot create the server lock {path}: {os_reason(exc)}") from exc
-    with lock:
+    with contextlib.closing(lock):
         if not lock.acquire():
             raise ConfigError(
                 f"another facestream serve ({lock.holder()}) runs on the state folder "

@@ -166,6 +166,7 @@ class TrainerService:
         with contextlib.ExitStack() as opened:
             self.lock = opened.enter_context(trainer_lock(settings))
             self.store = opened.enter_context(EnrollmentStore.from_settings(settings))
+            self.store_id = self.store.identity()  # read once: a store keeps its identity
             self.backbone = backbone or Backbone.from_settings(settings)
             self.prior = find_calibration(settings, get_spec(self.backbone.name))
             opened.pop_all()
@@ -228,7 +229,7 @@ class TrainerService:
         manifest = self.current_manifest()
         if manifest is None:
             return False
-        if manifest.store_id and manifest.store_id != self.store.identity():
+        if manifest.store_id and manifest.store_id != self.store_id:
             return False  # another store's revisions and ids: this one's are published
         same_content = (
             manifest.store_revision == revision
@@ -463,7 +464,7 @@ class TrainerService:
         row = {p.id: k for k, p in enumerate(people)}
         samples = [s for s in samples if s.person_id in row]  # added after list_people
         labels = np.asarray([row[s.person_id] for s in samples], np.intp)
-        return _Roster(revision, self.store.identity(), tuple(people), tuple(samples),
+        return _Roster(revision, self.store_id, tuple(people), tuple(samples),
                        labels, len(listed) - len(people))
 
     # --- the service loop -----------------------------------------------------------
