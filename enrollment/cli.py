@@ -23,7 +23,7 @@ import wcwidth
 from enrollment.errors import EnrollmentError
 from facecore.cli import Subparsers, add_command, path_argument
 from facecore.config import Settings
-from facecore.text import counted
+from facecore.text import counted, listed
 
 if TYPE_CHECKING:
     from enrollment.ingest import IngestResult
@@ -288,10 +288,9 @@ def _say_skipped(results: Sequence[IngestResult], folder: Path | None, shown: in
     paths = [Path(r.path) for r in results if r.outcome == Outcome.NOT_AN_IMAGE]
     if not paths:
         return
-    names = [_printable(str(p.relative_to(folder) if folder else p)) for p in paths[:shown]]
+    names = [_printable(str(p.relative_to(folder) if folder else p)) for p in paths]
     what = "file that is not an image" if len(paths) == 1 else "files that are not images"
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
-    print(f"skipped {len(paths)} {what}: {', '.join(names)}{more}")
+    print(f"skipped {len(paths)} {what}: {listed(names, shown)}")
 
 
 def _summary(results: Sequence[IngestResult], *, interrupted: bool = False) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["counted"]
+__all__ = ["counted", "listed"]
 
 _IRREGULAR = {"person": "people"}
 
@@ -13,3 +13,9 @@ def counted(n: int, noun: str) -> str:
     if n == 1:
         return f"1 {noun}"
     return f"{n} {_IRREGULAR.get(noun, noun + 's')}"
+
+
+def listed(items: list[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``items``, comma-separated, then "and N more"."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more

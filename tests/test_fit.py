@@ -219,6 +219,18 @@ def test_reject_level_keeps_own_row_scores_above_it() -> None:
     assert margin_loss(cos, target, 0.2, 30.0, reject=0.9) > margin_loss(cos, target, 0.2, 30.0)
 
 
+def test_fixed_rows_stay_as_they_start_and_still_count_as_negatives() -> None:
+    x, labels = nuisance_embeddings(seed=4)
+    initial = prototypes_of(x, labels)
+    fixed = np.zeros(PEOPLE, bool)
+    fixed[[0, 3]] = True
+    fit = fit_cosine_head(x, labels, initial, FitConfig(max_epochs=20), reject=0.5,
+                          fixed_rows=fixed, progress=False)
+    weights = fit.head.unit_weights()
+    np.testing.assert_array_equal(weights[fixed], initial[fixed])
+    assert np.abs(weights[~fixed] - initial[~fixed]).max() > 0.05  # the others moved
+
+
 # --- choosing the head, and the report ----------------------------------------------
 
 
@@ -246,6 +258,23 @@ def test_cosine_head_is_published_only_when_it_beats_the_prototypes() -> None:
     assert tied.threshold == tied.baseline.threshold
     assert "does not beat" in tied.reason
     np.testing.assert_allclose(tied.head.unit_weights(), prototypes_of(x, labels), atol=1e-6)
+
+
+def test_a_person_with_one_sample_keeps_that_sample_as_the_fitted_head_s_row() -> None:
+    """No held-out sample can judge what fitting does to the row of a person with one
+    sample, so the fitted head leaves it as that sample's embedding (the published
+    head, re-fitted on all samples, too: tests/test_readme_path.py, on real faces)."""
+    x, labels = nuisance_embeddings(seed=2, per_person=24)
+    alone = np.flatnonzero(labels == 0)[0]
+    keep = (labels != 0) | (np.arange(len(labels)) == alone)
+    x, labels = x[keep], labels[keep]
+    chosen = _select(x, labels)
+    assert chosen.fit is not None and chosen.split.single_sample_people == 1
+    rows = chosen.fit.head.unit_weights()
+    np.testing.assert_allclose(rows[0], x[alone], atol=1e-6)
+    train = chosen.split.train
+    others = prototypes_of(x[train], labels[train])[1:]
+    assert np.abs(rows[1:] - others).max() > 0.05  # the rows it can judge are fitted
 
 
 def test_single_samples_leave_nothing_to_hold_out() -> None:
@@ -278,7 +307,7 @@ def test_report_json_and_plots(tmp_path: Path) -> None:
     figures = report["candidates"]
     assert figures["cosine"]["accuracy"] > figures["prototypes"]["accuracy"]
     assert report["counts"]["held_out_samples"] == len(selection.split.held_out)
-    assert report["people"][0] == {"name": "人 0", "samples": 24}
+    assert report["people"][0] == {"name": "人 0", "samples": 24, "row": "fitted"}
     assert len(report["fit"]["history"]) == selection.fit.epochs
     for name in ("scores.png", "roc.png"):
         image = cv2.imread(str(tmp_path / name))

@@ -67,7 +67,7 @@ from facecore.config import Settings
 from facecore.errors import BundleError, FacestreamError
 from facecore.publish import bundles_dir, current_bundle_dir, publish, remove_version, versions
 from facecore.registry import get_spec
-from facecore.text import counted
+from facecore.text import counted, listed
 from trainer.backbone import Backbone
 from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
@@ -120,6 +120,12 @@ class _Roster:
         samples = [[s.id, int(row)] for s, row in zip(self.samples, self.labels, strict=True)]
         text = json.dumps([people, samples], ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    @property
+    def single_sample_people(self) -> tuple[Person, ...]:
+        """The people with one sample: nothing of theirs can be held out."""
+        counts = np.bincount(self.labels, minlength=len(self.people))
+        return tuple(p for p, n in zip(self.people, counts, strict=True) if n == 1)
 
     def fitted(self, phase: float, embedded: int, selection: Selection | None) -> Fitted:
         return Fitted(
@@ -342,6 +348,14 @@ class TrainerService:
         log.info("%s of %s (%d embedded now, %d from the cache)",
                  counted(len(roster.samples), "sample"), counted(len(roster.people), "person"),
                  clean.computed, len(roster.samples) - clean.computed)
+        if single := roster.single_sample_people:
+            log.warning(
+                "%s one sample each (%s): none can be held out to check how well they "
+                "are named, and a fitted head leaves each of their rows as that photo's "
+                "embedding; 3-5 photos each name them more reliably",
+                "1 person has" if len(single) == 1 else f"{len(single)} people have",
+                listed([p.name for p in single]),
+            )
         baseline = None
         if roster.samples:
             baseline = select_baseline(

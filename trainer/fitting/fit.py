@@ -103,6 +103,7 @@ def fit_cosine_head(
     reject: float | None = None,
     held_out: tuple[NDArray[np.float32], NDArray[np.intp]] | None = None,
     epochs: int | None = None,
+    fixed_rows: NDArray[np.bool_] | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Fit a ``CosineHead`` starting at ``initial`` [K, D] on ``embeddings`` [N, D] of
@@ -112,12 +113,18 @@ def fit_cosine_head(
     With ``held_out`` (embeddings, labels), training stops once the held-out loss has
     not improved for ``config.patience`` epochs and the best epoch's weights are
     kept; without, it runs exactly ``epochs`` epochs (default ``config.max_epochs``),
-    as when re-fitting on all samples for the epoch count a held-out run found."""
+    as when re-fitting on all samples for the epoch count a held-out run found.
+    ``fixed_rows`` [K] marks rows that stay as ``initial`` has them (their people
+    still count as the other rows' negatives)."""
     if len(embeddings) != len(labels) or len(embeddings) == 0:
         raise ValueError(
             f"need as many labels as embeddings (> 0): {len(embeddings)}, {len(labels)}"
         )
     head = CosineHead(initial)
+    if fixed_rows is not None and fixed_rows.any():
+        # a zero gradient from the first step on leaves Adam's update at zero too
+        moving = torch.from_numpy(~np.asarray(fixed_rows, bool)).to(torch.float32)[:, None]
+        head.weight.register_hook(lambda grad: grad * moving)
     x = torch.from_numpy(np.asarray(embeddings, np.float32))
     y = torch.from_numpy(np.asarray(labels, np.int64))
     held = None

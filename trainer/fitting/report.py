@@ -67,7 +67,10 @@ def report_data(selection: Selection | None, context: ReportContext) -> dict[str
         "store_revision": context.store_revision,
         "backbone": {"name": context.backbone_name, "sha256": context.backbone_sha256},
         "target_far": context.target_far,
-        "people": [{"name": name, "samples": count} for name, count in context.people],
+        "people": [
+            {"name": name, "samples": count, "row": _row_kind(selection, count)}
+            for name, count in context.people
+        ],
         "counts": counts,
         "export_check": {"max_abs_diff": context.export_max_abs_diff},
     }
@@ -79,6 +82,13 @@ def report_data(selection: Selection | None, context: ReportContext) -> dict[str
     cleaned = _finite(data)
     assert isinstance(cleaned, dict)
     return cleaned
+
+
+def _row_kind(selection: Selection | None, samples: int) -> str:
+    """"fitted", or "prototype" (the mean of the person's samples): a fitted head
+    leaves the rows of people with one sample as they are (`trainer.fitting.selection`)."""
+    fitted = selection is not None and selection.kind == "cosine" and samples > 1
+    return "fitted" if fitted else "prototype"
 
 
 def _selection_data(selection: Selection) -> dict[str, object]:
