@@ -90,10 +90,10 @@ def test_parse_lfw_pairs() -> None:
     rows = parse_lfw_pairs(PAIRS_TXT)
     assert len(rows) == 8
     assert rows[0] == ("Ariel_Sharon/Ariel_Sharon_0001.jpg", "Ariel_Sharon/Ariel_Sharon_0002.jpg",
-                       True, 0)
+                       True, 0, 2)
     assert rows[3] == ("Hugo_Chavez/Hugo_Chavez_0002.jpg", "Tony_Blair/Tony_Blair_0003.jpg",
-                       False, 0)
-    assert rows[4][2:] == (True, 1) and rows[4][1] == "Tony_Blair/Tony_Blair_0010.jpg"
+                       False, 0, 5)
+    assert rows[4][2:4] == (True, 1) and rows[4].second == "Tony_Blair/Tony_Blair_0010.jpg"
     assert [r[2] for r in rows] == [True, True, False, False] * 2
     images, pairs = pairs_from_paths(rows)
     assert len(images) == 15  # Ariel_Sharon_0001 appears twice
@@ -310,8 +310,9 @@ def test_verify_with_an_lfw_pairs_file(
     with pytest.raises(SourceError, match=r"2 images named in .* are not in"):
         _run([str(lfw), "--pairs", str(missing)], cache_dir, yunet_path)
     one = tmp_path / "one.txt"
-    one.write_text("1 1\nTony_Blair 1 2\nNobody 1 Tony_Blair 1\n")
-    with pytest.raises(SourceError, match=r"1 image named in .* is not in .*Nobody_0001\.jpg"):
+    one.write_text("1 1\nTony_Blair 1 2\n\nNobody 1 Tony_Blair 1\n")
+    with pytest.raises(SourceError, match=r"1 image named in .* is not in .*, the first on "
+                       r"line 4: .*Nobody/Nobody_0001\.jpg"):
         _run([str(lfw), "--pairs", str(one)], cache_dir, yunet_path)
     broken = tmp_path / "broken.txt"
     broken.write_text("1 1\nTony_Blair 1\n")

@@ -260,12 +260,14 @@ def _load_pairs(
             raise SourceError(f"{pairs_file}: {err}") from err
         names, pairs = pairs_from_paths(rows)
         paths = [folder / name for name in names]
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = {str(p.relative_to(folder)) for p in paths if not p.is_file()}
         if missing:
             are = "is" if len(missing) == 1 else "are"
+            first = next(r for r in rows if {r.first, r.second} & missing)
+            name = first.first if first.first in missing else first.second
             raise SourceError(
                 f"{counted(len(missing), 'image')} named in {pairs_file} {are} not in {folder}, "
-                f"e.g. {missing[0]}"
+                f"the first on line {first.line}: {folder / name}"
             )
         return paths, pairs, f"pairs from {pairs_file}"
     images, unreadable = labelled_images(folder)

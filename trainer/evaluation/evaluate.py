@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,6 +22,7 @@ from numpy.typing import NDArray
 from trainer.evaluation.calibrate import calibrate_threshold
 
 __all__ = [
+    "PairLine",
     "Pairs",
     "TarAtFar",
     "Verification",
@@ -140,9 +142,18 @@ def lfw_image_path(name: str, number: int) -> str:
     return f"{name}/{name}_{number:04d}.jpg"
 
 
-def parse_lfw_pairs(text: str) -> tuple[tuple[str, str, bool, int], ...]:
-    """The pairs of an LFW ``pairs.txt``: (image 1, image 2, same, fold) each, images
-    as `lfw_image_path` names.
+class PairLine(NamedTuple):
+    """One pair of a pairs file: images as `lfw_image_path` names."""
+
+    first: str
+    second: str
+    same: bool
+    fold: int  # 0-based
+    line: int  # 1-based, in the file
+
+
+def parse_lfw_pairs(text: str) -> tuple[PairLine, ...]:
+    """The pairs of an LFW ``pairs.txt``, one `PairLine` each.
 
     The first line is ``folds n`` (or ``n`` alone: one fold); then, per fold, n
     lines ``Name i j`` (same person) and n lines ``Name1 i Name2 j`` (different).
@@ -182,22 +193,23 @@ def parse_lfw_pairs(text: str) -> tuple[tuple[str, str, bool, int], ...]:
             i, j = int(fields[1]), int(fields[-1])
         except ValueError:
             raise ValueError(f"line {number}: image numbers must be integers: {line!r}") from None
-        pairs.append((lfw_image_path(name1, i), lfw_image_path(name2, j), same, fold))
+        pairs.append(PairLine(lfw_image_path(name1, i), lfw_image_path(name2, j), same, fold,
+                              number))
     return tuple(pairs)
 
 
-def pairs_from_paths(rows: Sequence[tuple[str, str, bool, int]]) -> tuple[tuple[str, ...], Pairs]:
-    """(the distinct images in first-seen order, `Pairs` indexing them) for rows of
-    (image 1, image 2, same, fold) as `parse_lfw_pairs` gives them."""
+def pairs_from_paths(rows: Sequence[PairLine]) -> tuple[tuple[str, ...], Pairs]:
+    """(the distinct images in first-seen order, `Pairs` indexing them) for the rows
+    `parse_lfw_pairs` gives."""
     index: dict[str, int] = {}
-    for first, second, _, _ in rows:
-        index.setdefault(first, len(index))
-        index.setdefault(second, len(index))
+    for row in rows:
+        index.setdefault(row.first, len(index))
+        index.setdefault(row.second, len(index))
     pairs = Pairs(
-        first=np.array([index[r[0]] for r in rows], np.intp),
-        second=np.array([index[r[1]] for r in rows], np.intp),
-        same=np.array([r[2] for r in rows], bool),
-        fold=np.array([r[3] for r in rows], np.intp),
+        first=np.array([index[r.first] for r in rows], np.intp),
+        second=np.array([index[r.second] for r in rows], np.intp),
+        same=np.array([r.same for r in rows], bool),
+        fold=np.array([r.fold for r in rows], np.intp),
     )
     return tuple(index), pairs
 
