@@ -252,6 +252,43 @@ async def test_the_page_reconnects_by_itself_when_the_server_comes_back(
         assert await page.evaluate(STATE) == "idle"
 
 
+async def test_a_hidden_page_lets_the_camera_go_and_reconnects_when_shown(
+    installation: Installation, camera_file: Path, tmp_path: Path
+) -> None:
+    """The server goes away while the phone's user switches to another app (here:
+    another tab in front): the page makes no attempt while hidden and turns the camera
+    off, and reconnects with it as soon as it is shown again."""
+    port = free_port()
+    server = await _serve(installation, port, "serve-1")
+    async with chromium(f"https://127.0.0.1:{port}/login#token={TOKEN}", camera_file,
+                        tmp_path / "profile") as page:
+        await _live(page, server)
+        server.stop(signal.SIGKILL)
+        assert await page.until(f"{STATE} === 'retrying'", 60)
+        other_tab = await page.send("Target.createTarget", url="about:blank")
+        assert await page.until("document.visibilityState === 'hidden'", 10)
+        waiting = "document.getElementById('retry-when').textContent"
+        shown_later = f"{waiting} === 'Reconnects when this page is shown again.'"
+        assert await page.until(shown_later, 10), await page.evaluate(waiting)
+        camera_off = "!document.getElementById('local').srcObject"
+        assert await page.until(camera_off, 5)
+        await page.evaluate(RECORD_STATES)
+
+        # the server is back, the page still hidden: past the next retry's time (at
+        # most 4 s after the third attempt), it has made none
+        server = await _serve(installation, port, "serve-2")
+        await asyncio.sleep(5.0)
+        seen = await page.evaluate("window.statesSeen")
+        assert all(s.startswith("retrying") for s in seen), seen
+        assert await page.evaluate(camera_off)
+
+        await page.send("Target.closeTarget", targetId=other_tab["targetId"])
+        assert await page.until("document.visibilityState === 'visible'", 10)
+        back = await page.until(f"{STATE} === 'live' && {PLAYING}", 45)
+        assert back, await page.evaluate("window.statesSeen")
+        assert not await page.evaluate(camera_off)
+
+
 async def test_the_page_says_when_no_video_comes_back_and_when_it_does_again(
     installation: Installation, camera_file: Path, tmp_path: Path
 ) -> None:
