@@ -78,7 +78,9 @@ FOLDER_OUTCOMES = frozenset({Outcome.NESTED_FOLDER, Outcome.FOLDER_REJECTED})
 @dataclass(frozen=True)
 class IngestPolicy:
     max_bytes: int = 64 * 1024 * 1024  # a file larger than this is not read
-    max_pixels: int = 40_000_000  # width x height from the header, before decoding
+    # width x height from the header, before decoding; a JPEG is decoded at 1/2, 1/4 or
+    # 1/8 of its size to fit (libjpeg scales as it decodes), other formats are refused
+    max_pixels: int = 40_000_000
     min_face_px: float = 64.0  # face box side (sqrt of its area) in the photo
     min_sharpness: float = 25.0  # Quality.sharpness; sharp photos score 75 and more
     # Quality.frontalness: below it, a profile or the back of a head, whose landmarks
@@ -318,23 +320,37 @@ def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
+            kind = probe.format
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise _Rejected(
             Outcome.UNREADABLE, "unreadable file (not an image, or in a format not supported)"
         ) from exc
-    if width * height > policy.max_pixels:
+    # a JPEG larger than the limit (a 48, 108 or 200 MP phone photo) is decoded at 1/2,
+    # 1/4 or 1/8 of its size: libjpeg scales it as it decodes, never holding it whole
+    scale = 1
+    while kind == "JPEG" and scale < 8 and width * height > policy.max_pixels * scale**2:
+        scale *= 2
+    if width * height > policy.max_pixels * scale**2:
         raise _Rejected(
             Outcome.IMAGE_TOO_LARGE,
             f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP, "
             f"limit {policy.max_pixels / 1e6:.0f} MP)",
         )
     try:
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_COLOR[scale])
     except cv2.error as exc:
         raise _Rejected(Outcome.UNREADABLE, "unreadable file (damaged image)") from exc
     if frame is None or frame.size == 0:
         raise _Rejected(Outcome.UNREADABLE, "unreadable file (damaged or unsupported image)")
     return frame
+
+
+_REDUCED_COLOR = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def _choose_face(area: NDArray[np.float32], policy: IngestPolicy) -> tuple[int, str]:

@@ -5,6 +5,7 @@ a duplicate."""
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import struct
 import zlib
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from enroll_support import clip_frames
+from PIL import Image
 
 from enrollment.ingest import IngestPolicy, Outcome, import_folder, ingest_face, ingest_photo
 from enrollment.quality import frontalness, measure_quality
@@ -192,6 +194,31 @@ def test_policy_and_large_faces_are_stored_smaller(
     again = detector.detect(crop).largest()
     assert len(again) == 1
     assert np.abs(again.landmarks[0] - sample.landmarks).max() < 5.0
+
+
+def test_a_phone_photo_of_more_megapixels_than_the_limit_is_taken_scaled_down(
+    store: EnrollmentStore, detector: Detector, shared_file: SharedFile
+) -> None:
+    # a 48 MP phone photo (8000x6000), held sideways with an EXIF orientation, was
+    # refused as "image too large (6000x8000 = 48 MP, limit 40 MP)"; a JPEG is decoded
+    # at a fraction of its size instead (a PNG of those pixels is still refused, above)
+    obama = cv2.imread(str(shared_file("media/obama.jpg")))
+    photo = np.full((6000, 8000, 3), 90, np.uint8)
+    big = cv2.resize(obama, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    photo[1000 : 1000 + big.shape[0], 2000 : 2000 + big.shape[1]] = big
+    upright = Image.fromarray(photo[:, :, ::-1]).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    stored = io.BytesIO()
+    upright.save(stored, "JPEG", quality=85, exif=exif)
+    person = store.add_person("Barack Obama")
+    result = ingest_photo(store, detector, person.id, stored.getvalue(), "photo", name="48mp.jpg")
+    assert result.accepted and result.outcome == Outcome.ACCEPTED, result
+    [sample] = store.samples(person.id)
+    assert sample.quality.frontalness > 0.5  # the face upright, not on its side
+    policy = IngestPolicy(max_pixels=500_000)  # 48 MP / 64 is still 0.75 MP
+    refused = ingest_photo(store, detector, person.id, stored.getvalue(), "photo", policy=policy)
+    assert refused.outcome == Outcome.IMAGE_TOO_LARGE, refused
 
 
 def test_import_folder_reports_stray_files_and_drops_people_without_photos(
