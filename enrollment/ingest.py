@@ -3,10 +3,11 @@
 A photo is checked by its content, never by its name (only a folder import skips
 files whose name says they are no photo: README, notes.txt): the header is read first (with
 Pillow, which does not decode the pixels) to refuse an oversized image before it
-takes memory, then OpenCV decodes it. Then the face: exactly one, or one clearly the
-largest; big enough; sharp enough. What is kept is a square crop with margin around
-the face and its 5 landmarks in the crop (`facecore.alignment.crop_with_margin`), so
-any backbone can re-align it later.
+takes memory, then OpenCV decodes it (Pillow decodes HEIF, an iPhone's photos,
+through pillow-heif, and AVIF, whose EXIF orientation OpenCV ignores). Then the
+face: exactly one, or one clearly the largest; big enough; sharp enough. What is
+kept is a square crop with margin around the face and its 5 landmarks in the crop
+(`facecore.alignment.crop_with_margin`), so any backbone can re-align it later.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pillow_heif
 from numpy.typing import NDArray
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from enrollment.errors import DuplicateSampleError, InvalidNameError
@@ -317,6 +319,7 @@ def _read(image: bytes | Path | str, policy: IngestPolicy) -> bytes:
 
 def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
     """BGR pixels of an image file's content; the header's size is checked first."""
+    pillow_heif.register_heif_opener()  # idempotent: HEIF files open in Pillow
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
@@ -336,6 +339,8 @@ def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
             f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP, "
             f"limit {policy.max_pixels / 1e6:.0f} MP)",
         )
+    if kind in PILLOW_DECODED:
+        return _decode_with_pillow(data)
     try:
         frame = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_COLOR[scale])
     except cv2.error as exc:
@@ -345,6 +350,18 @@ def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
     return frame
 
 
+def _decode_with_pillow(data: bytes) -> NDArray[np.uint8]:
+    """BGR pixels decoded by Pillow, turned upright by their EXIF orientation."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise _Rejected(Outcome.UNREADABLE, "unreadable file (damaged image)") from exc
+    return cv2.cvtColor(np.asarray(upright), cv2.COLOR_RGB2BGR)
+
+
+# formats Pillow decodes: OpenCV cannot read HEIF and ignores AVIF's EXIF orientation
+PILLOW_DECODED = frozenset({"HEIF", "AVIF"})
 _REDUCED_COLOR = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pillow_heif
 import pytest
 from enroll_support import clip_frames
 from PIL import Image
@@ -219,6 +220,31 @@ def test_a_phone_photo_of_more_megapixels_than_the_limit_is_taken_scaled_down(
     policy = IngestPolicy(max_pixels=500_000)  # 48 MP / 64 is still 0.75 MP
     refused = ingest_photo(store, detector, person.id, stored.getvalue(), "photo", policy=policy)
     assert refused.outcome == Outcome.IMAGE_TOO_LARGE, refused
+
+
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_iphone_heif_and_sideways_avif_photos_are_enrolled_upright(
+    store: EnrollmentStore, detector: Detector, shared_file: SharedFile, kind: str
+) -> None:
+    # an iPhone's HEIC photo was "unreadable file (not an image, or in a format not
+    # supported)"; an AVIF held sideways with an EXIF orientation was decoded on its
+    # side by OpenCV, and refused as "no face found". (A HEIF's rotation is a box of
+    # its own, which libheif applies; pillow-heif writes none, so it is saved upright.)
+    pillow_heif.register_heif_opener()  # to save one
+    obama = Image.open(shared_file("media/obama.jpg")).convert("RGB")
+    stored = io.BytesIO()
+    if kind == "AVIF":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+        obama.rotate(90, expand=True).save(stored, kind, exif=exif)
+    else:
+        obama.save(stored, kind)
+    person = store.add_person("Barack Obama")
+    result = ingest_photo(store, detector, person.id, stored.getvalue(), "photo",
+                          name=f"IMG_0001.{kind.lower()}")
+    assert result.accepted, result
+    [sample] = store.samples(person.id)
+    assert sample.quality.frontalness > 0.5  # the face upright, not on its side
 
 
 def test_import_folder_reports_stray_files_and_drops_people_without_photos(
