@@ -307,6 +307,33 @@ def test_a_change_during_the_fit_abandons_it(
         assert service.run_once() is None
 
 
+def test_one_photo_under_two_names_is_warned_of_and_other_people_are_not(
+    settings: Settings, enroll: Callable[..., int], shared_dir: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Biden's photo saved again (another JPEG quality) and enrolled as somebody
+    else: not a duplicate byte for byte, so the store takes it; the trainer says that
+    the two people have photos as alike as one person's. Different people, even LFW's
+    ten photos of Colin Powell beside the demo people, are not warned of."""
+    enroll(shared_dir / "people")
+    enroll(Colin_Powell=10)
+    copy = tmp_path / "copy" / "Jill Jacobs"
+    copy.mkdir(parents=True)
+    cv2.imwrite(str(copy / "jill.jpg"), cv2.imread(str(shared_dir / "media" / "biden.jpg")),
+                [cv2.IMWRITE_JPEG_QUALITY, 91])
+    with TrainerService(settings, progress=False) as service:
+        with caplog.at_level(logging.WARNING, logger="trainer.service"):
+            assert service.run_once() is not None
+        assert "score" not in caplog.text  # no look-alikes yet
+        enroll(copy.parent)
+        with caplog.at_level(logging.WARNING, logger="trainer.service"):
+            assert service.run_once() is not None
+    alike = [m for m in caplog.messages if "as one person's photos do" in m]
+    assert len(alike) == 1, caplog.text
+    pair = re.match(r"a photo of (.+) and one of (.+) score (0\.99\d|1\.000), ", alike[0])
+    assert pair and {pair[1], pair[2]} == {"Jill Jacobs", "Joe Biden"}, alike
+
+
 def test_nobody_enrolled_gives_an_empty_bundle(settings: Settings) -> None:
     with TrainerService(settings, progress=False) as service:
         bundle = service.run_once()

@@ -73,7 +73,7 @@ from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
 from trainer.fitting.embeddings import embed_samples
 from trainer.fitting.fit import FitConfig
-from trainer.fitting.gallery import DEFAULT_THRESHOLD
+from trainer.fitting.gallery import DEFAULT_THRESHOLD, look_alike_pairs
 from trainer.fitting.selection import Selection, select_baseline, select_head
 from trainer.lock import trainer_lock
 
@@ -356,6 +356,7 @@ class TrainerService:
                 "1 person has" if len(single) == 1 else f"{len(single)} people have",
                 listed([p.name for p in single]),
             )
+        self._warn_of_look_alikes(roster, clean.clean)
         baseline = None
         if roster.samples:
             baseline = select_baseline(
@@ -381,6 +382,18 @@ class TrainerService:
         log.info("%s stays: %s", bundle.path.name,
                  final.selection.reason if final and final.selection else "nobody to fit")
         return bundle
+
+    @staticmethod
+    def _warn_of_look_alikes(roster: _Roster, clean: NDArray[np.float32]) -> None:
+        """Say which people have photos as alike as one person's (`look_alike_pairs`)."""
+        for i, j, score in look_alike_pairs(clean, roster.labels):
+            first, second = (roster.people[roster.labels[k]].name for k in (i, j))
+            log.warning(
+                "a photo of %s and one of %s score %.3f, as one person's photos do: "
+                "is one person enrolled under both names, or a photo under the wrong "
+                "one? The admin page shows each person's photos",
+                first, second, score,
+            )
 
     def _fit(
         self, roster: _Roster, clean: NDArray[np.float32], baseline: Selection | None
