@@ -138,6 +138,13 @@ def ingest_photo(
         label = name or str(image)
     try:
         frame = _decode(_read(image, policy), policy)
+        height, width = frame.shape[:2]
+        if min(height, width) < policy.min_face_px:
+            raise _Rejected(
+                Outcome.FACE_TOO_SMALL,
+                f"image too small ({width}x{height}): a face must be at least "
+                f"{policy.min_face_px:g} px across",
+            )
         faces = detector.detect(frame)
         index, note = _choose_face(faces.area, policy)
         sample = _store_face(

@@ -132,6 +132,7 @@ def test_bad_and_good_inputs(
         )[1].tobytes(),
         "blurred.jpg": cv2.imencode(".jpg", cv2.GaussianBlur(obama, (0, 0), 4 * face_px / 112))[1],
         "profile.png": cv2.imencode(".png", profile)[1],
+        "thumbnail.png": cv2.imencode(".png", cv2.resize(obama, (40, 30)))[1],
     }
     expected = {
         "notes.jpg": (Outcome.UNREADABLE, "unreadable file"),
@@ -149,6 +150,8 @@ def test_bad_and_good_inputs(
         "tiny.png": (Outcome.FACE_TOO_SMALL, "face too small"),
         "blurred.jpg": (Outcome.TOO_BLURRED, "too blurred"),
         "profile.png": (Outcome.TURNED_AWAY, "face turned too far from the camera"),
+        # it said "no face found"
+        "thumbnail.png": (Outcome.FACE_TOO_SMALL, "image too small (40x30): a face must be"),
     }
     person = store.add_person("Barack Obama")
     for name, data in files.items():
