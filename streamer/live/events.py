@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from facecore.text import counted
 from streamer.errors import OutputError
 
 __all__ = ["UNKNOWN", "EventWriter", "RecognitionEvent"]
@@ -66,15 +67,29 @@ class EventWriter:
         self._closed = False
 
     def write(self, events: tuple[RecognitionEvent, ...] | list[RecognitionEvent]) -> None:
-        for event in events:
-            self._out.write(event.to_json() + "\n")
-            self.written += 1
-        if events and not self._owned:
-            self._out.flush()
+        try:
+            for event in events:
+                self._out.write(event.to_json() + "\n")
+                self.written += 1
+            if events and not self._owned:
+                self._out.flush()
+        except OSError as exc:
+            if not self._owned:
+                raise  # stdout: a reader that went away (`| head`) is the caller's to handle
+            raise self._failed(exc) from None
 
     def close(self) -> None:
         """Close the file (stdout stays open). Safe to call twice."""
         if not self._closed:
             self._closed = True
             if self._owned:
-                self._out.close()
+                try:
+                    self._out.close()
+                except OSError as exc:  # the last lines could not be flushed (a full disk)
+                    raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(
+            f"cannot write events to {self.target}: {exc.strerror or exc} "
+            f"(after {counted(self.written, 'event')})"
+        )

@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -201,8 +202,24 @@ class VideoFileSink:
         self._queue.put(None)
         self._thread.join()
         self._writer.release()
+        # cv2.VideoWriter reports no write error: on a full disk it leaves a file
+        # without its index (an mp4 without its moov), which nothing can play
+        if self.written and not _readable(self.path):
+            free = shutil.disk_usage(self.path.parent).free
+            raise OutputError(
+                f"cannot write video {self.path}: the file written cannot be read back "
+                f"({free // 1024} KiB free on its disk; is it full?)"
+            )
 
     def _run(self) -> None:
         while (frame := self._queue.get()) is not None:
             self._writer.write(frame)
             self.written += 1
+
+
+def _readable(path: Path) -> bool:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return bool(capture.isOpened() and capture.read()[0])
+    finally:
+        capture.release()

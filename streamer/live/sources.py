@@ -50,6 +50,7 @@ SourceKind = Literal["camera", "file", "url"]
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _CREDENTIALS = re.compile(r"(?<=://)[^/@]*@")
 NETWORK_TIMEOUT_MS = 5000
+MAX_BAD_READS = 1000  # failed reads in a row before a file counts as ended
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class CaptureSource:
         due = time.monotonic()
         delay = self.retry_initial
         delivered = 0  # frames since the last (re)open
+        bad_reads = 0  # failed reads in a row in a file
         try:
             while not self._stop.is_set():
                 if capture is None:
@@ -288,6 +290,15 @@ class CaptureSource:
                         delay = min(delay * 2.0, self.retry_max)
                         continue
                 ok, image = capture.read()
+                if not ok and self.spec.kind == "file" and bad_reads < MAX_BAD_READS:
+                    # a damaged stretch of a file fails one read per packet, and frames
+                    # follow it; at the end every read fails at once (no cost)
+                    bad_reads += 1
+                    continue
+                if ok and bad_reads:
+                    log.warning("%s: skipped %d undecodable packets before frame %d",
+                                self.description, bad_reads, delivered)
+                bad_reads = 0
                 if ok and image is not None:
                     delay = self.retry_initial
                     delivered += 1
