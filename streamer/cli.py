@@ -175,6 +175,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     if expected and not args.loop and summary.ended and summary.frames < 0.95 * expected:
         log.warning("%s ended after %d of the %d frames its index lists: the file may be "
                     "cut short or damaged", source.description, summary.frames, expected)
+    if source.finite and not args.loop and summary.signal:
+        # the output plays, but holds part of the file: `run ... && next` must not go on
+        # (a camera or a stream, which a signal is the way to stop, exits 0)
+        log.warning("stopped by %s after %d frames: the output holds part of %s",
+                    signal.Signals(summary.signal).name, summary.frames, source.description)
+        return 128 + summary.signal
     return 0
 
 
@@ -312,13 +318,15 @@ async def _loop(
     pipeline = engine.pipeline(source.description, overlay=overlay)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stopped_by: list[int] = []
 
-    def interrupt() -> None:
+    def interrupt(signum: int) -> None:
+        stopped_by.append(signum)
         stop.set()
         source.close()  # wakes a read that waits for a camera to come back
 
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, interrupt)
+        loop.add_signal_handler(signum, interrupt, signum)
     sinks: list[VideoFileSink] = []
     window_sized = False
 
@@ -345,7 +353,8 @@ async def _loop(
         # a file run at full speed would otherwise name an erased person in its first
         # frames (a Ctrl-C during that read ends the run before its first frame)
         async with following_people(engine, worker):
-            return await run_source(source, pipeline, on_result, stop=stop)
+            summary = await run_source(source, pipeline, on_result, stop=stop)
+        return replace(summary, signal=stopped_by[0]) if stopped_by else summary
     finally:
         bar.close()
         source.close()  # before the loop ends: its executor waits for a pending read

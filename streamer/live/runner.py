@@ -48,6 +48,7 @@ class RunSummary:
     faces_seen: int  # distinct tracks
     names_seen: tuple[str, ...] = field(default=())
     ended: bool = False  # the source ran out of frames (rather than being stopped)
+    signal: int = 0  # the signal that stopped the run (0: none)
 
     @property
     def fps(self) -> float:
