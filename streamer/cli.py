@@ -279,9 +279,15 @@ def _drive(
     # OpenCV opens some files that are no image or video (text named .jpg) and then
     # reads nothing from them; no frame was written either, so no video was left
     if source.finite and summary.ended and summary.frames == 0:
+        # an mp4 whose index comes last is read by seeking to its end
+        over_http = (
+            "; over HTTP, an mp4 whose index is at its end needs a server that allows "
+            "seeking (Range requests), or the index moved first (`ffmpeg -i IN -c copy "
+            "-movflags +faststart OUT.mp4`)"
+        ) if source.spec.kind == "url" else ""
         raise SourceError(
             f"{source.description} cannot be decoded as an image or video: "
-            "not one frame could be read from it"
+            f"not one frame could be read from it{over_http}"
         )
     return summary
 

@@ -605,14 +605,16 @@ def test_run_says_so_when_no_frame_of_a_served_file_can_be_read(
 ) -> None:
     """The clip's index is at its end: FFmpeg must seek there, which `python -m
     http.server` does not allow (no Range requests). Not one frame comes, and the run
-    says so at once instead of reopening the URL every 5 s for ever."""
+    says so at once, and what to do, instead of reopening the URL every 5 s for ever."""
     with serve_folder(clip.parent, ranges=False) as base:
         url = f"{base}/{clip.name}"
         done = _run_process(settings, "--source", url, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"facestream: error: stream {url} cannot be decoded as an image or video: "
-        "not one frame could be read from it"
+        "not one frame could be read from it; over HTTP, an mp4 whose index is at its "
+        "end needs a server that allows seeking (Range requests), or the index moved "
+        "first (`ffmpeg -i IN -c copy -movflags +faststart OUT.mp4`)"
     )
 
 
