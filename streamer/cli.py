@@ -45,6 +45,7 @@ KEY_FPS = ord("f")
 # Ctrl-C, and SIGTERM from systemd, `timeout` or kill: both end the run with the
 # video finished and the summary printed
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WINDOW_MAX = (1280, 720)  # webcam's window opens at most this size (width, height)
 
 
 def register(subparsers: Subparsers, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -373,10 +374,13 @@ async def _loop(
 
 
 def _fit_window(window: str, frame: NDArray[np.uint8]) -> None:
+    """The picture's size, or its shape within ``WINDOW_MAX`` (a 1080p or 4K camera's
+    picture is larger than many screens; the window can be made larger by hand)."""
     import cv2
 
     height, width = frame.shape[:2]
-    cv2.resizeWindow(window, width, height)
+    scale = min(1.0, WINDOW_MAX[0] / width, WINDOW_MAX[1] / height)
+    cv2.resizeWindow(window, round(width * scale), round(height * scale))
 
 
 def _show(

@@ -75,8 +75,10 @@ def _xdotool(display: str, *args: str) -> str:
     return done.stdout.strip()
 
 
-def _window(display: str, timeout: float) -> tuple[str, tuple[int, int, int, int]] | None:
-    """The shown window named facestream once it has the clip's size: (id, (x, y, w, h))."""
+def _window(
+    display: str, timeout: float, size: tuple[int, int] = CLIP_SIZE
+) -> tuple[str, tuple[int, int, int, int]] | None:
+    """The shown window named facestream once it has ``size``: (id, (x, y, w, h))."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for window in _xdotool(
@@ -87,7 +89,7 @@ def _window(display: str, timeout: float) -> tuple[str, tuple[int, int, int, int
                 for line in _xdotool(display, "getwindowgeometry", "--shell", window).splitlines()
             )
             geometry = tuple(int(shape[k]) for k in ("X", "Y", "WIDTH", "HEIGHT"))
-            if geometry[2:] == CLIP_SIZE:
+            if geometry[2:] == size:
                 return window, geometry  # type: ignore[return-value]
         time.sleep(0.2)
     return None
@@ -226,3 +228,23 @@ def test_webcam_errors_are_clear(installation: Installation, display: str) -> No
     assert nowhere.returncode == 2, nowhere.stderr  # an error, not Qt aborting the process
     assert "no display (DISPLAY is not set)" in nowhere.stderr
     assert "Traceback" not in nowhere.stderr
+
+
+def test_a_camera_larger_than_the_screen_opens_a_window_that_fits(
+    installation: Installation, display: str, shared_file: SharedFile, tmp_path: Path
+) -> None:
+    """A 1080p camera on the 1280x800 screen: the window opened at 1920x1080, its
+    right and bottom off the screen. It opens at 1280x720, the picture's shape."""
+    big = tmp_path / "1080p.mp4"
+    writer = cv2.VideoWriter(str(big), cv2.VideoWriter_fourcc(*"mp4v"), 30, (1920, 1080))
+    for frame in _clip_frames(shared_file("media/short_hamilton_clip.mp4"))[:60]:
+        writer.write(cv2.resize(frame, (1920, 1080)))
+    writer.release()
+    webcam = installation.start(
+        "webcam-1080p", "webcam", "--source", str(big), "--loop", env={"DISPLAY": display}
+    )
+    try:
+        found = _window(display, 60, size=(1280, 720))
+        assert found, f"no 1280x720 window named facestream\n{webcam.output()[-3000:]}"
+    finally:
+        webcam.stop()
