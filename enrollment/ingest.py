@@ -331,6 +331,8 @@ def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
             kind = probe.format
+            if kind in PILLOW_DECODED and width * height <= policy.max_pixels:
+                return _decode_with_pillow(probe)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise _Rejected(
             Outcome.UNREADABLE, "unreadable file (not an image, or in a format not supported)"
@@ -346,8 +348,6 @@ def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
             f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP, "
             f"limit {policy.max_pixels / 1e6:.0f} MP)",
         )
-    if kind in PILLOW_DECODED:
-        return _decode_with_pillow(data)
     try:
         frame = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_COLOR[scale])
     except cv2.error as exc:
@@ -357,11 +357,11 @@ def _decode(data: bytes, policy: IngestPolicy) -> NDArray[np.uint8]:
     return frame
 
 
-def _decode_with_pillow(data: bytes) -> NDArray[np.uint8]:
-    """BGR pixels decoded by Pillow, turned upright by their EXIF orientation."""
+def _decode_with_pillow(image: Image.Image) -> NDArray[np.uint8]:
+    """BGR pixels of an opened image, decoded by Pillow and turned upright by its EXIF
+    orientation."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            upright = ImageOps.exif_transpose(image).convert("RGB")
+        upright = ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, ValueError) as exc:
         raise _Rejected(Outcome.UNREADABLE, "unreadable file (damaged image)") from exc
     return cv2.cvtColor(np.asarray(upright), cv2.COLOR_RGB2BGR)
