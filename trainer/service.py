@@ -74,7 +74,7 @@ from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder
 from trainer.fitting.embeddings import embed_samples
 from trainer.fitting.fit import FitConfig
 from trainer.fitting.gallery import DEFAULT_THRESHOLD, look_alike_pairs
-from trainer.fitting.selection import Selection, select_baseline, select_head
+from trainer.fitting.selection import FITTED_ROW_SAMPLES, Selection, select_baseline, select_head
 from trainer.lock import trainer_lock
 
 __all__ = [
@@ -123,9 +123,10 @@ class _Roster:
 
     @property
     def single_sample_people(self) -> tuple[Person, ...]:
-        """The people with one sample: nothing of theirs can be held out."""
+        """The people with one sample: nothing of theirs can be held out, and a fitted
+        head leaves their rows as their prototypes."""
         counts = np.bincount(self.labels, minlength=len(self.people))
-        return tuple(p for p, n in zip(self.people, counts, strict=True) if n == 1)
+        return tuple(p for p, n in zip(self.people, counts, strict=True) if n < FITTED_ROW_SAMPLES)
 
     def fitted(self, phase: float, embedded: int, selection: Selection | None) -> Fitted:
         return Fitted(

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from facecore.files import fsync_path
 from trainer.evaluation.calibrate import roc_curve
-from trainer.fitting.selection import Candidate, Selection
+from trainer.fitting.selection import FITTED_ROW_SAMPLES, Candidate, Selection
 
 __all__ = ["REPORT_FILES", "REPORT_JSON", "ReportContext", "report_data", "write_report"]
 
@@ -87,7 +87,7 @@ def report_data(selection: Selection | None, context: ReportContext) -> dict[str
 def _row_kind(selection: Selection | None, samples: int) -> str:
     """"fitted", or "prototype" (the mean of the person's samples): a fitted head
     leaves the rows of people with one sample as they are (`trainer.fitting.selection`)."""
-    fitted = selection is not None and selection.kind == "cosine" and samples > 1
+    fitted = selection is not None and selection.kind == "cosine" and samples >= FITTED_ROW_SAMPLES
     return "fitted" if fitted else "prototype"
 
 

@@ -60,6 +60,7 @@ from trainer.fitting.fit import CosineHead, FitConfig, FitResult, fit_cosine_hea
 from trainer.fitting.gallery import prototypes
 
 __all__ = [
+    "FITTED_ROW_SAMPLES",
     "Candidate",
     "Selection",
     "Split",
@@ -69,6 +70,9 @@ __all__ = [
 ]
 
 UNSEEN_FOLDS = 5  # groups of people left out in turn to score strangers
+# The fewest samples whose row a fitted head fits: with fewer, nothing of the person's
+# can be held out to judge the row, and it stays their prototype (step 2 above).
+FITTED_ROW_SAMPLES = 2
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,7 @@ class _Data:
     def unjudged_rows(self) -> NDArray[np.bool_]:
         """[people] the rows of people with a single sample, whom no held-out sample
         can judge: the cosine head leaves them as their prototypes."""
-        return np.bincount(self.labels, minlength=self.people) == 1
+        return np.bincount(self.labels, minlength=self.people) < FITTED_ROW_SAMPLES
 
     def candidate(
         self,
