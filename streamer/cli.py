@@ -172,10 +172,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         source.close()
     print(summary.line(), file=sys.stderr if args.events == "-" else sys.stdout)
-    expected = source.length
-    if expected and not args.loop and summary.ended and summary.frames < 0.95 * expected:
-        log.warning("%s ended after %d of the %d frames its index lists: the file may be "
-                    "cut short or damaged", source.description, summary.frames, expected)
+    recorded = source.recorded
+    if recorded and not args.loop and summary.ended and source.reached < 0.95 * recorded:
+        log.warning("%s ended at %.1f s of the %.1f s its header gives: the file may be "
+                    "cut short or damaged", source.description, source.reached, recorded)
     if source.finite and not args.loop and summary.signal:
         # the output plays, but holds part of the file: `run ... && next` must not go on
         # (a camera or a stream, which a signal is the way to stop, exits 0)

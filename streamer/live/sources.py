@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+import av
 import cv2
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +43,7 @@ __all__ = [
     "SourceSpec",
     "open_source",
     "parse_source",
+    "recorded_seconds",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,30 @@ def parse_source(text: str | int) -> SourceSpec:
     return SourceSpec("file", str(Path(text).expanduser()))
 
 
+def recorded_seconds(path: Path) -> float | None:
+    """How long the video in the file at ``path`` runs from its first frame, as its
+    container's header says; None when the header does not say.
+
+    The frame count OpenCV gives a WebM or Matroska file is an estimate, its duration
+    times its frame rate, and their duration runs from 0 rather than from the first
+    frame: a clip cut from a longer video (first frame at 0.83 s of 10 s) would count
+    25 frames too many. A stream's own duration (MP4, AVI) already runs from its first
+    frame."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            if container.duration:
+                start = container.start_time or 0
+                return (container.duration - start) / av.time_base
+    except (av.FFmpegError, OSError):
+        pass
+    return None
+
+
 class Capture(Protocol):
     """The part of ``cv2.VideoCapture`` a `CaptureSource` uses."""
 
@@ -224,6 +250,9 @@ class CaptureSource:
         self.finite = spec.kind == "file" or (spec.kind == "url" and count > 0)
         # frames in a file, as its index says (None for cameras and live streams)
         self.length = count if self.finite and count > 0 else None
+        # seconds of video in a file (`recorded_seconds`), and how far reading reached
+        self.recorded = recorded_seconds(Path(str(spec.target))) if spec.kind == "file" else None
+        self.reached = 0.0
         paced = (realtime and self.finite) or pace is not None
         self.pace = (pace or self.fps or 30.0) if paced else None
         live = not self.finite or self.pace is not None
@@ -302,6 +331,9 @@ class CaptureSource:
                 if ok and image is not None:
                     delay = self.retry_initial
                     delivered += 1
+                    # the frame's time from the first frame, plus the time it is shown
+                    shown = 1 / (self.fps or 30.0)
+                    self.reached = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000 + shown
                     if period:
                         if self._stop.wait(max(0.0, due - time.monotonic())):
                             return
