@@ -522,10 +522,14 @@ def test_a_video_that_cannot_be_opened_is_one_line_without_ffmpeg_s_own(
         port = closed.getsockname()[1]
     cut = tmp_path / "cut.mp4"  # its index (the moov atom) is past the cut
     cut.write_bytes((shared_dir / "media/short_hamilton_clip.mp4").read_bytes()[:100_000])
+    song = tmp_path / "song.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=2", str(song)],
+                   check=True, timeout=60)
     expected = {
         f"rtsp://127.0.0.1:{port}/live": f"stream rtsp://127.0.0.1:{port}/live cannot be opened "
         "(no answer or no video stream)",
         str(cut): f"video file {cut} cannot be opened as a video",
+        str(song): f"video file {song} cannot be opened as a video: it holds only audio",
     }
     for source, error in expected.items():
         result = facestream_run(env, "--models-dir", str(shared_dir / "models"), "run",

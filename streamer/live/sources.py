@@ -188,6 +188,18 @@ def recorded_seconds(path: Path) -> float | None:
     return None
 
 
+def _no_video(spec: SourceSpec) -> str:
+    """Why a file OpenCV cannot open is no video, when FFmpeg can tell: ": it holds
+    only audio" (a song, a voice memo), or ""."""
+    try:
+        with av.open(str(spec.target)) as container:
+            if not container.streams.video and container.streams.audio:
+                return ": it holds only audio"
+    except (av.FFmpegError, OSError):
+        pass
+    return ""
+
+
 class Capture(Protocol):
     """The part of ``cv2.VideoCapture`` a `CaptureSource` uses."""
 
@@ -296,7 +308,7 @@ class CaptureSource:
             raise SourceError(_camera_problem(spec))
         if spec.kind == "url":
             raise SourceError(f"{spec.description} cannot be opened (no answer or no video stream)")
-        raise SourceError(f"{spec.description} cannot be opened as a video")
+        raise SourceError(f"{spec.description} cannot be opened as a video{_no_video(spec)}")
 
     def _run(self) -> None:
         capture: Capture | None = self._capture
