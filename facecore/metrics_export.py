@@ -1,4 +1,5 @@
-"""Exposing ``facecore.metrics``: the multiprocess directory, the ``/metrics``
+"""Exposing the server's and the trainer's metrics (`streamer.metrics`,
+`trainer.metrics`): the multiprocess directory, the ``/metrics``
 listener, a dead worker's gauges. Imports ``prometheus_client`` only inside its
 functions, so that ``use_multiprocess_dir`` can run before anything imports it.
 """

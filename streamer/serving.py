@@ -218,7 +218,7 @@ async def _sample_tasks() -> None:
     """Keep ``facestream_asyncio_tasks`` current: in multiprocess mode (the server's
     whenever metrics are on) the listener reads what each process last set, so a
     gauge cannot be computed at scrape time."""
-    from facecore import metrics
+    from streamer import metrics
 
     while True:
         metrics.ASYNCIO_TASKS.set(len(asyncio.all_tasks()))

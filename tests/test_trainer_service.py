@@ -522,6 +522,10 @@ def test_service_notifies_systemd_follows_the_store_and_stops_on_sigterm(
         assert _figure(ports[0], "facestream_trainer_bundle_version") == (
             load_bundle(in_force).manifest.version)
         assert _figure(ports[1], "facestream_trainer_bundle_version") == 0
+        # the server's figures are the server's port's (a bundle version of 0 here
+        # would read as "a server serves no bundle")
+        for server_figure in ("facestream_bundle_version", "facestream_active_sessions"):
+            assert _figure(ports[0], server_figure) is None, server_figure
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:

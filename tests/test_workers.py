@@ -157,6 +157,9 @@ async def test_two_workers_serve_phones_survive_a_kill_and_stop_on_sigterm(
         assert 0 < before[("facestream_bundle_created_timestamp_seconds", ())] <= time.time()
         assert before[("facestream_faces_embedded_total", ())] > 0
         assert before[("facestream_recognition_batch_faces_count", ())] > 0
+        # the trainer's figures are the trainer's port's (here: every worker's trainer
+        # gauges at 0 read as "no trainer active")
+        assert not [name for name, _ in before if name.startswith("facestream_trainer_")]
         for stage in ("convert_in", "detect", "recognize", "annotate", "convert_out", "total"):
             assert _stage_count(before, stage) > 0, stage
 

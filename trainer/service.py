@@ -60,7 +60,7 @@ from numpy.typing import NDArray
 from enrollment.database import retry_delay
 from enrollment.errors import StoreUnavailableError
 from enrollment.store import EnrollmentStore, Person, Sample
-from facecore import metrics, systemd
+from facecore import systemd
 from facecore.bundle import MANIFEST_FILE, Bundle, BundleManifest, check_bundle, load_bundle
 from facecore.calibration import find_calibration
 from facecore.config import Settings
@@ -68,6 +68,7 @@ from facecore.errors import BundleError, FacestreamError
 from facecore.publish import bundles_dir, current_bundle_dir, publish, remove_version, versions
 from facecore.registry import get_spec
 from facecore.text import counted, listed
+from trainer import metrics
 from trainer.backbone import Backbone
 from trainer.fitting.augment import Augmentation
 from trainer.fitting.building import PHASE_BASELINE, PHASE_FITTED, BundleBuilder, Fitted, settled
@@ -303,7 +304,7 @@ class TrainerService:
         """Bring the published model up to date with the store, both phases (see the
         module docstring). Returns the bundle in force that this run published or
         settled, or None when there was nothing to do. Counted in
-        ``facecore.metrics.TRAINER_RUNS`` and timed in ``TRAINER_RUN_SECONDS``.
+        ``trainer.metrics.TRAINER_RUNS`` and timed in ``TRAINER_RUN_SECONDS``.
 
         Takes the trainer lock first: `TrainerBusyError` when another trainer has it."""
         start = time.monotonic()

@@ -36,11 +36,11 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
-from facecore import metrics
 from facecore.bundle import Bundle, Gallery
 from facecore.embedder import ChipEmbedder
 from facecore.errors import FacestreamError
 from facecore.frontend import FrontEnd
+from streamer import metrics
 from streamer.errors import ClosedError
 
 __all__ = ["ActiveModel", "BatchRecognizer", "EnrolledPeople", "Recognition"]

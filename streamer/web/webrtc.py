@@ -46,9 +46,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 from numpy.typing import NDArray
 
-from facecore import metrics
 from facecore.cpus import usable_cpus
 from facecore.text import counted
+from streamer import metrics
 from streamer.live.events import UNKNOWN, RecognitionEvent
 from streamer.web.jitter import use_marker_jitter_buffer
 from streamer.web.signalling import OfferError, check_offer

@@ -1,17 +1,18 @@
-"""Prometheus metrics of the server and the trainer (``prometheus-client``).
+"""Prometheus metrics of the server (``prometheus-client``); the trainer's are in
+`trainer.metrics`, so that each process exposes only its own figures.
 
 The metric objects are module constants, as Prometheus clients are meant to be used:
 counting costs a lock and an add, also where nothing scrapes. They are exposed only
-when a metrics port is set (``server.metrics_port``, ``trainer.metrics_port``), on a
-plain-HTTP listener of its own bound to ``*.metrics_host`` (default 127.0.0.1):
-the figures carry no names or faces, but they say how busy the server is, so the
-listener is kept off the phones' port and its token.
+when ``server.metrics_port`` is set, on a plain-HTTP listener of its own bound to
+``server.metrics_host`` (default 127.0.0.1; `facecore.metrics_export`): the figures
+carry no names or faces, but they say how busy the server is, so the listener is kept
+off the phones' port and its token.
 
 The server runs in multiprocess mode when its metrics are on: ``serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh ``STATE_DIR/server/metrics`` before this
-module is first imported (``facecore.metrics_export``), every worker writes its
-figures there, and the listener sums them. A dead worker's gauges are dropped; its
-counters and histograms stay counted.
+module is first imported, every worker writes its figures there, and the listener
+sums them. A dead worker's gauges are dropped; its counters and histograms stay
+counted.
 
 No per-session labels: a phone's stream id is new at each connection, so labels by
 session would grow without bound. Frames are counted in total over all sessions.
@@ -30,14 +31,11 @@ __all__ = [
     "FRAMES",
     "RECOGNITION_BATCH",
     "STAGE_SECONDS",
-    "TRAINER_RUNS",
-    "TRAINER_RUN_SECONDS",
 ]
 
 # 1 ms to 2.5 s: a stage is a few ms on a GPU, tens of ms on a busy CPU
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800)
 
 STAGE_SECONDS = Histogram(
     "facestream_stage_seconds",
@@ -75,20 +73,4 @@ BUNDLE_CREATED = Gauge(
     "facestream_bundle_created_timestamp_seconds",
     "When the served bundle was made (Unix time); its age is time() minus this",
     multiprocess_mode="livemin",
-)
-TRAINER_RUNS = Counter(
-    "facestream_trainer_runs",
-    "Trainer runs, by outcome: published, up_to_date, unfinished (failed, stopped, busy)",
-    ["outcome"],
-)
-TRAINER_RUN_SECONDS = Histogram(
-    "facestream_trainer_run_seconds", "Duration of a trainer run", buckets=RUN_BUCKETS
-)
-TRAINER_BUNDLE_VERSION = Gauge(
-    "facestream_trainer_bundle_version",
-    "Version of the bundle in force as the trainer last published or checked it (0: none)",
-)
-TRAINER_ACTIVE = Gauge(
-    "facestream_trainer_active",
-    "1 while this trainer holds the trainer lock and publishes; 0 while it waits (a standby)",
 )
