@@ -277,14 +277,17 @@ class AdvisoryLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; True when it is held now. A lock held on a
-        connection that was lost is gone: it is taken again if it is free."""
+        connection that was lost is gone: it is taken again, on a new connection, if
+        it is free (a server that restarted ended the old one: that is no outage)."""
+        if self.held and not self._session_alive():
+            self._drop()
+        if self.held:
+            return True
         try:
-            conn = self._session()
-            if self.held:
-                conn.execute("SELECT 1")  # the session, and so the lock, still exists
-            else:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-                self.held = bool(row[0])
+            row = self._session().execute(
+                "SELECT pg_try_advisory_lock(%s)", (self.key,)
+            ).fetchone()
+            self.held = bool(row[0])
         except psycopg.Error as exc:
             self._drop()
             raise StoreUnavailableError(
@@ -311,6 +314,16 @@ class AdvisoryLock:
     def close(self) -> None:
         self._closed = True
         self._drop()  # ends the session: the lock goes with it
+
+    def _session_alive(self) -> bool:
+        """Whether the session holding the lock, and so the lock, still exists."""
+        if self._conn is None or self._conn.closed:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
 
     def _session(self) -> psycopg.Connection[Any]:
         if self._closed:
