@@ -102,7 +102,7 @@ def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextI
 
     scheme = "http" if settings.server.http else "https"
     urls = announce.server_urls(scheme, list(prepared.addresses), port)
-    new_token = (prepared.token, token_path(settings)) if prepared.token_created else None
+    token = _token_line(settings, prepared, token_path(settings), shown=out.isatty())
     behind = bool(settings.server.trusted_proxies)
     metrics = None
     if settings.server.metrics_port:  # first: a busy port fails before addresses are shown
@@ -111,7 +111,7 @@ def announce_ready(settings: Settings, prepared: Prepared, port: int, out: TextI
         host = settings.server.metrics_host
         bound = serve_metrics(host, settings.server.metrics_port)
         metrics = f"metrics: http://{host}:{bound}/metrics"
-    print(_startup_text(scheme, urls, prepared.pair, new_token, behind), file=out, flush=True)
+    print(_startup_text(scheme, urls, prepared.pair, token, behind), file=out, flush=True)
     if metrics is not None:
         print(metrics, file=out, flush=True)
     if urls:
@@ -159,9 +159,10 @@ async def run_server(
                 raise ConfigError(
                     f"cannot listen on {server.host}:{server.port}: {exc.strerror}",
                 ) from exc
-            listening(_bound_port(runner, server.port))
-            sampler = asyncio.create_task(_sample_tasks()) if server.metrics_port else None
-            await _wait_for_signal()
+            with _stop_on_signal() as stop:  # before READY=1: a stop right after it counts
+                listening(_bound_port(runner, server.port))
+                sampler = asyncio.create_task(_sample_tasks()) if server.metrics_port else None
+                await stop.wait()
             if sampler is not None:
                 sampler.cancel()
             systemd.notify("STOPPING=1")
@@ -179,11 +180,23 @@ def _bound_port(runner: web.AppRunner, asked: int) -> int:
     return asked
 
 
+def _token_line(settings: Settings, prepared: Prepared, path: Path, *, shown: bool) -> str:
+    """What the start says of the token: a new one is printed; a stored one too on a
+    terminal (a start that made it may have failed before printing it), and only its
+    file elsewhere, so that it does not end up in a service's journal."""
+    if settings.server.token is not None:
+        return "access token: the one given (server.token)"
+    if prepared.token_created or shown:
+        new = "new, " if prepared.token_created else ""
+        return f"access token ({new}stored in {path}): {prepared.token}"
+    return f"access token: stored in {path}"
+
+
 def _startup_text(
     scheme: str,
     urls: Sequence[str],
     pair: CertificatePair | None,
-    new_token: tuple[str, Path] | None,
+    token: str,
     behind_proxy: bool,
 ) -> str:
     from streamer.web.tls import fingerprint
@@ -203,8 +216,7 @@ def _startup_text(
         kind = "self-signed certificate" if pair.self_signed else "certificate"
         lines.append(f"{kind}: {pair.cert}")
         lines.append(f"  SHA-256 fingerprint: {fingerprint(pair.cert)}")
-    if new_token is not None:
-        lines.append(f"access token (new, stored in {new_token[1]}): {new_token[0]}")
+    lines.append(token)
     if urls:
         local = all("://127." in url or "://[::1]" in url for url in urls)
         lines.append("open in a browser:" if local else "open on a phone on the same network:")
@@ -225,13 +237,15 @@ async def _sample_tasks() -> None:
         await asyncio.sleep(TASK_SAMPLE_S)
 
 
-async def _wait_for_signal() -> None:
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[asyncio.Event]:
+    """An event that SIGINT or SIGTERM sets, while the block runs."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

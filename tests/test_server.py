@@ -746,3 +746,15 @@ def test_serve_command_prints_what_a_user_needs_and_stops_on_sigterm(
         finally:
             if process.poll() is None:
                 process.kill()
+    # the next start (not on a terminal, as a service) says where the token is
+    with subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as again:
+        try:
+            text = _read_until_qr(again, timeout=60)
+            assert f"access token: stored in {tmp_path / 'state' / 'server' / 'token'}\n" in text
+            assert stored not in text
+            again.send_signal(signal.SIGTERM)
+            assert again.wait(timeout=15) == 0
+        finally:
+            if again.poll() is None:
+                again.kill()
