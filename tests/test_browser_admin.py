@@ -89,6 +89,19 @@ async def test_names_with_markup_are_shown_as_text(
                 "innerWidth === 390 && [document.documentElement.scrollWidth, innerWidth]", 15
             )
             assert widths == [390, 390], widths
+            # so does an open rename form (its input kept its natural width: 450 px)
+            await page.evaluate(
+                "document.querySelector('.person-card [data-action=\"rename\"]').click()"
+            )
+            widths = await page.until(
+                "!document.querySelector('.rename-form').hidden"
+                " && [document.documentElement.scrollWidth, innerWidth]", 15
+            )
+            assert widths == [390, 390], widths
+            await page.screenshot(ARTIFACTS / "admin-rename.png")
+            await page.evaluate(
+                "document.querySelector('.person-card [data-action=\"cancel-rename\"]').click()"
+            )
             await page.evaluate(
                 f"{PERSON_NAMES}.find(e => e.textContent.length === 200).scrollIntoView()"
             )
