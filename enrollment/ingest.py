@@ -28,12 +28,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from enrollment.errors import DuplicateSampleError, InvalidNameError
-from enrollment.names import clean_name, folder_person_name
+from enrollment.names import clean_name, folder_person_name, name_key
 from enrollment.quality import measure_quality
 from enrollment.store import EnrollmentStore, Quality, Sample
 from facecore.alignment import crop_with_margin
 from facecore.detector import Detector
 from facecore.errors import SourceError
+from facecore.text import listed
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -244,6 +245,16 @@ def import_folder(
                 keep(_skipped(path, Outcome.UNREADABLE, _NOT_A_FILE))
         if photos:
             jobs[entry] = (name, photos)
+    same = _same_name_folders(jobs)
+    for entry in same:
+        # Dave/ and dave/ (or José in two Unicode spellings) would pour two sets of
+        # photos, perhaps of two people, into one person unseen
+        name = jobs[entry][0]
+        alike = [ascii(e.name) for e in same if name_key(jobs[e][0]) == name_key(name)]
+        reason = (f"folder not imported: the folders {listed(alike)} all name {name}; "
+                  "put the photos of one person in one folder")
+        keep(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
+    jobs = {entry: job for entry, job in jobs.items() if entry not in same}
     total = sum(len(photos) for _, photos in jobs.values())
     with tqdm(total=total, unit="photo", file=sys.stderr, disable=not progress) as bar:
         for person_dir, (name, photos) in jobs.items():
@@ -261,6 +272,12 @@ def import_folder(
                 reason = f"no photo was accepted: {person.name} was not enrolled"
                 keep(_skipped(person_dir, Outcome.FOLDER_REJECTED, reason))
     return results
+
+
+def _same_name_folders(jobs: dict[Path, tuple[str, list[Path]]]) -> list[Path]:
+    """The folders whose name is another folder's name (`name_key`)."""
+    keys = [name_key(name) for name, _ in jobs.values()]
+    return [entry for entry, key in zip(jobs, keys, strict=True) if keys.count(key) > 1]
 
 
 _NOT_IN_FOLDER = "not in a person's sub-folder (FOLDER/NAME/PHOTO), skipped"

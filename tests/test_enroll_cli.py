@@ -268,6 +268,31 @@ def test_import_rejects_a_folder_with_a_disguised_name_and_imports_everyone_else
     assert "4 people enrolled, 5 samples" in imported.stdout
 
 
+def test_import_refuses_folders_that_name_one_person_twice(
+    facestream: Run, shared_dir: Path, tmp_path: Path
+) -> None:
+    """Dave/ and dave/, or José in NFC and in NFD: one person would get both folders'
+    photos, perhaps of two people; neither is imported, the others are."""
+    media, people = shared_dir / "media", tmp_path / "people"
+    shutil.copytree(shared_dir / "people", people)
+    for folder, photo in (("Dave", "biden.jpg"), ("dave", "obama.jpg"),
+                          ("Jos\u00e9", "alex-lacamoire.png"), ("Jose\u0301", "obama2.jpg")):
+        (people / folder).mkdir()
+        shutil.copy(media / photo, people / folder)
+    imported = facestream("enroll", "import", str(people))
+    assert imported.returncode == 1, imported.stderr
+    rejected = sorted(_lines(imported.stdout, "rejected  "))
+    dave = "the folders 'Dave', 'dave' all name Dave; put the photos of one person in one folder"
+    jose = ("the folders 'Jose\\u0301', 'Jos\\xe9' all name Jos\u00e9; put the photos of one "
+            "person in one folder")
+    assert rejected == sorted(
+        f"rejected  {people / folder}: folder not imported: {why}"
+        for folder, why in (("Dave", dave), ("dave", dave), ("Jos\u00e9", jose),
+                            ("Jose\u0301", jose))
+    ), imported.stdout
+    assert "4 people enrolled, 5 samples" in imported.stdout
+
+
 def test_import_skips_files_that_are_no_images_and_fails_only_for_a_bad_photo(
     facestream: Run, shared_dir: Path, tmp_path: Path
 ) -> None:
