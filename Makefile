@@ -40,8 +40,13 @@ system-packages:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
+# the server, and beside it the trainer that adds people enrolled meanwhile to the model
+# (as the two systemd services do); Ctrl-C stops both
 serve: install
 	$(BIN)/facestream models prepare
+	$(BIN)/facestream trainer & trainer=$$!; \
+	trap 'kill $$trainer 2>/dev/null; wait $$trainer' EXIT; \
+	trap 'exit 130' INT; trap 'exit 143' TERM; \
 	$(BIN)/facestream serve
 
 test: install-test system-packages triton-env

@@ -158,7 +158,8 @@
         resultTitle.textContent = `${message.person} is enrolled`;
         resultText.textContent =
           `${count} face samples saved${message.existing ? " (added to the existing person)" : ""}. ` +
-          "The model updates within seconds; switch to Recognize to see the name.";
+          "Their name shows in Recognize once the trainer has added them to the model " +
+          "(seconds, while it runs).";
         againButton.textContent = "Enroll someone else";
         nameInput.value = "";
         break;
