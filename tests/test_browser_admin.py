@@ -1,7 +1,8 @@
 """The admin page in a real browser: Debian's headless Chromium, against the real
 server over HTTPS, lists people whose names are markup (``<script>``, an ``<img>``
 with an ``onerror`` handler, ``&``) as text: no element is made from a name and no
-script runs. Leaves a screenshot in test-artifacts/admin-names.png."""
+script runs. Leaves screenshots in test-artifacts/admin-names.png and admin-rename.png; the model
+card names people as the store has them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from browser_support import ARTIFACTS, SMALL_PHONE, chromium, enroll_server, needs_chromium
-from webrtc_support import TOKEN, server_settings
+from webrtc_support import TOKEN, build_people_bundle, server_settings
 
 from facecore.config import Settings
 from streamer.enroll.capture import CapturePlan
@@ -227,3 +228,29 @@ async def test_the_admin_page_says_what_went_wrong(
             await page.tap(f"{obama} [data-action=delete]")
             await page.tap("#confirm-delete")
             await said("Cannot delete 奥巴马: the server cannot be reached")
+
+
+async def test_the_model_card_drops_an_erased_person_at_once(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """The bundle keeps its version when somebody is erased; the card's names follow
+    the store (as the stream's do), not the next version."""
+    settings = server_settings(shared_dir, tmp_path / "state", tmp_path / "cache")
+    build_people_bundle(settings, shared_dir)
+    people = "(e => e && e.textContent)([...document.querySelectorAll('#model-facts dt')]" \
+        ".find(t => t.textContent === 'People')?.nextElementSibling)"
+    with Engine.from_settings(settings, watch=False) as engine:
+        async with (
+            enroll_server(settings, engine, CapturePlan()) as server,
+            chromium(f"{server.url}/login#token={TOKEN}", None, tmp_path / "profile") as page,
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+        ):
+            assert await page.until("location.pathname === '/'", 15)
+            await page.evaluate("location.assign('/admin')")
+            listed = await page.until(f"{people}", 15)
+            assert listed and "Joe Biden" in listed, listed
+            async with http.delete(f"{server.url}/api/people/Joe Biden",
+                                   ssl=server.ssl_context) as r:
+                assert r.status == 204, await r.text()
+            after = await page.until(f"!{people}.includes('Joe Biden') && {people}", 15)
+            assert after and "Barack Obama" in after, await page.evaluate(people)

@@ -295,7 +295,7 @@
     ["backbone", "Backbone"],
     ["store_revision", "Store revision"],
   ];
-  let shownVersion;
+  let shownModel;
 
   function number(value) {
     if (typeof value !== "number") return String(value);
@@ -306,8 +306,10 @@
     const result = await api("GET", "/api/model");
     if (!result.ok) return;
     const model = result.reply;
-    if (model.version === shownVersion) return;
-    shownVersion = model.version;
+    // the names follow the store (an erased person leaves them) between versions
+    const shown = JSON.stringify([model.version, model.labels]);
+    if (shown === shownModel) return;
+    shownModel = shown;
     $("model-none").hidden = model.version !== null;
     $("model").hidden = model.version === null;
     $("model-version").textContent = model.version === null ? "none" : `v${model.version}`;
