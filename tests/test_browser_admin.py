@@ -1,8 +1,9 @@
 """The admin page in a real browser: Debian's headless Chromium, against the real
 server over HTTPS, lists people whose names are markup (``<script>``, an ``<img>``
 with an ``onerror`` handler, ``&``) as text: no element is made from a name and no
-script runs. Leaves screenshots in test-artifacts/admin-names.png and admin-rename.png; the model
-card names people as the store has them."""
+script runs, and the page fits a phone with a rename form open (screenshots in
+test-artifacts/admin-names.png and admin-rename.png); the model card names people as
+the store has them."""
 
 from __future__ import annotations
 
