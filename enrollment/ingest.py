@@ -245,16 +245,18 @@ def import_folder(
                 keep(_skipped(path, Outcome.UNREADABLE, _NOT_A_FILE))
         if photos:
             jobs[entry] = (name, photos)
-    same = _same_name_folders(jobs)
-    for entry in same:
+    by_name: dict[str, list[Path]] = {}
+    for entry, (name, _) in jobs.items():
+        by_name.setdefault(name_key(name), []).append(entry)
+    for alike in (entries for entries in by_name.values() if len(entries) > 1):
         # Dave/ and dave/ (or José in two Unicode spellings) would pour two sets of
         # photos, perhaps of two people, into one person unseen
-        name = jobs[entry][0]
-        alike = [ascii(e.name) for e in same if name_key(jobs[e][0]) == name_key(name)]
-        reason = (f"folder not imported: the folders {listed(alike)} all name {name}; "
-                  "put the photos of one person in one folder")
-        keep(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
-    jobs = {entry: job for entry, job in jobs.items() if entry not in same}
+        folders = listed([ascii(entry.name) for entry in alike])
+        for entry in alike:
+            name, _ = jobs.pop(entry)
+            reason = (f"folder not imported: the folders {folders} all name {name}; "
+                      "put the photos of one person in one folder")
+            keep(_skipped(entry, Outcome.FOLDER_REJECTED, reason))
     total = sum(len(photos) for _, photos in jobs.values())
     with tqdm(total=total, unit="photo", file=sys.stderr, disable=not progress) as bar:
         for person_dir, (name, photos) in jobs.items():
@@ -272,12 +274,6 @@ def import_folder(
                 reason = f"no photo was accepted: {person.name} was not enrolled"
                 keep(_skipped(person_dir, Outcome.FOLDER_REJECTED, reason))
     return results
-
-
-def _same_name_folders(jobs: dict[Path, tuple[str, list[Path]]]) -> list[Path]:
-    """The folders whose name is another folder's name (`name_key`)."""
-    keys = [name_key(name) for name, _ in jobs.values()]
-    return [entry for entry, key in zip(jobs, keys, strict=True) if keys.count(key) > 1]
 
 
 _NOT_IN_FOLDER = "not in a person's sub-folder (FOLDER/NAME/PHOTO), skipped"

@@ -43,7 +43,6 @@ __all__ = [
     "SourceSpec",
     "open_source",
     "parse_source",
-    "recorded_seconds",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,7 +163,7 @@ def parse_source(text: str | int) -> SourceSpec:
     return SourceSpec("file", str(Path(text).expanduser()))
 
 
-def recorded_seconds(path: Path) -> float | None:
+def _recorded_seconds(path: Path) -> float | None:
     """How long the video in the file at ``path`` runs from its first frame, as its
     container's header says; None when the header does not say.
 
@@ -262,9 +261,10 @@ class CaptureSource:
         self.finite = spec.kind == "file" or (spec.kind == "url" and count > 0)
         # frames in a file, as its index says (None for cameras and live streams)
         self.length = count if self.finite and count > 0 else None
-        # seconds of video in a file (`recorded_seconds`), and how far reading reached
-        self.recorded = recorded_seconds(Path(str(spec.target))) if spec.kind == "file" else None
+        # seconds of video in a file (`_recorded_seconds`), and how far reading reached
+        self.recorded = _recorded_seconds(Path(str(spec.target))) if spec.kind == "file" else None
         self.reached = 0.0
+        self._frame_seconds = 1 / (self.fps or 30.0)  # how long a frame is shown
         paced = (realtime and self.finite) or pace is not None
         self.pace = (pace or self.fps or 30.0) if paced else None
         live = not self.finite or self.pace is not None
@@ -343,9 +343,9 @@ class CaptureSource:
                 if ok and image is not None:
                     delay = self.retry_initial
                     delivered += 1
-                    # the frame's time from the first frame, plus the time it is shown
-                    shown = 1 / (self.fps or 30.0)
-                    self.reached = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000 + shown
+                    if self.recorded:  # the frame's time from the first, to its end
+                        at = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                        self.reached = at + self._frame_seconds
                     if period:
                         if self._stop.wait(max(0.0, due - time.monotonic())):
                             return
