@@ -35,9 +35,11 @@ from streamer.live.engine import Engine
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-# a phone: 412x915 CSS px (a large Android phone), and 390x844 (an iPhone 12 to 15)
+# a phone: 412x915 CSS px (a large Android phone), 390x844 (an iPhone 12 to 15) and
+# 360x780 (many small Android phones)
 PHONE = {"width": 412, "height": 915, "deviceScaleFactor": 2, "mobile": True}
 SMALL_PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
+NARROW_PHONE = {"width": 360, "height": 780, "deviceScaleFactor": 3, "mobile": True}
 
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.is_file() or shutil.which("ffmpeg") is None,
@@ -105,7 +107,7 @@ class DevTools:
         return value
 
     async def emulate_phone(self, metrics: dict[str, object]) -> None:
-        """A phone's viewport (``PHONE``, ``SMALL_PHONE``) with a touch screen."""
+        """A phone's viewport (``PHONE``, ``SMALL_PHONE``, ``NARROW_PHONE``) with a touch screen."""
         await self.send("Emulation.setDeviceMetricsOverride", **metrics)
         await self.send("Emulation.setTouchEmulationEnabled", enabled=True, maxTouchPoints=5)
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from browser_support import (
     ARTIFACTS,
+    NARROW_PHONE,
     PHONE,
     SMALL_PHONE,
     DevTools,
@@ -57,11 +58,11 @@ RECORD_STATES = """(() => {
 })()"""
 
 
-def on_screen(selector: str) -> str:
-    """Whether all of the element ``selector`` is shown across the 390 px phone."""
+def on_screen(selector: str, phone: dict[str, object] = SMALL_PHONE) -> str:
+    """Whether all of the element ``selector`` is shown across ``phone``'s width."""
     return (
         "(e => { const r = e?.getBoundingClientRect();"
-        f" return Boolean(r?.width) && r.left >= 0 && r.right <= {SMALL_PHONE['width']}; }})"
+        f" return Boolean(r?.width) && r.left >= 0 && r.right <= {phone['width']}; }})"
         f"(document.querySelector({selector!r}))"
     )
 
@@ -231,6 +232,12 @@ async def test_the_page_reconnects_by_itself_when_the_server_comes_back(
         for element in ("#status", "#retry-now", "#overlay-text"):
             assert await page.evaluate(on_screen(element)), element
         await page.screenshot(ARTIFACTS / "phone-reconnecting.png")
+        # on a 360 px phone too, the whole status shows (the icon gives way)
+        await page.emulate_phone(NARROW_PHONE)
+        assert await page.evaluate(on_screen("#status", NARROW_PHONE))
+        fits = "(e => e.scrollWidth <= e.clientWidth)(document.getElementById('status-text'))"
+        assert await page.evaluate(fits), status
+        await page.emulate_phone(SMALL_PHONE)
 
         # the server comes back on the same port: the page is live again, untouched
         server = await _serve(installation, port, "serve-2")
