@@ -101,6 +101,12 @@ def _ip_networks(values: tuple[str, ...]) -> None:
             ) from None
 
 
+def _rate(value: float) -> None:
+    """A false-accept rate: 0 would name nobody, 1 anybody."""
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be a rate between 0 and 1, such as 0.001 (1 in 1,000)")
+
+
 def check_database_url(url: str | None) -> None:
     """ValueError unless `url` is a PostgreSQL URL (or None); the reason never repeats
     the value: one that is no URL could be a password typed in the wrong place."""
@@ -195,7 +201,7 @@ class TrainerSettings:
     # the store is seen sooner (within 0.25 s on SQLite, at once on PostgreSQL)
     poll_seconds: float = _bounded(2.0, lo=0.05)
     keep_versions: int = _bounded(3, lo=1)
-    target_far: float = _bounded(1e-3, lo=0.0, hi=1.0)
+    target_far: float = _checked(1e-3, _rate)
     metrics_host: str = "127.0.0.1"  # Prometheus /metrics of the trainer (port 0: none)
     metrics_port: int = _bounded(0, lo=0, hi=65535)
 

@@ -263,6 +263,7 @@ def _drive(
     from streamer.enroll.worker import EnrollmentWorker
     from streamer.live.engine import Engine
     from streamer.live.events import EventWriter
+    from streamer.live.sources import PIPE_FORMATS
 
     store = store_location(settings)
     events = EventWriter(events_target) if events_target else None
@@ -281,14 +282,18 @@ def _drive(
     # reads nothing from them; no frame was written either, so no video was left
     if source.finite and summary.ended and summary.frames == 0:
         # an mp4 whose index comes last is read by seeking to its end
-        over_http = (
-            "; over HTTP, an mp4 whose index is at its end needs a server that allows "
-            "seeking (Range requests), or the index moved first (`ffmpeg -i IN -c copy "
-            "-movflags +faststart OUT.mp4`)"
-        ) if source.spec.kind == "url" else ""
+        hint = ""
+        if source.spec.kind == "url":
+            hint = (
+                "; over HTTP, an mp4 whose index is at its end needs a server that allows "
+                "seeking (Range requests), or the index moved first (`ffmpeg -i IN -c copy "
+                "-movflags +faststart OUT.mp4`)"
+            )
+        elif source.pipe:
+            hint = f"; {PIPE_FORMATS}"
         raise SourceError(
             f"{source.description} cannot be decoded as an image or video: "
-            f"not one frame could be read from it{over_http}"
+            f"not one frame could be read from it{hint}"
         )
     return summary
 

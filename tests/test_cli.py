@@ -3,11 +3,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import cv2
 import pytest
 from onnx import TensorProto, helper
 
@@ -562,3 +565,47 @@ def test_run_says_when_a_video_ends_before_its_header_does(
         assert (said is not None) == warned, result.stderr
         if said:
             assert 3.0 < float(said[1]) < 6.0, said[0]
+
+
+def test_run_reads_a_video_from_a_named_pipe(
+    env: dict[str, str], shared_dir: Path, tmp_path: Path
+) -> None:
+    clip = shared_dir / "media/short_hamilton_clip.mp4"
+    pipe = tmp_path / "camera.fifo"
+    os.mkfifo(pipe)
+    models = ("--models-dir", str(shared_dir / "models"))
+    # another program's video, streamed into the pipe: read whole, once, to its end
+    writer = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-i", str(clip), "-an",
+                               "-c:v", "mpeg2video", "-q:v", "3", "-f", "mpegts", "-y", str(pipe)])
+    result = facestream_run(env, *models, "run", "--source", str(pipe),
+                            "--output", str(tmp_path / "out.mp4"))
+    assert writer.wait(timeout=60) == 0
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("275 frames in "), result.stdout
+    assert "cut short" not in result.stderr
+    written = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 275
+    written.release()
+    # an MP4 cannot be read from a pipe (its index is read by seeking): the error says so
+    writer = subprocess.Popen(["sh", "-c", f"cat '{clip}' > '{pipe}'"], stderr=subprocess.DEVNULL)
+    result = facestream_run(env, *models, "run", "--source", str(pipe))
+    writer.wait(timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "; through a named pipe, send a format that streams: MPEG-TS or Matroska, not MP4\n"
+    ), result.stderr
+    result = facestream_run(env, *models, "run", "--source", str(pipe), "--loop")
+    assert (result.returncode, result.stderr) == (
+        2, f"facestream: error: video file {pipe} is a named pipe: it cannot be played again\n")
+    # with no program writing yet, it waits; Ctrl-C ends the wait
+    waiting = subprocess.Popen([sys.executable, "-m", "facestream", *models, "run", "--source",
+                                str(pipe)], env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    assert waiting.poll() is None
+    waiting.send_signal(signal.SIGINT)
+    _, said = waiting.communicate(timeout=10)
+    assert (waiting.returncode, said.splitlines()[-1]) == (130, "facestream: interrupted")
+    # what is neither a file nor a pipe is named as such, not as missing
+    result = facestream_run(env, *models, "run", "--source", "/dev/null")
+    assert (result.returncode, result.stderr) == (
+        2, "facestream: error: video file /dev/null is not a video file\n")

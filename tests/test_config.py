@@ -153,6 +153,9 @@ def test_describe_lists_every_key_once() -> None:
         ("FACESTREAM_DETECTION_SCORE_THRESHOLD", "1.5", "must be at most 1"),
         ("FACESTREAM_DETECTION_SCORE_THRESHOLD", "nan", "expected a finite number"),
         ("FACESTREAM_RECOGNITION_BATCH_SIZE", "0", "must be at least 1"),
+        # 0 made the trainer publish a NaN threshold (nobody named), 1 -inf (anybody)
+        ("FACESTREAM_TRAINER_TARGET_FAR", "0", "must be a rate between 0 and 1"),
+        ("FACESTREAM_TRAINER_TARGET_FAR", "1", "must be a rate between 0 and 1"),
         ("FACESTREAM_TRACKING_ENABLED", "maybe", "expected a boolean"),
         ("FACESTREAM_RECOGNITION_DEVICE", "tpu", "expected one of auto, cpu, cuda"),
         ("FACESTREAM_LOG_LEVEL", "loud", "expected one of debug"),

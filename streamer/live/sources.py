@@ -10,16 +10,20 @@ its frame rate to stand in for a camera.
 `CaptureSource` reads through ``cv2.VideoCapture`` in its own thread. A camera or
 stream that cannot be opened raises `SourceError` naming it; one that stops
 delivering frames is reopened with exponential backoff and resumes; a file that ends
-ends the source (or starts again with ``loop``). A URL whose container lists its
-frames (a video file served over HTTP) is read as a file: whole, in order, ending at
-its end, not reopened from its start as a live stream would be. Anything else that
-produces frames (the WebRTC track) feeds a `PushSource` with ``push()``.
+ends the source (or starts again with ``loop``). A named pipe (``mkfifo``, another
+program's video) is read as a file that can be read only once. A URL whose
+container lists its frames (a video file served over HTTP) is read as a file: whole,
+in order, ending at its end, not reopened from its start as a live stream would be.
+Anything else that produces frames (the WebRTC track) feeds a `PushSource` with
+``push()``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -51,6 +55,8 @@ SourceKind = Literal["camera", "file", "url"]
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _CREDENTIALS = re.compile(r"(?<=://)[^/@]*@")
 NETWORK_TIMEOUT_MS = 5000
+# what to send through a named pipe, which cannot seek: an MP4 is read from its index
+PIPE_FORMATS = "through a named pipe, send a format that streams: MPEG-TS or Matroska, not MP4"
 MAX_BAD_READS = 1000  # failed reads in a row before a file counts as ended
 
 
@@ -187,6 +193,15 @@ def _recorded_seconds(path: Path) -> float | None:
     return None
 
 
+def _is_pipe(spec: SourceSpec) -> bool:
+    """Whether ``spec`` is a named pipe: readable once, from its start to its writer's
+    end, so it is neither looped nor opened a second time to read its header."""
+    try:
+        return spec.kind == "file" and stat.S_ISFIFO(Path(str(spec.target)).stat().st_mode)
+    except OSError:
+        return False
+
+
 def _no_video(spec: SourceSpec) -> str:
     """Why a file OpenCV cannot open is no video, when FFmpeg can tell: ": it holds
     only audio" (a song, a voice memo), or ""."""
@@ -248,6 +263,9 @@ class CaptureSource:
             raise ValueError(f"pace must be a positive frame rate, got {pace}")
         self.spec = spec
         self.description = spec.description
+        self.pipe = _is_pipe(spec)
+        if loop and self.pipe:
+            raise SourceError(f"{spec.description} is a named pipe: it cannot be played again")
         self.loop = loop
         self.retry_initial = retry_initial
         self.retry_max = retry_max
@@ -262,7 +280,8 @@ class CaptureSource:
         # frames in a file, as its index says (None for cameras and live streams)
         self.length = count if self.finite and count > 0 else None
         # seconds of video in a file (`_recorded_seconds`), and how far reading reached
-        self.recorded = _recorded_seconds(Path(str(spec.target))) if spec.kind == "file" else None
+        measured = spec.kind == "file" and not self.pipe
+        self.recorded = _recorded_seconds(Path(str(spec.target))) if measured else None
         self.reached = 0.0
         self._frame_seconds = 1 / (self.fps or 30.0)  # how long a frame is shown
         paced = (realtime and self.finite) or pace is not None
@@ -292,15 +311,22 @@ class CaptureSource:
         spec = self.spec
         if spec.kind == "file" and Path(str(spec.target)).is_dir():
             raise SourceError(f"{spec.target} is a directory, not a video file")
-        if spec.kind == "file" and not Path(str(spec.target)).is_file():
-            raise SourceError(f"{spec.description} does not exist")
+        if spec.kind == "file" and not Path(str(spec.target)).is_file() and not _is_pipe(spec):
+            what = "is not a video file" if Path(str(spec.target)).exists() else "does not exist"
+            raise SourceError(f"{spec.description} {what}")
         if spec.kind == "camera" and sys.platform == "linux" and not _device(spec).exists():
             raise SourceError(_camera_problem(spec))  # before OpenCV tries, and logs, each backend
+        # a pipe opens once a program writes to it: waited for here, where Ctrl-C
+        # interrupts the wait, not in OpenCV's open, which no signal interrupts
+        writer = os.open(str(spec.target), os.O_RDONLY) if self.pipe else None
         try:
             capture = self._opener(spec)
             opened = capture.isOpened()
         except cv2.error as exc:
             raise SourceError(f"{spec.description} cannot be opened: {exc}") from exc
+        finally:
+            if writer is not None:
+                os.close(writer)
         if opened:
             return capture
         capture.release()
@@ -308,6 +334,8 @@ class CaptureSource:
             raise SourceError(_camera_problem(spec))
         if spec.kind == "url":
             raise SourceError(f"{spec.description} cannot be opened (no answer or no video stream)")
+        if self.pipe:  # what it held is read: FFmpeg cannot look at it again
+            raise SourceError(f"{spec.description} cannot be opened as a video: {PIPE_FORMATS}")
         raise SourceError(f"{spec.description} cannot be opened as a video{_no_video(spec)}")
 
     def _run(self) -> None:
