@@ -311,22 +311,22 @@ class CaptureSource:
         spec = self.spec
         if spec.kind == "file" and Path(str(spec.target)).is_dir():
             raise SourceError(f"{spec.target} is a directory, not a video file")
-        if spec.kind == "file" and not Path(str(spec.target)).is_file() and not _is_pipe(spec):
+        if spec.kind == "file" and not Path(str(spec.target)).is_file() and not self.pipe:
             what = "is not a video file" if Path(str(spec.target)).exists() else "does not exist"
             raise SourceError(f"{spec.description} {what}")
         if spec.kind == "camera" and sys.platform == "linux" and not _device(spec).exists():
             raise SourceError(_camera_problem(spec))  # before OpenCV tries, and logs, each backend
         # a pipe opens once a program writes to it: waited for here, where Ctrl-C
         # interrupts the wait, not in OpenCV's open, which no signal interrupts
-        writer = os.open(str(spec.target), os.O_RDONLY) if self.pipe else None
+        held = os.open(str(spec.target), os.O_RDONLY) if self.pipe else None
         try:
             capture = self._opener(spec)
             opened = capture.isOpened()
         except cv2.error as exc:
             raise SourceError(f"{spec.description} cannot be opened: {exc}") from exc
         finally:
-            if writer is not None:
-                os.close(writer)
+            if held is not None:
+                os.close(held)
         if opened:
             return capture
         capture.release()
